@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages pmamba builds and tests with (see DESIGN.md §1).
+# As root it runs apt-get; otherwise it prints the exact command and fails.
+set -euo pipefail
+
+packages=(
+  g++ make cmake pkg-config
+  libtorch-dev libgloo-dev
+  libhdf5-dev hdf5-tools
+  libzstd-dev libxxhash-dev
+  libcli11-dev nlohmann-json3-dev libgtest-dev
+  python3
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+  [[ "$status" == "install ok installed" ]] || missing+=("$p")
+done
+[[ ${#missing[@]} -eq 0 ]] && exit 0
+
+line="apt-get install -y --no-install-recommends ${missing[*]}"
+if [[ $(id -u) -ne 0 ]]; then
+  echo "pmamba: missing Debian packages: ${missing[*]}" >&2
+  echo "pmamba: install them with:  sudo apt-get update && sudo $line" >&2
+  exit 1
+fi
+echo "pmamba: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# shellcheck disable=SC2086
+$line

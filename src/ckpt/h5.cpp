@@ -1,0 +1,290 @@
+#include "src/ckpt/h5.h"
+
+#include <cstdlib>
+#include <memory>
+
+#include "src/ckpt/errors.h"
+
+namespace pmamba::ckpt::h5 {
+
+Handle& Handle::operator=(Handle&& o) noexcept {
+  if (this != &o) {
+    reset();
+    id_ = o.id_;
+    o.id_ = H5I_INVALID_HID;
+  }
+  return *this;
+}
+
+void Handle::reset() noexcept {
+  if (id_ >= 0) {
+    // H5Idec_ref releases any kind of id; a failure here cannot be reported from a destructor.
+    Silence quiet;
+    H5Idec_ref(id_);
+    id_ = H5I_INVALID_HID;
+  }
+}
+
+void Handle::close(const std::string& what) {
+  if (id_ < 0) return;
+  const hid_t id = id_;
+  id_ = H5I_INVALID_HID;
+  herr_t rc;
+  switch (H5Iget_type(id)) {
+    case H5I_FILE: rc = H5Fclose(id); break;
+    case H5I_DATASET: rc = H5Dclose(id); break;
+    case H5I_GROUP: rc = H5Gclose(id); break;
+    default: rc = H5Idec_ref(id) < 0 ? -1 : 0; break;
+  }
+  check_status(rc, what);
+}
+
+Silence::Silence() {
+  H5Eget_auto2(H5E_DEFAULT, &func_, &data_);
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+}
+
+Silence::~Silence() { H5Eset_auto2(H5E_DEFAULT, func_, data_); }
+
+namespace {
+
+herr_t collect(unsigned n, const H5E_error2_t* err, void* data) {
+  auto* out = static_cast<std::string*>(data);
+  if (err->desc && *err->desc) {
+    if (!out->empty()) *out += "; ";
+    *out += err->desc;
+  }
+  return 0;
+}
+
+}  // namespace
+
+std::string error_stack() {
+  std::string msg;
+  H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, collect, &msg);
+  H5Eclear2(H5E_DEFAULT);
+  return msg;
+}
+
+hid_t check(hid_t id, const std::string& what) {
+  if (id < 0) {
+    const std::string stack = error_stack();
+    throw IoError(what + (stack.empty() ? "" : ": " + stack));
+  }
+  return id;
+}
+
+herr_t check_status(herr_t rc, const std::string& what) {
+  if (rc < 0) {
+    const std::string stack = error_stack();
+    throw IoError(what + (stack.empty() ? "" : ": " + stack));
+  }
+  return rc;
+}
+
+namespace {
+
+Handle file_access_props() {
+  Handle fapl(check(H5Pcreate(H5P_FILE_ACCESS), "H5Pcreate(file access)"));
+  // v110 objects keep the files readable by any HDF5 >= 1.10 (h5py wheels included).
+  check_status(H5Pset_libver_bounds(fapl.get(), H5F_LIBVER_V18, H5F_LIBVER_V110),
+               "H5Pset_libver_bounds");
+  return fapl;
+}
+
+}  // namespace
+
+Handle create_file(const std::string& path) {
+  Handle fapl = file_access_props();
+  return Handle(check(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()),
+                      "cannot create HDF5 file '" + path + "'"));
+}
+
+Handle open_file(const std::string& path) {
+  Handle fapl = file_access_props();
+  return Handle(check(H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl.get()),
+                      "cannot open HDF5 file '" + path + "'"));
+}
+
+Handle open_file_rw(const std::string& path) {
+  Handle fapl = file_access_props();
+  return Handle(check(H5Fopen(path.c_str(), H5F_ACC_RDWR, fapl.get()),
+                      "cannot open HDF5 file '" + path + "' for writing"));
+}
+
+namespace {
+
+std::vector<std::string> split_path(const std::string& path) {
+  std::vector<std::string> parts;
+  std::string cur;
+  for (char ch : path) {
+    if (ch == '/') {
+      if (!cur.empty()) parts.push_back(cur);
+      cur.clear();
+    } else {
+      cur += ch;
+    }
+  }
+  if (!cur.empty()) parts.push_back(cur);
+  return parts;
+}
+
+}  // namespace
+
+Handle create_groups(hid_t loc, const std::string& path) {
+  Handle cur(check(H5Oopen(loc, ".", H5P_DEFAULT), "H5Oopen(.)"));
+  for (const auto& part : split_path(path)) {
+    const htri_t there = H5Lexists(cur.get(), part.c_str(), H5P_DEFAULT);
+    check_status(there, "H5Lexists('" + part + "')");
+    if (there > 0) {
+      cur = Handle(check(H5Gopen2(cur.get(), part.c_str(), H5P_DEFAULT),
+                         "cannot open group '" + part + "' of '" + path + "'"));
+    } else {
+      cur = Handle(check(H5Gcreate2(cur.get(), part.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+                         "cannot create group '" + part + "' of '" + path + "'"));
+    }
+  }
+  return cur;
+}
+
+bool exists(hid_t loc, const std::string& path) {
+  std::string prefix;
+  for (const auto& part : split_path(path)) {
+    prefix += (prefix.empty() ? "" : "/") + part;
+    const htri_t there = H5Lexists(loc, prefix.c_str(), H5P_DEFAULT);
+    if (there <= 0) {
+      H5Eclear2(H5E_DEFAULT);
+      return false;
+    }
+  }
+  return true;
+}
+
+Handle open_group(hid_t loc, const std::string& path) {
+  return Handle(check(H5Gopen2(loc, path.c_str(), H5P_DEFAULT), "cannot open group '" + path + "'"));
+}
+
+Handle open_dataset(hid_t loc, const std::string& path) {
+  return Handle(check(H5Dopen2(loc, path.c_str(), H5P_DEFAULT), "cannot open dataset '" + path + "'"));
+}
+
+namespace {
+
+Handle vlen_string_type() {
+  Handle t(check(H5Tcopy(H5T_C_S1), "H5Tcopy"));
+  check_status(H5Tset_size(t.get(), H5T_VARIABLE), "H5Tset_size");
+  check_status(H5Tset_cset(t.get(), H5T_CSET_UTF8), "H5Tset_cset");
+  return t;
+}
+
+void write_scalar_attr(hid_t obj, const std::string& name, hid_t file_type, hid_t mem_type,
+                       const void* value) {
+  Handle space(check(H5Screate(H5S_SCALAR), "H5Screate"));
+  if (H5Aexists(obj, name.c_str()) > 0) check_status(H5Adelete(obj, name.c_str()), "H5Adelete");
+  Handle attr(check(H5Acreate2(obj, name.c_str(), file_type, space.get(), H5P_DEFAULT, H5P_DEFAULT),
+                    "cannot create attribute '" + name + "'"));
+  check_status(H5Awrite(attr.get(), mem_type, value), "cannot write attribute '" + name + "'");
+}
+
+Handle open_attr(hid_t obj, const std::string& name) {
+  const htri_t there = H5Aexists(obj, name.c_str());
+  if (there <= 0) {
+    H5Eclear2(H5E_DEFAULT);
+    throw FormatError("attribute '" + name + "' is missing");
+  }
+  return Handle(check(H5Aopen(obj, name.c_str(), H5P_DEFAULT), "cannot open attribute '" + name + "'"));
+}
+
+void require_scalar(hid_t attr, const std::string& name) {
+  Handle space(check(H5Aget_space(attr), "H5Aget_space"));
+  const H5S_class_t cls = H5Sget_simple_extent_type(space.get());
+  const hssize_t n = H5Sget_simple_extent_npoints(space.get());
+  if (!(cls == H5S_SCALAR || (cls == H5S_SIMPLE && n == 1))) {
+    throw FormatError("attribute '" + name + "' is not a single value");
+  }
+}
+
+}  // namespace
+
+void write_attr(hid_t obj, const std::string& name, const std::string& value) {
+  Handle t = vlen_string_type();
+  const char* p = value.c_str();
+  write_scalar_attr(obj, name, t.get(), t.get(), &p);
+}
+
+void write_attr(hid_t obj, const std::string& name, int64_t value) {
+  write_scalar_attr(obj, name, H5T_STD_I64LE, H5T_NATIVE_INT64, &value);
+}
+
+void write_attr_u64(hid_t obj, const std::string& name, uint64_t value) {
+  write_scalar_attr(obj, name, H5T_STD_U64LE, H5T_NATIVE_UINT64, &value);
+}
+
+bool has_attr(hid_t obj, const std::string& name) {
+  const htri_t there = H5Aexists(obj, name.c_str());
+  if (there < 0) H5Eclear2(H5E_DEFAULT);
+  return there > 0;
+}
+
+std::string read_attr_string(hid_t obj, const std::string& name) {
+  Handle attr = open_attr(obj, name);
+  require_scalar(attr.get(), name);
+  Handle ftype(check(H5Aget_type(attr.get()), "H5Aget_type"));
+  if (H5Tget_class(ftype.get()) != H5T_STRING) {
+    throw FormatError("attribute '" + name + "' is not a string");
+  }
+  if (H5Tis_variable_str(ftype.get()) > 0) {
+    Handle mem = vlen_string_type();
+    char* p = nullptr;
+    check_status(H5Aread(attr.get(), mem.get(), &p), "cannot read attribute '" + name + "'");
+    std::string out = p ? p : "";
+    Handle space(check(H5Aget_space(attr.get()), "H5Aget_space"));
+    H5Dvlen_reclaim(mem.get(), space.get(), H5P_DEFAULT, &p);
+    return out;
+  }
+  const size_t size = H5Tget_size(ftype.get());
+  if (size == 0 || size > (size_t{64} << 20)) {
+    throw FormatError("attribute '" + name + "' declares an absurd string size " + std::to_string(size));
+  }
+  Handle mem(check(H5Tcopy(H5T_C_S1), "H5Tcopy"));
+  check_status(H5Tset_size(mem.get(), size), "H5Tset_size");
+  std::string buf(size, '\0');
+  check_status(H5Aread(attr.get(), mem.get(), buf.data()), "cannot read attribute '" + name + "'");
+  const size_t nul = buf.find('\0');
+  if (nul != std::string::npos) buf.resize(nul);
+  return buf;
+}
+
+int64_t read_attr_int(hid_t obj, const std::string& name) {
+  Handle attr = open_attr(obj, name);
+  require_scalar(attr.get(), name);
+  Handle ftype(check(H5Aget_type(attr.get()), "H5Aget_type"));
+  if (H5Tget_class(ftype.get()) != H5T_INTEGER) {
+    throw FormatError("attribute '" + name + "' is not an integer");
+  }
+  int64_t v = 0;
+  check_status(H5Aread(attr.get(), H5T_NATIVE_INT64, &v), "cannot read attribute '" + name + "'");
+  return v;
+}
+
+uint64_t read_attr_u64(hid_t obj, const std::string& name) {
+  Handle attr = open_attr(obj, name);
+  require_scalar(attr.get(), name);
+  uint64_t v = 0;
+  check_status(H5Aread(attr.get(), H5T_NATIVE_UINT64, &v), "cannot read attribute '" + name + "'");
+  return v;
+}
+
+std::vector<int64_t> dataset_shape(hid_t dset) {
+  Handle space(check(H5Dget_space(dset), "H5Dget_space"));
+  const H5S_class_t cls = H5Sget_simple_extent_type(space.get());
+  if (cls == H5S_SCALAR) return {};
+  if (cls != H5S_SIMPLE) throw FormatError("dataset has a null or unknown dataspace");
+  const int rank = H5Sget_simple_extent_ndims(space.get());
+  if (rank < 0 || rank > 32) throw FormatError("dataset has an unsupported rank " + std::to_string(rank));
+  std::vector<hsize_t> dims(static_cast<size_t>(rank));
+  H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
+  return std::vector<int64_t>(dims.begin(), dims.end());
+}
+
+}  // namespace pmamba::ckpt::h5

@@ -1,0 +1,291 @@
+#include "src/model/mamba.h"
+
+#include <ATen/ATen.h>
+
+#include <sstream>
+
+#include "kernels/causal_conv1d.h"
+#include "kernels/selective_scan.h"
+#include "src/model/errors.h"
+#include "src/model/fqn.h"
+#include "src/model/init.h"
+
+namespace pmamba::model {
+
+BoundaryMode parse_boundary(const std::string& name) {
+  if (name == "packed") return BoundaryMode::kPacked;
+  if (name == "summed") return BoundaryMode::kSummed;
+  throw ConfigError("unknown boundary mode '" + name + "' (expected packed or summed)");
+}
+
+const char* boundary_name(BoundaryMode mode) {
+  return mode == BoundaryMode::kPacked ? "packed" : "summed";
+}
+
+at::Tensor combine_stream(const StreamState& s) {
+  if (s.hidden.defined() && s.residual.defined()) return s.hidden + s.residual;
+  return s.hidden.defined() ? s.hidden : s.residual;
+}
+
+// ---- building blocks ----
+
+DenseImpl::DenseImpl(int64_t in_features, int64_t out_features, bool with_bias) {
+  weight = register_parameter("weight", at::empty({out_features, in_features}));
+  if (with_bias) bias = register_parameter("bias", at::empty({out_features}));
+}
+
+at::Tensor DenseImpl::forward(const at::Tensor& x) { return at::linear(x, weight, bias); }
+
+NormImpl::NormImpl(int64_t dim, double eps_, bool rms_) : eps(eps_), rms(rms_) {
+  weight = register_parameter("weight", at::empty({dim}));
+  if (!rms) bias = register_parameter("bias", at::empty({dim}));
+}
+
+at::Tensor NormImpl::forward(const at::Tensor& x) {
+  const at::Tensor xf = x.to(at::kFloat);  // (..., D)
+  at::Tensor y;
+  if (rms) {
+    y = xf * at::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
+    return weight * y.to(weight.scalar_type());
+  }
+  y = at::layer_norm(xf, {xf.size(-1)}, {}, {}, eps);
+  return weight * y.to(weight.scalar_type()) + bias;
+}
+
+EmbeddingImpl::EmbeddingImpl(int64_t num, int64_t dim) {
+  weight = register_parameter("weight", at::empty({num, dim}));
+}
+
+at::Tensor EmbeddingImpl::forward(const at::Tensor& ids) { return at::embedding(weight, ids); }
+
+ConvParamsImpl::ConvParamsImpl(int64_t channels, int64_t width, bool with_bias) {
+  weight = register_parameter("weight", at::empty({channels, 1, width}));
+  if (with_bias) bias = register_parameter("bias", at::empty({channels}));
+}
+
+// ---- mixer ----
+
+MixerImpl::MixerImpl(const MambaConfig& c)
+    : d_inner_(c.d_inner()), d_state_(c.d_state), dt_rank_(c.dt_rank_value()) {
+  in_proj = register_module("in_proj", Dense(c.d_model, 2 * d_inner_, c.bias));
+  conv1d = register_module("conv1d", ConvParams(d_inner_, c.d_conv, c.conv_bias));
+  x_proj = register_module("x_proj", Dense(d_inner_, dt_rank_ + 2 * d_state_, false));
+  dt_proj = register_module("dt_proj", Dense(dt_rank_, d_inner_, true));
+  A_log = register_parameter("A_log", at::empty({d_inner_, d_state_}));
+  D = register_parameter("D", at::empty({d_inner_}));
+  out_proj = register_module("out_proj", Dense(d_inner_, c.d_model, c.bias));
+}
+
+at::Tensor MixerImpl::forward(const at::Tensor& h) {
+  const int64_t E = d_inner_, N = d_state_, R = dt_rank_;
+  const at::Tensor xz = in_proj->forward(h);          // (B, L, 2E)
+  const at::Tensor x = xz.narrow(-1, 0, E).transpose(1, 2);  // (B, E, L)
+  const at::Tensor z = xz.narrow(-1, E, E).transpose(1, 2);  // (B, E, L)
+  const at::Tensor u = kernels::causal_conv1d(x, conv1d->weight.squeeze(1), conv1d->bias,
+                                              /*silu=*/true);  // (B, E, L)
+  const at::Tensor x_dbl = x_proj->forward(u.transpose(1, 2));   // (B, L, R + 2N)
+  const at::Tensor dt = x_dbl.narrow(-1, 0, R);                  // (B, L, R)
+  const at::Tensor Bm = x_dbl.narrow(-1, R, N).transpose(1, 2);      // (B, N, L)
+  const at::Tensor Cm = x_dbl.narrow(-1, R + N, N).transpose(1, 2);  // (B, N, L)
+  // dt_proj's bias goes into the scan (added inside the softplus), as mamba_ssm does.
+  const at::Tensor delta = at::linear(dt, dt_proj->weight).transpose(1, 2);  // (B, E, L)
+  const at::Tensor A = -at::exp(A_log.to(at::kFloat));                       // (E, N)
+  kernels::ScanOptions opts;
+  opts.delta_softplus = true;
+  const at::Tensor y = kernels::selective_scan(u, delta, A, Bm, Cm, D.to(at::kFloat), z,
+                                               dt_proj->bias.to(at::kFloat), opts)
+                           .out;                   // (B, E, L)
+  return out_proj->forward(y.transpose(1, 2));  // (B, L, D)
+}
+
+LayerCache MixerImpl::make_cache(int64_t batch) const {
+  LayerCache cache;
+  cache.conv_state = at::zeros({batch, d_inner_, conv1d->weight.size(2)},
+                               conv1d->weight.options().requires_grad(false));
+  cache.ssm_state = at::zeros({batch, d_inner_, d_state_}, at::kFloat);
+  return cache;
+}
+
+at::Tensor MixerImpl::step(const at::Tensor& h, LayerCache& cache) {
+  const int64_t E = d_inner_, N = d_state_, R = dt_rank_;
+  const at::Tensor xz = in_proj->forward(h);  // (B, 2E)
+  const at::Tensor x = xz.narrow(-1, 0, E);   // (B, E)
+  const at::Tensor z = xz.narrow(-1, E, E);   // (B, E)
+  const at::Tensor u = kernels::causal_conv1d_step(cache.conv_state, x,
+                                                   conv1d->weight.squeeze(1), conv1d->bias,
+                                                   /*silu=*/true);  // (B, E)
+  const at::Tensor x_dbl = x_proj->forward(u);  // (B, R + 2N)
+  const at::Tensor delta = at::linear(x_dbl.narrow(-1, 0, R), dt_proj->weight);  // (B, E)
+  const at::Tensor A = -at::exp(A_log.to(at::kFloat));
+  const at::Tensor y = kernels::selective_scan_step(
+      cache.ssm_state, u, delta, A, x_dbl.narrow(-1, R, N), x_dbl.narrow(-1, R + N, N),
+      D.to(at::kFloat), z, dt_proj->bias.to(at::kFloat), /*delta_softplus=*/true);  // (B, E)
+  return out_proj->forward(y);  // (B, D)
+}
+
+// ---- block ----
+
+BlockImpl::BlockImpl(const MambaConfig& c) : residual_in_fp32_(c.residual_in_fp32) {
+  // Registration order follows mamba_ssm's Block: mixer, then norm.
+  mixer = register_module("mixer", Mixer(c));
+  norm = register_module("norm", Norm(c.d_model, c.norm_eps, c.rms_norm));
+}
+
+StreamState BlockImpl::forward(const StreamState& in) {
+  at::Tensor residual = combine_stream(in);  // (B, L, D)
+  if (residual_in_fp32_) residual = residual.to(at::kFloat);
+  const at::Tensor h = norm->forward(residual.to(norm->weight.scalar_type()));
+  return StreamState{mixer->forward(h), residual};
+}
+
+StreamState BlockImpl::step(const StreamState& in, LayerCache& cache) {
+  at::Tensor residual = combine_stream(in);  // (B, 1, D)
+  if (residual_in_fp32_) residual = residual.to(at::kFloat);
+  const at::Tensor h = norm->forward(residual.to(norm->weight.scalar_type()));
+  return StreamState{mixer->step(h.squeeze(1), cache).unsqueeze(1), residual};
+}
+
+// ---- backbone and LM ----
+
+BackboneImpl::BackboneImpl(const MambaConfig& c, const StageSpec& stage) {
+  if (stage.is_first()) embedding = register_module("embedding", Embedding(c.padded_vocab(), c.d_model));
+  layers = register_module("layers", torch::nn::ModuleDict());
+  for (int64_t i = stage.layer_begin; i < stage.layer_end; ++i) {
+    Block block(c);
+    layers->update({{std::to_string(i), block.ptr()}});
+    ordered_layers.emplace_back(i, block);
+  }
+  if (stage.is_last()) norm_f = register_module("norm_f", Norm(c.d_model, c.norm_eps, c.rms_norm));
+}
+
+MambaLMImpl::MambaLMImpl(const MambaConfig& config, const StageSpec& stage,
+                         BoundaryMode boundary)
+    : config_(config), stage_(stage), boundary_(boundary) {
+  config_.validate();
+  if (stage.num_stages < 1 || stage.stage < 0 || stage.stage >= stage.num_stages ||
+      stage.layer_begin < 0 || stage.layer_end < stage.layer_begin ||
+      stage.layer_end > config.n_layer) {
+    std::ostringstream os;
+    os << "stage spec {stage " << stage.stage << " of " << stage.num_stages << ", layers ["
+       << stage.layer_begin << ", " << stage.layer_end << ")} does not fit a model with "
+       << config.n_layer << " layers";
+    throw ConfigError(os.str());
+  }
+  backbone = register_module("backbone", Backbone(config_, stage_));
+  if (stage.is_last()) {
+    lm_head = register_module("lm_head", Dense(config_.d_model, config_.padded_vocab(), false));
+  }
+}
+
+void MambaLMImpl::init_parameters(uint64_t seed) {
+  for (auto& item : named_parameters(/*recurse=*/true)) {
+    init_parameter(item.key(), item.value(), config_, seed);
+  }
+}
+
+at::ScalarType MambaLMImpl::residual_dtype() const {
+  if (config_.residual_in_fp32) return at::kFloat;
+  // Any parameter's dtype is the model dtype; a stage always owns at least one module with
+  // parameters except a middle stage with zero layers, which forwards the tensor unchanged.
+  for (const auto& p : parameters()) return p.scalar_type();
+  return at::kFloat;
+}
+
+std::vector<int64_t> MambaLMImpl::boundary_shape(int64_t batch, int64_t len) const {
+  if (boundary_ == BoundaryMode::kPacked) return {2, batch, len, config_.d_model};
+  return {batch, len, config_.d_model};
+}
+
+at::Tensor MambaLMImpl::encode_boundary(const StreamState& s) const {
+  const at::ScalarType dt = residual_dtype();
+  if (boundary_ == BoundaryMode::kSummed) return combine_stream(s).to(dt);  // (B, L, D)
+  // Before the first layer there is no residual yet. -0.0 is the exact additive identity
+  // (x + -0.0 == x for every x, including -0.0), so the receiver's hidden + residual
+  // reproduces the unsplit model's "residual = hidden" bit for bit.
+  const at::Tensor h = s.hidden.defined() ? s.hidden.to(dt) : at::full_like(s.residual, -0.0, dt);
+  const at::Tensor r = s.residual.defined() ? s.residual.to(dt) : at::full_like(h, -0.0);
+  return at::stack({h, r}, 0);  // (2, B, L, D)
+}
+
+StreamState MambaLMImpl::decode_boundary(const at::Tensor& t) const {
+  const bool packed = boundary_ == BoundaryMode::kPacked;
+  const int64_t rank = packed ? 4 : 3;
+  auto fail = [&](const std::string& what) {
+    std::ostringstream os;
+    os << "stage " << stage_.stage << " (" << boundary_name(boundary_)
+       << " boundary) expects a tensor of shape " << (packed ? "(2, B, L, " : "(B, L, ")
+       << config_.d_model << ") and dtype " << residual_dtype() << " but received " << what;
+    throw BoundaryError(os.str());
+  };
+  if (!t.defined()) fail("no tensor");
+  std::ostringstream found;
+  found << "shape " << t.sizes() << " dtype " << t.scalar_type();
+  if (t.dim() != rank || t.size(-1) != config_.d_model || (packed && t.size(0) != 2) ||
+      t.scalar_type() != residual_dtype()) {
+    fail(found.str());
+  }
+  if (!packed) return StreamState{at::Tensor(), t};
+  // unbind's backward stacks the two gradients without any addition, so it stays exact.
+  std::vector<at::Tensor> parts = t.unbind(0);
+  return StreamState{parts[0], parts[1]};
+}
+
+at::Tensor MambaLMImpl::run(const at::Tensor& input, InferenceCache* cache) {
+  StreamState s;
+  if (stage_.is_first()) {
+    TORCH_CHECK(input.dim() == 2 && input.scalar_type() == at::kLong,
+                "stage 0 expects token ids of shape (B, L) and dtype int64 but received shape ",
+                input.sizes(), " dtype ", input.scalar_type());
+    s.hidden = backbone->embedding->forward(input);  // (B, L, D)
+  } else {
+    s = decode_boundary(input);
+  }
+  for (auto& [index, block] : backbone->ordered_layers) {
+    if (cache) {
+      auto it = cache->find(index);
+      TORCH_CHECK(it != cache->end(), "inference cache has no entry for layer ", index);
+      s = block->step(s, it->second);
+    } else {
+      s = block->forward(s);
+    }
+  }
+  if (!stage_.is_last()) return encode_boundary(s);
+  const at::Tensor x = backbone->norm_f->forward(combine_stream(s).to(lm_head->weight.scalar_type()));
+  return lm_head->forward(x);  // (B, L, V)
+}
+
+at::Tensor MambaLMImpl::forward(const at::Tensor& input) { return run(input, nullptr); }
+
+at::Tensor MambaLMImpl::step(const at::Tensor& input, InferenceCache& cache) {
+  const int64_t len = stage_.is_first() ? input.size(-1) : input.size(-2);
+  TORCH_CHECK(len == 1, "step() takes one token at a time but received length ", len);
+  return run(input, &cache);
+}
+
+InferenceCache MambaLMImpl::make_cache(int64_t batch) const {
+  InferenceCache cache;
+  for (const auto& [index, block] : backbone->ordered_layers) {
+    cache[index] = block->mixer->make_cache(batch);
+  }
+  return cache;
+}
+
+at::Tensor tied_gradient_sum(const at::Tensor& embedding_grad, const at::Tensor& head_grad) {
+  if (!embedding_grad.defined()) return head_grad.clone();
+  if (!head_grad.defined()) return embedding_grad.clone();
+  return embedding_grad + head_grad;
+}
+
+void sync_tied_gradients(MambaLMImpl& first, MambaLMImpl& last) {
+  if (!first.config().tie_embeddings) return;
+  TORCH_CHECK(first.stage().is_first() && last.stage().is_last(),
+              "sync_tied_gradients needs the first and the last stage");
+  at::Tensor& eg = first.backbone->embedding->weight.mutable_grad();
+  at::Tensor& hg = last.lm_head->weight.mutable_grad();
+  if (!eg.defined() && !hg.defined()) return;
+  const at::Tensor sum = tied_gradient_sum(eg, hg);
+  eg = sum;
+  hg = sum.clone();
+}
+
+}  // namespace pmamba::model

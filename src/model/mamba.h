@@ -1,0 +1,179 @@
+// The Mamba LM as a pipeline stage: MambaLM built from a StageSpec registers exactly the
+// parameters that stage owns, under their global FQNs (reference/mamba.md §2):
+//   backbone.embedding.weight                (first stage only)
+//   backbone.layers.{i}.norm.weight, backbone.layers.{i}.mixer.*   (i = global layer index)
+//   backbone.norm_f.weight, lm_head.weight   (last stage only)
+// backbone.layers is a ModuleDict keyed by the global index, run in ascending index order.
+//
+// Shape letters: B batch, L sequence, D d_model, E d_inner (= expand * D), N d_state,
+// R dt_rank, K d_conv, V padded vocabulary.
+#pragma once
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/moduledict.h>
+#include <torch/nn/pimpl.h>
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "src/model/config.h"
+#include "src/model/partition.h"
+
+namespace pmamba::model {
+
+/// What crosses a stage boundary.
+enum class BoundaryMode {
+  kPacked,  // hidden and residual stacked: (2, B, L, D) in the residual dtype
+  kSummed,  // hidden + residual: (B, L, D), half the bytes; the receiver needs only the sum
+};
+BoundaryMode parse_boundary(const std::string& name);  // "packed" | "summed", else ConfigError
+const char* boundary_name(BoundaryMode mode);
+
+/// The residual stream between blocks. The next consumer first forms
+/// hidden + residual (or whichever of the two is defined).
+struct StreamState {
+  at::Tensor hidden;    // (B, L, D) mixer output, parameter dtype
+  at::Tensor residual;  // (B, L, D) fp32 when residual_in_fp32
+};
+
+/// hidden + residual when both exist, else the one that does.
+at::Tensor combine_stream(const StreamState& state);
+
+/// Per-layer recurrent state for generation.
+struct LayerCache {
+  at::Tensor conv_state;  // (B, E, K) last K pre-conv inputs, parameter dtype
+  at::Tensor ssm_state;   // (B, E, N) fp32
+};
+using InferenceCache = std::map<int64_t, LayerCache>;  // keyed by global layer index
+
+// ---- building blocks ----
+
+/// y = x W^T (+ b). weight (out, in), bias (out).
+class DenseImpl : public torch::nn::Module {
+ public:
+  DenseImpl(int64_t in_features, int64_t out_features, bool with_bias);
+  at::Tensor forward(const at::Tensor& x);
+  at::Tensor weight, bias;
+};
+TORCH_MODULE(Dense);
+
+/// RMSNorm (weight) or LayerNorm (weight, bias); statistics in fp32.
+class NormImpl : public torch::nn::Module {
+ public:
+  NormImpl(int64_t dim, double eps, bool rms);
+  at::Tensor forward(const at::Tensor& x);
+  at::Tensor weight, bias;
+  double eps;
+  bool rms;
+};
+TORCH_MODULE(Norm);
+
+class EmbeddingImpl : public torch::nn::Module {
+ public:
+  EmbeddingImpl(int64_t num, int64_t dim);
+  at::Tensor forward(const at::Tensor& ids);  // (B, L) int64 -> (B, L, D)
+  at::Tensor weight;
+};
+TORCH_MODULE(Embedding);
+
+/// Parameter holder for the depthwise conv: weight (E, 1, K), bias (E).
+class ConvParamsImpl : public torch::nn::Module {
+ public:
+  ConvParamsImpl(int64_t channels, int64_t width, bool with_bias);
+  at::Tensor weight, bias;
+};
+TORCH_MODULE(ConvParams);
+
+/// The S6 mixer (state-spaces/mamba `Mamba`).
+class MixerImpl : public torch::nn::Module {
+ public:
+  explicit MixerImpl(const MambaConfig& config);
+  at::Tensor forward(const at::Tensor& h);                // (B, L, D) -> (B, L, D)
+  at::Tensor step(const at::Tensor& h, LayerCache& cache);  // (B, D) -> (B, D)
+  LayerCache make_cache(int64_t batch) const;
+
+  Dense in_proj{nullptr}, x_proj{nullptr}, dt_proj{nullptr}, out_proj{nullptr};
+  ConvParams conv1d{nullptr};
+  at::Tensor A_log, D;
+
+ private:
+  int64_t d_inner_, d_state_, dt_rank_;
+};
+TORCH_MODULE(Mixer);
+
+/// Pre-norm residual block: r = h + r; h = mixer(norm(r)).
+class BlockImpl : public torch::nn::Module {
+ public:
+  explicit BlockImpl(const MambaConfig& config);
+  StreamState forward(const StreamState& in);
+  StreamState step(const StreamState& in, LayerCache& cache);  // L == 1
+
+  Norm norm{nullptr};
+  Mixer mixer{nullptr};
+
+ private:
+  bool residual_in_fp32_;
+};
+TORCH_MODULE(Block);
+
+class BackboneImpl : public torch::nn::Module {
+ public:
+  BackboneImpl(const MambaConfig& config, const StageSpec& stage);
+  Embedding embedding{nullptr};    // first stage only
+  torch::nn::ModuleDict layers;    // global index -> Block
+  Norm norm_f{nullptr};            // last stage only
+  std::vector<std::pair<int64_t, Block>> ordered_layers;  // ascending global index
+};
+TORCH_MODULE(Backbone);
+
+/// One pipeline stage of the LM (the whole model when the stage is whole_model()).
+/// Input: token ids (B, L) int64 on the first stage, else the boundary tensor.
+/// Output: logits (B, L, V) on the last stage, else the boundary tensor.
+class MambaLMImpl : public torch::nn::Module {
+ public:
+  MambaLMImpl(const MambaConfig& config, const StageSpec& stage,
+              BoundaryMode boundary = BoundaryMode::kPacked);
+
+  at::Tensor forward(const at::Tensor& input);
+  /// One token for generation: input (B, 1) ids or a boundary tensor with L == 1.
+  at::Tensor step(const at::Tensor& input, InferenceCache& cache);
+  InferenceCache make_cache(int64_t batch) const;
+
+  /// Fills every parameter from (seed, FQN); see init.h.
+  void init_parameters(uint64_t seed);
+
+  const MambaConfig& config() const { return config_; }
+  const StageSpec& stage() const { return stage_; }
+  BoundaryMode boundary() const { return boundary_; }
+  at::ScalarType residual_dtype() const;
+  /// Shape of the boundary tensor for a (B, L) microbatch.
+  std::vector<int64_t> boundary_shape(int64_t batch, int64_t len) const;
+
+  /// Encodes/decodes the boundary tensor. decode throws BoundaryError naming the stage when
+  /// the tensor's rank, D or dtype disagree with this stage's expectations.
+  at::Tensor encode_boundary(const StreamState& state) const;
+  StreamState decode_boundary(const at::Tensor& t) const;
+
+  Backbone backbone{nullptr};
+  Dense lm_head{nullptr};  // last stage only
+
+ private:
+  at::Tensor run(const at::Tensor& input, InferenceCache* cache);
+
+  MambaConfig config_;
+  StageSpec stage_;
+  BoundaryMode boundary_;
+};
+TORCH_MODULE(MambaLM);
+
+/// The tied-gradient sum, in a fixed operand order (embedding first) so every place that
+/// forms it (PP=1, chained stages, the pipeline runtime) produces the same bits.
+at::Tensor tied_gradient_sum(const at::Tensor& embedding_grad, const at::Tensor& head_grad);
+
+/// For a tied config: sets both embedding and lm_head gradients to their sum. `first` and
+/// `last` may be the same module (PP=1). No-op when the config is untied.
+void sync_tied_gradients(MambaLMImpl& first, MambaLMImpl& last);
+
+}  // namespace pmamba::model
