@@ -49,21 +49,34 @@ Silence::~Silence() { H5Eset_auto2(H5E_DEFAULT, func_, data_); }
 namespace {
 
 herr_t collect(unsigned n, const H5E_error2_t* err, void* data) {
-  auto* out = static_cast<std::string*>(data);
+  auto* out = static_cast<std::vector<std::string>*>(data);
   if (err->desc && *err->desc) {
-    if (!out->empty()) *out += "; ";
-    *out += err->desc;
+    std::string d = err->desc;
+    for (char& ch : d) {
+      if (ch == '\n' || ch == '\r') ch = ' ';
+    }
+    out->push_back(d);
   }
   return 0;
 }
 
+// HDF5's atexit handler closes files still open; after a failed close (e.g. a full disk during
+// the final flush) HDF5 1.10 crashes in that handler. Our RAII handles close everything we
+// open, so the handler is not needed; it must be disabled before the library initialises.
+struct DisableAtexit {
+  DisableAtexit() { H5dont_atexit(); }
+} g_disable_atexit;
+
 }  // namespace
 
 std::string error_stack() {
-  std::string msg;
-  H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, collect, &msg);
+  std::vector<std::string> lines;
+  H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, collect, &lines);
   H5Eclear2(H5E_DEFAULT);
-  return msg;
+  // The outermost line says what failed, the innermost why (e.g. errno's text); the ones in
+  // between repeat both.
+  if (lines.empty()) return "";
+  return lines.size() == 1 ? lines.front() : lines.front() + ": " + lines.back();
 }
 
 hid_t check(hid_t id, const std::string& what) {
@@ -86,8 +99,9 @@ namespace {
 
 Handle file_access_props() {
   Handle fapl(check(H5Pcreate(H5P_FILE_ACCESS), "H5Pcreate(file access)"));
-  // v110 objects keep the files readable by any HDF5 >= 1.10 (h5py wheels included).
-  check_status(H5Pset_libver_bounds(fapl.get(), H5F_LIBVER_V18, H5F_LIBVER_V110),
+  // The 1.10 object formats (compact groups, fixed-array chunk indexes) keep files small and
+  // readable by any HDF5 >= 1.10, h5py wheels included.
+  check_status(H5Pset_libver_bounds(fapl.get(), H5F_LIBVER_V110, H5F_LIBVER_V110),
                "H5Pset_libver_bounds");
   return fapl;
 }

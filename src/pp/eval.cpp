@@ -4,11 +4,13 @@
 #include <ATen/Parallel.h>
 
 #include <fstream>
+#include <memory>
 #include <sstream>
 
 #include "src/ckpt/tensor_file.h"
 #include "src/model/partition.h"
 #include "src/pp/errors.h"
+#include "src/pp/state.h"
 
 namespace pmamba::pp {
 
@@ -17,7 +19,6 @@ namespace {
 std::vector<int64_t> parse_line(const std::string& line, const std::string& where) {
   std::vector<int64_t> ids;
   std::string token;
-  std::stringstream ss(line);
   std::string cleaned = line;
   for (char& ch : cleaned) {
     if (ch == ',' || ch == '\t') ch = ' ';
@@ -84,9 +85,11 @@ EvalResult run_eval(const EvalOptions& o) {
   if (sources != 1) {
     throw UsageError("give exactly one of --preset, --config or --ckpt");
   }
-  if (!o.ckpt.empty()) throw UsageError("--ckpt needs the checkpoint library (not built yet)");
-  const model::MambaConfig config =
-      o.preset.empty() ? model::config_from_file(o.config_path) : model::preset(o.preset);
+  std::unique_ptr<ckpt::CheckpointReader> reader;
+  if (!o.ckpt.empty()) reader = std::make_unique<ckpt::CheckpointReader>(o.ckpt);
+  const model::MambaConfig config = reader ? reader->manifest().config
+                                    : o.preset.empty() ? model::config_from_file(o.config_path)
+                                                       : model::preset(o.preset);
   const std::vector<model::StageSpec> stages = model::make_stages(config.n_layer, o.pp, o.partition);
 
   if (o.tokens.empty() == o.tokens_file.empty()) throw UsageError("give exactly one of --tokens or --tokens-file");
@@ -101,7 +104,11 @@ EvalResult run_eval(const EvalOptions& o) {
   at::Tensor x = ids;
   for (const auto& spec : stages) {
     model::MambaLM stage(config, spec, o.boundary);
-    stage->init_parameters(o.seed);
+    if (reader) {
+      load_stage(*reader, *stage, nullptr);
+    } else {
+      stage->init_parameters(o.seed);
+    }
     x = stage->forward(x);
   }
   EvalResult r;

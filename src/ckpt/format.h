@@ -1,0 +1,51 @@
+// Constants and naming rules of the pmamba checkpoint format (docs/FORMAT.md is the
+// normative spec; this header must agree with it).
+//
+//   <root>/step-00000100/manifest.json          written last: the commit marker and the index
+//   <root>/step-00000100/stage-00-of-04.h5 ...  one HDF5 shard per stage
+//   <root>/latest                               names the newest committed step directory
+//
+// In a shard, FQN "backbone.layers.7.mixer.A_log" lives at /model/backbone/layers/7/mixer/A_log,
+// its AdamW state at /optim/backbone/layers/7/mixer/A_log/{exp_avg,exp_avg_sq,step}.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <string>
+
+namespace pmamba::ckpt {
+
+inline constexpr const char* kFormatName = "pmamba-ckpt";
+inline constexpr int64_t kFormatVersion = 1;
+inline constexpr const char* kManifestName = "manifest.json";
+inline constexpr const char* kLatestName = "latest";
+inline constexpr uint32_t kZstdFilterId = 32015;  // registered HDF5 id (hdf5plugin's Zstd)
+
+/// Optimizer-state slots stored per parameter.
+enum class Slot { kParam, kExpAvg, kExpAvgSq, kStep };
+const char* slot_name(Slot slot);  // "param", "exp_avg", "exp_avg_sq", "step"
+
+/// "step-00000100"
+std::string step_dir_name(int64_t step);
+/// Parses "step-00000100" -> 100; -1 for anything else (temp names included).
+int64_t parse_step_dir_name(const std::string& name);
+/// "stage-00-of-04.h5"
+std::string shard_file_name(int stage, int num_stages);
+
+/// HDF5 path of a slot of an FQN: ("a.b.c", kParam) -> "/model/a/b/c",
+/// ("a.b.c", kExpAvg) -> "/optim/a/b/c/exp_avg".
+std::string dataset_path(const std::string& fqn, Slot slot);
+
+/// Logical dtype names stored in the `dtype` attribute and the manifest.
+std::string dtype_name(at::ScalarType t);  // throws UsageError for unsupported types
+at::ScalarType dtype_from_name(const std::string& name);  // throws FormatError
+size_t dtype_size(at::ScalarType t);
+
+/// xxh3-64 of the tensor's contiguous little-endian bytes.
+uint64_t tensor_digest(const at::Tensor& t);
+uint64_t bytes_digest(const void* data, size_t n);
+std::string digest_hex(uint64_t digest);  // 16 lowercase hex digits
+uint64_t parse_digest_hex(const std::string& hex);  // throws FormatError
+
+}  // namespace pmamba::ckpt

@@ -1,0 +1,516 @@
+#include "src/ckpt/shard.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cstring>
+#include <deque>
+#include <memory>
+#include <unistd.h>
+#include <nlohmann/json.hpp>
+
+#include "src/ckpt/errors.h"
+#include "src/ckpt/fault.h"
+#include "src/ckpt/fs.h"
+#include "src/ckpt/thread_pool.h"
+#include "src/ckpt/zstd_filter.h"
+
+namespace pmamba::ckpt {
+
+namespace {
+
+struct StorageType {
+  hid_t file;
+  hid_t mem;
+};
+
+// 16-bit floats are stored as little-endian uint16 (HDF5 1.10 has no bfloat16 type); the
+// `dtype` attribute says how to interpret them.
+StorageType storage_type(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return {H5T_IEEE_F32LE, H5T_NATIVE_FLOAT};
+    case at::kDouble: return {H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE};
+    case at::kBFloat16:
+    case at::kHalf: return {H5T_STD_U16LE, H5T_NATIVE_UINT16};
+    case at::kLong: return {H5T_STD_I64LE, H5T_NATIVE_INT64};
+    case at::kInt: return {H5T_STD_I32LE, H5T_NATIVE_INT32};
+    default: break;
+  }
+  throw UsageError(std::string("dtype ") + c10::toString(t) + " cannot be stored in a checkpoint");
+}
+
+// Waits for every outstanding future when destroyed, so tasks that reference local buffers
+// never outlive them when an exception unwinds the writer or reader.
+struct FutureGuard {
+  std::deque<std::future<void>> futures;
+  ~FutureGuard() {
+    for (auto& f : futures) {
+      if (f.valid()) f.wait();
+    }
+  }
+};
+
+int pool_threads(int requested) {
+  return requested > 0 ? requested : ThreadPool::default_threads();
+}
+
+int64_t chunk_rows(const std::vector<int64_t>& shape, size_t elem, size_t chunk_bytes) {
+  size_t row_bytes = elem;
+  for (size_t i = 1; i < shape.size(); ++i) row_bytes *= static_cast<size_t>(shape[i]);
+  const int64_t rows = static_cast<int64_t>(std::max<size_t>(1, chunk_bytes / std::max<size_t>(row_bytes, 1)));
+  return std::min(rows, shape[0]);
+}
+
+void write_dataset(hid_t file, const TensorToSave& item, const WriteOptions& o, ThreadPool& pool,
+                   const std::string& where) {
+  const at::Tensor data = item.tensor.detach().cpu().contiguous();
+  const std::string path = dataset_path(item.fqn, item.slot);
+  const std::string what = where + ": dataset '" + path + "'";
+  const StorageType ty = storage_type(data.scalar_type());
+  const size_t elem = data.element_size();
+  const auto* base = static_cast<const uint8_t*>(data.data_ptr());
+  const size_t total = data.nbytes();
+
+  FutureGuard guard;
+  uint64_t digest = 0;
+  guard.futures.push_back(pool.submit([&digest, base, total] { digest = bytes_digest(base, total); }));
+  std::future<void>& digest_done = guard.futures.back();
+
+  const std::vector<int64_t> shape = data.sizes().vec();
+  std::vector<hsize_t> dims(shape.begin(), shape.end());
+  h5::Handle space(h5::check(data.dim() == 0 ? H5Screate(H5S_SCALAR)
+                                             : H5Screate_simple(data.dim(), dims.data(), nullptr),
+                             what + ": H5Screate"));
+  h5::Handle lcpl(h5::check(H5Pcreate(H5P_LINK_CREATE), "H5Pcreate"));
+  h5::check_status(H5Pset_create_intermediate_group(lcpl.get(), 1), "H5Pset_create_intermediate_group");
+  h5::Handle dcpl(h5::check(H5Pcreate(H5P_DATASET_CREATE), "H5Pcreate"));
+  h5::check_status(H5Pset_fill_time(dcpl.get(), H5D_FILL_TIME_NEVER), "H5Pset_fill_time");
+  const bool chunked = o.compression.zstd && data.dim() > 0 && data.numel() > 0;
+  int64_t rows = 0;
+  if (chunked) {
+    rows = chunk_rows(shape, elem, o.chunk_bytes);
+    std::vector<hsize_t> chunk = dims;
+    chunk[0] = static_cast<hsize_t>(rows);
+    h5::check_status(H5Pset_chunk(dcpl.get(), data.dim(), chunk.data()), what + ": H5Pset_chunk");
+    h5::check_status(H5Pset_shuffle(dcpl.get()), what + ": H5Pset_shuffle");
+    const unsigned level = static_cast<unsigned>(o.compression.level);
+    h5::check_status(H5Pset_filter(dcpl.get(), kZstdFilterId, H5Z_FLAG_MANDATORY, 1, &level),
+                     what + ": H5Pset_filter(zstd)");
+  }
+  h5::Handle dset(h5::check(
+      H5Dcreate2(file, path.c_str(), ty.file, space.get(), lcpl.get(), dcpl.get(), H5P_DEFAULT),
+      "cannot create " + what));
+
+  if (!chunked) {
+    if (total > 0) {
+      h5::check_status(H5Dwrite(dset.get(), ty.mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, base),
+                       "cannot write " + what);
+    }
+  } else {
+    // Compress chunks in the pool, write them in order from this thread (HDF5 is not
+    // thread-safe); at most 2 * threads chunks are in flight, which bounds the extra memory.
+    const size_t row_bytes = total / static_cast<size_t>(shape[0]);
+    const size_t chunk_raw = static_cast<size_t>(rows) * row_bytes;
+    const int64_t n_chunks = (shape[0] + rows - 1) / rows;
+    const int level = o.compression.level;
+    struct Job {
+      std::vector<uint8_t> out;
+    };
+    std::deque<std::unique_ptr<Job>> jobs;
+    FutureGuard inflight;
+    auto submit = [&](int64_t c) {
+      jobs.push_back(std::make_unique<Job>());
+      Job* job = jobs.back().get();
+      inflight.futures.push_back(pool.submit([=] {
+        thread_local ZstdCCtxPtr cctx(ZSTD_createCCtx());
+        thread_local std::vector<uint8_t> scratch, pad;
+        const size_t start = static_cast<size_t>(c) * chunk_raw;
+        const size_t avail = std::min(chunk_raw, total - start);
+        const uint8_t* src = base + start;
+        if (avail < chunk_raw) {  // edge chunks are stored at full chunk size
+          pad.assign(chunk_raw, 0);
+          std::memcpy(pad.data(), src, avail);
+          src = pad.data();
+        }
+        encode_chunk(src, chunk_raw, elem, level, cctx.get(), scratch, job->out);
+      }));
+    };
+    const size_t window = static_cast<size_t>(2 * pool.size());
+    int64_t next = 0;
+    std::vector<hsize_t> offset(dims.size(), 0);
+    for (int64_t c = 0; c < n_chunks; ++c) {
+      while (next < n_chunks && jobs.size() < window) submit(next++);
+      inflight.futures.front().get();
+      inflight.futures.pop_front();
+      const std::unique_ptr<Job> job = std::move(jobs.front());
+      jobs.pop_front();
+      offset[0] = static_cast<hsize_t>(c * rows);
+      h5::check_status(H5Dwrite_chunk(dset.get(), H5P_DEFAULT, 0, offset.data(), job->out.size(),
+                                      job->out.data()),
+                       "cannot write chunk " + std::to_string(c) + " of " + what);
+    }
+  }
+  digest_done.get();
+  h5::write_attr(dset.get(), "dtype", dtype_name(data.scalar_type()));
+  h5::write_attr(dset.get(), "xxh3_64", digest_hex(digest));
+}
+
+nlohmann::json aliases_to_json(const std::vector<AliasToSave>& aliases) {
+  nlohmann::json j = nlohmann::json::object();
+  for (const auto& a : aliases) {
+    nlohmann::json d = nlohmann::json::object();
+    for (const auto& [slot, digest] : a.digests) d[slot_name(slot)] = digest_hex(digest);
+    j[a.fqn] = {{"alias_of", a.alias_of}, {"file", a.target_file}, {"xxh3_64", d}};
+  }
+  return j;
+}
+
+Slot slot_from_name(const std::string& s) {
+  if (s == "param") return Slot::kParam;
+  if (s == "exp_avg") return Slot::kExpAvg;
+  if (s == "exp_avg_sq") return Slot::kExpAvgSq;
+  if (s == "step") return Slot::kStep;
+  throw FormatError("unknown state slot '" + s + "'");
+}
+
+void write_alias_links(hid_t file, const AliasToSave& a, const std::vector<Slot>& slots) {
+  // Convenience for h5py/h5dump users: the alias path resolves to the stored tensor. The
+  // manifest, not these links, is what pmamba reads.
+  auto link = [&](const std::string& target_path, const std::string& link_path) {
+    h5::Handle lcpl(h5::check(H5Pcreate(H5P_LINK_CREATE), "H5Pcreate"));
+    h5::check_status(H5Pset_create_intermediate_group(lcpl.get(), 1), "H5Pset_create_intermediate_group");
+    if (a.target_file.empty()) {
+      h5::check_status(H5Lcreate_soft(target_path.c_str(), file, link_path.c_str(), lcpl.get(), H5P_DEFAULT),
+                       "cannot link '" + link_path + "'");
+    } else {
+      h5::check_status(H5Lcreate_external(a.target_file.c_str(), target_path.c_str(), file,
+                                          link_path.c_str(), lcpl.get(), H5P_DEFAULT),
+                       "cannot link '" + link_path + "'");
+    }
+  };
+  for (Slot s : slots) link(dataset_path(a.alias_of, s), dataset_path(a.fqn, s));
+}
+
+}  // namespace
+
+std::string write_shard(const std::string& dir, const ShardHeader& header,
+                        const std::vector<TensorToSave>& tensors,
+                        const std::vector<AliasToSave>& aliases, const WriteOptions& options) {
+  h5::Silence quiet;
+  register_zstd_filter();
+  const std::string final_path = fs::join(dir, shard_file_name(header.stage, header.num_stages));
+  const std::string tmp = final_path + ".tmp";
+  try {
+    {
+      h5::Handle file = h5::create_file(tmp);
+      h5::Handle root(h5::check(H5Gopen2(file.get(), "/", H5P_DEFAULT), "H5Gopen2(/)"));
+      h5::write_attr(root.get(), "format", std::string(kFormatName));
+      h5::write_attr(root.get(), "format_version", kFormatVersion);
+      h5::write_attr(root.get(), "stage", static_cast<int64_t>(header.stage));
+      h5::write_attr(root.get(), "num_stages", static_cast<int64_t>(header.num_stages));
+      h5::write_attr(root.get(), "layer_begin", header.layer_begin);
+      h5::write_attr(root.get(), "layer_end", header.layer_end);
+      h5::write_attr(root.get(), "step", header.step);
+      h5::write_attr(root.get(), "config", header.config_json);
+      h5::write_attr(root.get(), "train", header.train_json.empty() ? std::string("{}") : header.train_json);
+      h5::write_attr(root.get(), "compression", options.compression.str());
+      h5::write_attr(root.get(), "aliases", aliases_to_json(aliases).dump());
+      ThreadPool pool(pool_threads(options.threads));
+      bool first = true;
+      for (const auto& t : tensors) {
+        write_dataset(file.get(), t, options, pool, tmp);
+        if (first) fault_point("shard-partial", header.stage);
+        first = false;
+      }
+      for (const auto& a : aliases) {
+        std::vector<Slot> slots;
+        for (const auto& kv : a.digests) slots.push_back(kv.first);
+        write_alias_links(file.get(), a, slots);
+      }
+      root.reset();
+      file.close("cannot finish writing '" + tmp + "'");
+    }
+    fault_point("shard-written", header.stage);
+    fs::fsync_path(tmp);
+    fault_point("shard-synced", header.stage);
+    fs::rename_path(tmp, final_path);
+    fs::fsync_path(dir);
+    fault_point("shard-renamed", header.stage);
+  } catch (...) {
+    ::unlink(tmp.c_str());
+    throw;
+  }
+  return final_path;
+}
+
+// ---- reading ----
+
+bool parse_dataset_path(const std::string& path, std::string& fqn, Slot& slot) {
+  auto to_fqn = [](const std::string& p) {
+    std::string f = p;
+    for (char& ch : f) {
+      if (ch == '/') ch = '.';
+    }
+    return f;
+  };
+  auto valid = [](const std::string& f) {
+    if (f.empty() || f.front() == '.' || f.back() == '.') return false;
+    return f.find("..") == std::string::npos;
+  };
+  if (path.rfind("/model/", 0) == 0) {
+    fqn = to_fqn(path.substr(7));
+    slot = Slot::kParam;
+    return valid(fqn);
+  }
+  if (path.rfind("/optim/", 0) == 0) {
+    const std::string rest = path.substr(7);
+    const size_t slash = rest.rfind('/');
+    if (slash == std::string::npos) return false;
+    const std::string leaf = rest.substr(slash + 1);
+    if (leaf == "exp_avg") slot = Slot::kExpAvg;
+    else if (leaf == "exp_avg_sq") slot = Slot::kExpAvgSq;
+    else if (leaf == "step") slot = Slot::kStep;
+    else return false;
+    fqn = to_fqn(rest.substr(0, slash));
+    return valid(fqn);
+  }
+  return false;
+}
+
+ShardReader::ShardReader(const std::string& path) : path_(path) {
+  h5::Silence quiet;
+  register_zstd_filter();
+  if (!fs::is_file(path)) throw FormatError("shard '" + path + "' is missing");
+  try {
+    file_ = h5::open_file(path);
+  } catch (const IoError& e) {
+    throw FormatError("shard '" + path + "' is not a readable HDF5 file (truncated or corrupt?): " + e.what());
+  }
+  try {
+    h5::Handle root = h5::open_group(file_.get(), "/");
+    if (!h5::has_attr(root.get(), "format") || h5::read_attr_string(root.get(), "format") != kFormatName) {
+      throw FormatError("not a pmamba checkpoint shard (attribute format != \"" + std::string(kFormatName) + "\")");
+    }
+    format_version_ = h5::read_attr_int(root.get(), "format_version");
+    if (format_version_ > kFormatVersion) {
+      throw FormatError("format_version " + std::to_string(format_version_) +
+                        " is newer than this pmamba supports (" + std::to_string(kFormatVersion) + ")");
+    }
+    if (format_version_ < 1) throw FormatError("invalid format_version " + std::to_string(format_version_));
+    header_.stage = static_cast<int>(h5::read_attr_int(root.get(), "stage"));
+    header_.num_stages = static_cast<int>(h5::read_attr_int(root.get(), "num_stages"));
+    header_.layer_begin = h5::read_attr_int(root.get(), "layer_begin");
+    header_.layer_end = h5::read_attr_int(root.get(), "layer_end");
+    header_.step = h5::read_attr_int(root.get(), "step");
+    header_.config_json = h5::read_attr_string(root.get(), "config");
+    header_.train_json = h5::read_attr_string(root.get(), "train");
+  } catch (const FormatError& e) {
+    throw FormatError("shard '" + path + "': " + e.what());
+  } catch (const IoError& e) {
+    throw FormatError("shard '" + path + "': " + e.what());
+  }
+}
+
+namespace {
+
+#if H5_VERSION_GE(1, 12, 0)
+using LinkInfo = H5L_info2_t;
+#else
+using LinkInfo = H5L_info_t;
+#endif
+
+struct VisitState {
+  std::vector<std::string> datasets;
+  std::vector<std::string> others;  // unexpected non-group objects
+};
+
+herr_t visit_link(hid_t group, const char* name, const LinkInfo* info, void* data) {
+  auto* st = static_cast<VisitState*>(data);
+  if (info->type != H5L_TYPE_HARD) return 0;  // soft/external links: alias conveniences
+  const hid_t obj = H5Oopen(group, name, H5P_DEFAULT);
+  if (obj < 0) return -1;
+  const H5I_type_t type = H5Iget_type(obj);
+  H5Oclose(obj);
+  if (type == H5I_DATASET) st->datasets.push_back(std::string("/") + name);
+  else if (type != H5I_GROUP) st->others.push_back(std::string("/") + name);
+  return 0;
+}
+
+std::vector<uint16_t> filter_ids(hid_t dcpl) {
+  std::vector<uint16_t> ids;
+  const int n = H5Pget_nfilters(dcpl);
+  for (int i = 0; i < n; ++i) {
+    unsigned flags = 0, cd[8];
+    size_t ncd = 8;
+    char name[64];
+    unsigned config = 0;
+    const H5Z_filter_t id = H5Pget_filter2(dcpl, static_cast<unsigned>(i), &flags, &ncd, cd, sizeof name, name, &config);
+    ids.push_back(static_cast<uint16_t>(id));
+  }
+  return ids;
+}
+
+}  // namespace
+
+std::vector<DatasetInfo> ShardReader::scan() const {
+  h5::Silence quiet;
+  VisitState st;
+  h5::check_status(H5Lvisit(file_.get(), H5_INDEX_NAME, H5_ITER_INC, visit_link, &st),
+                   "cannot list the objects of shard '" + path_ + "'");
+  if (!st.others.empty()) {
+    throw FormatError("shard '" + path_ + "': unexpected object '" + st.others.front() + "'");
+  }
+  std::vector<DatasetInfo> out;
+  for (const auto& path : st.datasets) {
+    DatasetInfo info;
+    info.path = path;
+    const std::string where = "shard '" + path_ + "', dataset '" + path + "'";
+    if (!parse_dataset_path(path, info.fqn, info.slot)) {
+      throw FormatError(where + ": not a checkpoint dataset (expected /model/<fqn> or /optim/<fqn>/<slot>)");
+    }
+    h5::Handle dset = h5::open_dataset(file_.get(), path);
+    try {
+      info.dtype = h5::read_attr_string(dset.get(), "dtype");
+      info.digest = parse_digest_hex(h5::read_attr_string(dset.get(), "xxh3_64"));
+      const at::ScalarType st_type = dtype_from_name(info.dtype);
+      info.shape = h5::dataset_shape(dset.get());
+      // Element counts are checked for overflow before anything is sized from them.
+      int64_t numel = 1;
+      for (int64_t d : info.shape) {
+        if (d < 0 || (d > 0 && numel > (int64_t{1} << 50) / d)) {
+          throw FormatError("declares an absurd shape");
+        }
+        numel *= d;
+      }
+      info.raw_bytes = numel * static_cast<int64_t>(dtype_size(st_type));
+      h5::Handle ftype(h5::check(H5Dget_type(dset.get()), "H5Dget_type"));
+      const StorageType expect = storage_type(st_type);
+      if (H5Tequal(ftype.get(), expect.file) <= 0) {
+        throw FormatError("stored type does not match its dtype attribute '" + info.dtype + "'");
+      }
+      info.stored_bytes = static_cast<int64_t>(H5Dget_storage_size(dset.get()));
+      h5::Handle dcpl(h5::check(H5Dget_create_plist(dset.get()), "H5Dget_create_plist"));
+      for (uint16_t id : filter_ids(dcpl.get())) info.compressed = info.compressed || id == kZstdFilterId;
+    } catch (const FormatError& e) {
+      throw FormatError(where + ": " + e.what());
+    }
+    out.push_back(std::move(info));
+  }
+  std::sort(out.begin(), out.end(), [](const DatasetInfo& a, const DatasetInfo& b) { return a.path < b.path; });
+  return out;
+}
+
+std::vector<AliasToSave> ShardReader::aliases() const {
+  h5::Silence quiet;
+  h5::Handle root = h5::open_group(file_.get(), "/");
+  std::vector<AliasToSave> out;
+  try {
+    const nlohmann::json j = nlohmann::json::parse(h5::read_attr_string(root.get(), "aliases"));
+    for (auto it = j.begin(); it != j.end(); ++it) {
+      AliasToSave a;
+      a.fqn = it.key();
+      a.alias_of = it.value().at("alias_of").get<std::string>();
+      a.target_file = it.value().at("file").get<std::string>();
+      const auto& d = it.value().at("xxh3_64");
+      for (auto s = d.begin(); s != d.end(); ++s) a.digests[slot_from_name(s.key())] = parse_digest_hex(s.value().get<std::string>());
+      out.push_back(std::move(a));
+    }
+  } catch (const nlohmann::json::exception& e) {
+    throw FormatError("shard '" + path_ + "': malformed aliases attribute: " + e.what());
+  }
+  return out;
+}
+
+void ShardReader::read(const DatasetInfo& info, at::Tensor& dest, ThreadPool* pool) const {
+  h5::Silence quiet;
+  const std::string where = "shard '" + path_ + "', dataset '" + info.path + "'";
+  if (!dest.is_contiguous() || static_cast<int64_t>(dest.nbytes()) != info.raw_bytes ||
+      dest.sizes().vec() != info.shape) {
+    throw UsageError(where + ": destination tensor does not match the stored shape");
+  }
+  const at::ScalarType st = dtype_from_name(info.dtype);
+  const StorageType ty = storage_type(st);
+  auto* base = static_cast<uint8_t*>(dest.data_ptr());
+  const size_t total = dest.nbytes();
+  if (total == 0) return;
+  h5::Handle dset = h5::open_dataset(file_.get(), info.path);
+  h5::Handle dcpl(h5::check(H5Dget_create_plist(dset.get()), "H5Dget_create_plist"));
+  const std::vector<uint16_t> filters = filter_ids(dcpl.get());
+  const bool direct = H5Pget_layout(dcpl.get()) == H5D_CHUNKED && pool != nullptr && !info.shape.empty() &&
+                      !filters.empty() &&
+                      (filters == std::vector<uint16_t>{H5Z_FILTER_SHUFFLE, kZstdFilterId} ||
+                       filters == std::vector<uint16_t>{kZstdFilterId});
+  std::vector<hsize_t> chunk(info.shape.size());
+  bool regular = false;
+  if (direct) {
+    H5Pget_chunk(dcpl.get(), static_cast<int>(chunk.size()), chunk.data());
+    regular = chunk[0] > 0;
+    for (size_t i = 1; i < chunk.size(); ++i) regular = regular && chunk[i] == static_cast<hsize_t>(info.shape[i]);
+  }
+  if (!direct || !regular) {
+    // Any other layout goes through HDF5's own pipeline (our zstd filter is registered).
+    h5::check_status(H5Dread(dset.get(), ty.mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, base), "cannot read " + where);
+    return;
+  }
+  const bool has_shuffle = filters.size() == 2;
+  const size_t elem = dtype_size(st);
+  const int64_t rows = static_cast<int64_t>(chunk[0]);
+  const size_t row_bytes = total / static_cast<size_t>(info.shape[0]);
+  const size_t chunk_raw = static_cast<size_t>(rows) * row_bytes;
+  const int64_t n_chunks = (info.shape[0] + rows - 1) / rows;
+  const size_t max_stored = ZSTD_compressBound(chunk_raw) + 64;
+  struct Job {
+    std::vector<uint8_t> stored;
+  };
+  std::deque<std::unique_ptr<Job>> jobs;
+  FutureGuard inflight;
+  const size_t window = static_cast<size_t>(2 * pool->size());
+  std::vector<hsize_t> offset(chunk.size(), 0);
+  for (int64_t c = 0; c < n_chunks; ++c) {
+    offset[0] = static_cast<hsize_t>(c * rows);
+    hsize_t nbytes = 0;
+    if (H5Dget_chunk_storage_size(dset.get(), offset.data(), &nbytes) < 0 || nbytes == 0) {
+      h5::error_stack();
+      throw FormatError(where + ": chunk " + std::to_string(c) + " is missing");
+    }
+    if (nbytes > max_stored) {
+      throw FormatError(where + ": chunk " + std::to_string(c) + " claims " + std::to_string(nbytes) +
+                        " stored bytes, more than any encoding of " + std::to_string(chunk_raw) + " bytes");
+    }
+    while (jobs.size() >= window) {
+      inflight.futures.front().get();
+      inflight.futures.pop_front();
+      jobs.pop_front();
+    }
+    jobs.push_back(std::make_unique<Job>());
+    Job* job = jobs.back().get();
+    job->stored.resize(nbytes);
+    uint32_t mask = 0;
+    h5::check_status(H5Dread_chunk(dset.get(), H5P_DEFAULT, offset.data(), &mask, job->stored.data()),
+                     "cannot read chunk " + std::to_string(c) + " of " + where);
+    const bool shuffled = has_shuffle && !(mask & 1u);
+    const bool compressed = !(mask & (has_shuffle ? 2u : 1u));
+    inflight.futures.push_back(pool->submit([=] {
+      thread_local ZstdDCtxPtr dctx(ZSTD_createDCtx());
+      thread_local std::vector<uint8_t> scratch, edge;
+      const size_t start = static_cast<size_t>(c) * chunk_raw;
+      const size_t avail = std::min(chunk_raw, total - start);
+      const std::string label = where + " chunk " + std::to_string(c);
+      if (avail == chunk_raw) {
+        decode_chunk(job->stored.data(), job->stored.size(), base + start, chunk_raw, elem, shuffled, compressed,
+                     dctx.get(), scratch, label);
+      } else {
+        edge.resize(chunk_raw);
+        decode_chunk(job->stored.data(), job->stored.size(), edge.data(), chunk_raw, elem, shuffled, compressed,
+                     dctx.get(), scratch, label);
+        std::memcpy(base + start, edge.data(), avail);
+      }
+    }));
+  }
+  while (!inflight.futures.empty()) {
+    inflight.futures.front().get();
+    inflight.futures.pop_front();
+  }
+}
+
+}  // namespace pmamba::ckpt

@@ -1,0 +1,106 @@
+// One stage's HDF5 shard: writing it (compression in a thread pool, chunks written with
+// H5Dwrite_chunk), scanning what it holds, and reading datasets back (chunks decoded in a
+// thread pool). See docs/FORMAT.md for the layout.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "src/ckpt/codec.h"
+#include "src/ckpt/format.h"
+#include "src/ckpt/h5.h"
+
+namespace pmamba::ckpt {
+
+class ThreadPool;
+
+/// Root attributes of a shard.
+struct ShardHeader {
+  int stage = 0;
+  int num_stages = 1;
+  int64_t layer_begin = 0;
+  int64_t layer_end = 0;
+  int64_t step = 0;
+  std::string config_json;  // the model config, compact JSON
+  std::string train_json;   // training state (opaque to the format), compact JSON or "{}"
+};
+
+struct TensorToSave {
+  std::string fqn;
+  Slot slot = Slot::kParam;
+  at::Tensor tensor;  // CPU; any layout (made contiguous while writing)
+};
+
+/// A tied parameter stored once elsewhere: `fqn` (e.g. lm_head.weight) is `alias_of`
+/// (backbone.embedding.weight). The digests are those of this stage's own copies, so readers
+/// can check that the tie held when the checkpoint was written.
+struct AliasToSave {
+  std::string fqn;
+  std::string alias_of;
+  std::string target_file;  // shard holding alias_of; "" when it is this shard
+  std::map<Slot, uint64_t> digests;
+};
+
+struct WriteOptions {
+  Compression compression;
+  int threads = 0;                     // 0 = hardware concurrency
+  size_t chunk_bytes = size_t{4} << 20;  // target uncompressed chunk size
+};
+
+/// Writes <dir>/<shard name>: first under a temporary name, then fsync, rename, fsync of
+/// `dir`. Throws IoError/UsageError; on failure the temporary file is removed.
+/// Returns the final path.
+std::string write_shard(const std::string& dir, const ShardHeader& header,
+                        const std::vector<TensorToSave>& tensors,
+                        const std::vector<AliasToSave>& aliases, const WriteOptions& options);
+
+/// What a shard holds for one dataset.
+struct DatasetInfo {
+  std::string path;             // "/model/backbone/embedding/weight"
+  std::string fqn;              // "backbone.embedding.weight"
+  Slot slot = Slot::kParam;
+  std::vector<int64_t> shape;
+  std::string dtype;            // logical dtype attribute
+  uint64_t digest = 0;          // xxh3_64 attribute
+  int64_t stored_bytes = 0;     // bytes on disk
+  int64_t raw_bytes = 0;        // decoded bytes
+  bool compressed = false;      // zstd filter present
+};
+
+/// Read side of a shard. Opening checks the format name and version; the header is parsed.
+class ShardReader {
+ public:
+  explicit ShardReader(const std::string& path);
+  const std::string& path() const { return path_; }
+  const ShardHeader& header() const { return header_; }
+  int64_t format_version() const { return format_version_; }
+
+  /// Every dataset under /model and /optim (links are not followed), sorted by path.
+  /// Throws FormatError for datasets whose names or attributes do not fit the format.
+  std::vector<DatasetInfo> scan() const;
+  /// Alias records (root attribute "aliases").
+  std::vector<AliasToSave> aliases() const;
+
+  /// Reads `info`'s dataset into `dest` (contiguous, matching shape and dtype), decoding zstd
+  /// chunks in `pool` when given. Does not check the digest. Throws FormatError/IoError
+  /// naming the file and dataset.
+  void read(const DatasetInfo& info, at::Tensor& dest, ThreadPool* pool) const;
+
+  /// Raw handle (reshard copies objects between files).
+  hid_t file() const { return file_.get(); }
+
+ private:
+  std::string path_;
+  h5::Handle file_;
+  ShardHeader header_;
+  int64_t format_version_ = 0;
+};
+
+/// (fqn, slot) for a dataset path, or false when the path is not a checkpoint dataset.
+bool parse_dataset_path(const std::string& path, std::string& fqn, Slot& slot);
+
+}  // namespace pmamba::ckpt

@@ -1,0 +1,43 @@
+#include "src/pp/optim.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+#include "src/model/fqn.h"
+
+namespace pmamba::pp {
+
+AdamW::AdamW(std::vector<std::pair<std::string, at::Tensor>> params, const model::MambaConfig& config,
+             AdamWOptions options)
+    : params_(std::move(params)), options_(options) {
+  std::map<std::string, bool> rule;
+  for (const auto& p : model::list_parameters(config)) rule[p.fqn] = p.no_weight_decay;
+  for (const auto& [fqn, p] : params_) {
+    auto it = rule.find(fqn);
+    TORCH_CHECK(it != rule.end(), "AdamW: '", fqn, "' is not a parameter of this config");
+    no_decay_[fqn] = it->second;
+    ParamState s;
+    s.exp_avg = at::zeros(p.sizes(), at::kFloat);
+    s.exp_avg_sq = at::zeros(p.sizes(), at::kFloat);
+    state_[fqn] = s;
+  }
+}
+
+void AdamW::step(double lr) {
+  at::NoGradGuard no_grad;
+  for (auto& [fqn, p] : params_) {
+    ParamState& s = state_.at(fqn);
+    at::Tensor g = p.grad().defined() ? p.grad().to(at::kFloat) : at::zeros_like(s.exp_avg);
+    s.step += 1;
+    const double bc1 = 1.0 - std::pow(options_.beta1, static_cast<double>(s.step));
+    const double bc2 = 1.0 - std::pow(options_.beta2, static_cast<double>(s.step));
+    if (!no_decay_.at(fqn) && options_.weight_decay != 0) p.mul_(1.0 - lr * options_.weight_decay);
+    s.exp_avg.mul_(options_.beta1).add_(g, 1.0 - options_.beta1);
+    s.exp_avg_sq.mul_(options_.beta2).addcmul_(g, g, 1.0 - options_.beta2);
+    const at::Tensor denom = (s.exp_avg_sq.sqrt() / std::sqrt(bc2)).add_(options_.eps);
+    p.addcdiv_(s.exp_avg, denom, -lr / bc1);
+  }
+}
+
+}  // namespace pmamba::pp

@@ -1,0 +1,42 @@
+// The bridge between stage models (+ optimizer) and checkpoints: what a stage saves, how a stage
+// of any layout loads itself from a checkpoint of any other layout, and seed checkpoints.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "src/ckpt/checkpoint.h"
+#include "src/model/mamba.h"
+#include "src/pp/optim.h"
+
+namespace pmamba::pp {
+
+/// The tensors a stage writes: every parameter it owns with its AdamW state (zeros and step 0
+/// when `optim` is null). A tied lm_head is written as an alias of backbone.embedding.weight,
+/// carrying the digests of this stage's copies.
+ckpt::StageData collect_stage(model::MambaLMImpl& model, const AdamW* optim);
+
+/// Loads every parameter (and, when `optim` is given, its AdamW state) of the stage from the
+/// checkpoint, whatever layout wrote it. Throws ckpt errors; FormatError when the checkpoint's
+/// config differs from the model's.
+void load_stage(ckpt::CheckpointReader& reader, model::MambaLMImpl& model, AdamW* optim);
+
+struct InitOptions {
+  std::string out;
+  std::string preset;
+  std::string config_path;
+  uint64_t seed = 0;
+  int pp = 1;
+  std::string partition;
+  std::string compression = "zstd";
+  int threads = 0;
+};
+
+/// Writes a committed seed checkpoint (step 0, freshly initialised weights, zeroed optimizer
+/// state): the state a training run with the same seed starts from. Returns its directory.
+std::string init_checkpoint(const InitOptions& options);
+
+/// Training state stored with a seed checkpoint.
+nlohmann::ordered_json initial_train_state(uint64_t seed);
+
+}  // namespace pmamba::pp
