@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <deque>
+#include <future>
 
 #include "src/ckpt/errors.h"
 #include "src/ckpt/fault.h"
@@ -264,6 +266,80 @@ void CheckpointReader::read(const std::string& fqn, Slot slot, at::Tensor& dest)
   if (got != se.digest) {
     throw IntegrityError("digest mismatch for '" + fqn + "' (" + slot_name(slot) + ") in " + fs::join(dir_, t.file) +
                          ": recorded " + digest_hex(se.digest) + ", data hashes to " + digest_hex(got));
+  }
+}
+
+void CheckpointReader::read_many(std::vector<ReadRequest>& requests) {
+  h5::Silence quiet;
+  struct Pending {
+    std::future<void> done;
+    uint64_t digest = 0;
+    const SlotEntry* entry = nullptr;
+    std::string fqn, file;
+    Slot slot = Slot::kParam;
+  };
+  std::deque<Pending> pending;
+  auto settle = [&](Pending& p) {
+    p.done.get();
+    if (p.digest != p.entry->digest) {
+      throw IntegrityError("digest mismatch for '" + p.fqn + "' (" + slot_name(p.slot) + ") in " +
+                           fs::join(dir_, p.file) + ": recorded " + digest_hex(p.entry->digest) +
+                           ", data hashes to " + digest_hex(p.digest));
+    }
+  };
+  struct Done {
+    std::deque<Pending>* q;
+    ~Done() {
+      for (auto& p : *q) {
+        if (p.done.valid()) p.done.wait();
+      }
+    }
+  } guard{&pending};
+  std::map<std::pair<std::string, Slot>, at::Tensor> loaded;  // stored tensor -> first copy
+  for (ReadRequest& r : requests) {
+    const TensorEntry& t = manifest_.resolve(r.fqn);
+    auto it = t.slots.find(r.slot);
+    if (it == t.slots.end()) {
+      throw FormatError("checkpoint '" + dir_ + "' has no " + slot_name(r.slot) + " for '" + r.fqn + "'");
+    }
+    const SlotEntry& se = it->second;
+    const auto key = std::make_pair(t.fqn, r.slot);
+    auto seen = loaded.find(key);
+    if (seen != loaded.end()) {
+      if (r.dest.defined()) {
+        r.dest.copy_(seen->second);
+      } else {
+        r.dest = seen->second.clone();
+      }
+      continue;
+    }
+    if (!r.dest.defined()) {
+      r.dest = at::empty(se.shape, at::TensorOptions().dtype(dtype_from_name(se.dtype)));
+    } else if (r.dest.sizes().vec() != se.shape || dtype_name(r.dest.scalar_type()) != se.dtype ||
+               !r.dest.is_contiguous()) {
+      throw UsageError("cannot load '" + r.fqn + "' (" + slot_name(r.slot) + ") of shape " +
+                       std::to_string(se.shape.size()) + "-d " + se.dtype + " into the given tensor");
+    }
+    ShardReader& reader = shard(t.file);
+    reader.read(datasets_.at(t.file).at(se.path), r.dest, pool_.get());
+    loaded.emplace(key, r.dest);
+    while (pending.size() >= static_cast<size_t>(pool_->size())) {
+      settle(pending.front());
+      pending.pop_front();
+    }
+    pending.emplace_back();
+    Pending& p = pending.back();
+    p.entry = &se;
+    p.fqn = r.fqn;
+    p.file = t.file;
+    p.slot = r.slot;
+    const at::Tensor data = r.dest;
+    uint64_t* out = &p.digest;
+    p.done = pool_->submit([data, out] { *out = tensor_digest(data); });
+  }
+  while (!pending.empty()) {
+    settle(pending.front());
+    pending.pop_front();
   }
 }
 

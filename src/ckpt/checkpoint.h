@@ -64,6 +64,14 @@ std::string save_checkpoint(const std::string& root, int64_t step, const model::
                             const nlohmann::ordered_json& train, const SaveOptions& options,
                             const std::function<StageData(const model::StageSpec&)>& produce);
 
+/// One tensor to load: `dest` is filled in place when defined (contiguous, manifest shape and
+/// dtype), otherwise allocated.
+struct ReadRequest {
+  std::string fqn;
+  Slot slot = Slot::kParam;
+  at::Tensor dest;
+};
+
 /// Read side: opens and validates the manifest of a committed checkpoint; shards are opened on
 /// first use and checked against the manifest (size, header, the exact set of datasets).
 class CheckpointReader {
@@ -82,6 +90,9 @@ class CheckpointReader {
   void read(const std::string& fqn, Slot slot, at::Tensor& dest);
   /// Same, allocating the tensor.
   at::Tensor read(const std::string& fqn, Slot slot);
+  /// Many reads: digests are verified in the thread pool while the next tensor is read, and
+  /// requests that resolve to the same stored tensor (a tie) read it once.
+  void read_many(std::vector<ReadRequest>& requests);
 
   /// The shard of a stage, opened and checked.
   ShardReader& shard(const std::string& file);

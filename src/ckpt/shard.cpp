@@ -6,7 +6,10 @@
 #include <cstring>
 #include <deque>
 #include <memory>
+#include <mutex>
+#include <fcntl.h>
 #include <unistd.h>
+#include <cerrno>
 #include <nlohmann/json.hpp>
 
 #include "src/ckpt/errors.h"
@@ -50,6 +53,17 @@ struct FutureGuard {
   }
 };
 
+void pread_exact(int fd, uint8_t* dest, size_t len, int64_t offset, const std::string& where) {
+  size_t done = 0;
+  while (done < len) {
+    const ssize_t n = ::pread(fd, dest + done, len - done, offset + static_cast<int64_t>(done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw IoError(where + ": read failed: " + std::strerror(errno));
+    if (n == 0) throw FormatError(where + ": the file ends before the data (truncated)");
+    done += static_cast<size_t>(n);
+  }
+}
+
 int pool_threads(int requested) {
   return requested > 0 ? requested : ThreadPool::default_threads();
 }
@@ -61,9 +75,32 @@ int64_t chunk_rows(const std::vector<int64_t>& shape, size_t elem, size_t chunk_
   return std::min(rows, shape[0]);
 }
 
-void write_dataset(hid_t file, const TensorToSave& item, const WriteOptions& o, ThreadPool& pool,
-                   const std::string& where) {
-  const at::Tensor data = item.tensor.detach().cpu().contiguous();
+// Writes `total` bytes at `offset` of fd in 16 MiB pieces spread over the pool (HDF5 is not
+// thread-safe, plain pwrite is) and waits for them.
+void pwrite_parallel(int fd, const uint8_t* base, size_t total, int64_t offset, ThreadPool& pool,
+                     const std::string& what) {
+  constexpr size_t kPiece = size_t{16} << 20;
+  FutureGuard guard;
+  for (size_t start = 0; start < total; start += kPiece) {
+    const size_t len = std::min(kPiece, total - start);
+    guard.futures.push_back(pool.submit([=] {
+      size_t done = 0;
+      while (done < len) {
+        const ssize_t n = ::pwrite(fd, base + start + done, len - done, offset + static_cast<int64_t>(start + done));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) throw IoError("cannot write " + what + ": " + std::strerror(n < 0 ? errno : ENOSPC));
+        done += static_cast<size_t>(n);
+      }
+    }));
+  }
+  while (!guard.futures.empty()) {
+    guard.futures.front().get();
+    guard.futures.pop_front();
+  }
+}
+
+void write_dataset(hid_t file, int fd, const TensorToSave& item, const WriteOptions& o, ThreadPool& pool,
+                   const std::string& where) {  const at::Tensor data = item.tensor.detach().cpu().contiguous();
   const std::string path = dataset_path(item.fqn, item.slot);
   const std::string what = where + ": dataset '" + path + "'";
   const StorageType ty = storage_type(data.scalar_type());
@@ -86,6 +123,7 @@ void write_dataset(hid_t file, const TensorToSave& item, const WriteOptions& o, 
   h5::Handle dcpl(h5::check(H5Pcreate(H5P_DATASET_CREATE), "H5Pcreate"));
   h5::check_status(H5Pset_fill_time(dcpl.get(), H5D_FILL_TIME_NEVER), "H5Pset_fill_time");
   const bool chunked = o.compression.zstd && data.dim() > 0 && data.numel() > 0;
+  if (!chunked && total > 0) h5::check_status(H5Pset_alloc_time(dcpl.get(), H5D_ALLOC_TIME_EARLY), "H5Pset_alloc_time");
   int64_t rows = 0;
   if (chunked) {
     rows = chunk_rows(shape, elem, o.chunk_bytes);
@@ -103,8 +141,14 @@ void write_dataset(hid_t file, const TensorToSave& item, const WriteOptions& o, 
 
   if (!chunked) {
     if (total > 0) {
-      h5::check_status(H5Dwrite(dset.get(), ty.mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, base),
-                       "cannot write " + what);
+      // The space was allocated at creation; its bytes go straight to the file with pwrite
+      // (HDF5 never touches a raw data region it does not fill), several pieces at once.
+      const haddr_t addr = H5Dget_offset(dset.get());
+      if (addr == HADDR_UNDEF) {
+        h5::check_status(H5Dwrite(dset.get(), ty.mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, base), "cannot write " + what);
+      } else {
+        pwrite_parallel(fd, base, total, static_cast<int64_t>(addr), pool, what);
+      }
     }
   } else {
     // Compress chunks in the pool, write them in order from this thread (HDF5 is not
@@ -193,54 +237,125 @@ void write_alias_links(hid_t file, const AliasToSave& a, const std::vector<Slot>
 
 }  // namespace
 
+struct ShardWriter::Impl {
+  std::string dir, final_path, tmp;
+  ShardHeader header;
+  WriteOptions options;
+  h5::Handle file;
+  int fd = -1;
+  std::unique_ptr<ThreadPool> pool;
+  std::vector<AliasToSave> aliases;
+  bool first = true;
+  bool finished = false;
+};
+
+ShardWriter::ShardWriter(const std::string& dir, const ShardHeader& header, const WriteOptions& options)
+    : impl_(std::make_unique<Impl>()) {
+  h5::Silence quiet;
+  register_zstd_filter();
+  Impl& m = *impl_;
+  m.dir = dir;
+  m.header = header;
+  m.options = options;
+  m.final_path = fs::join(dir, shard_file_name(header.stage, header.num_stages));
+  m.tmp = m.final_path + ".tmp";
+  try {
+    m.file = h5::create_file(m.tmp);
+    m.fd = ::open(m.tmp.c_str(), O_WRONLY | O_CLOEXEC);
+    if (m.fd < 0) throw IoError("cannot open '" + m.tmp + "': " + std::strerror(errno));
+    h5::Handle root(h5::check(H5Gopen2(m.file.get(), "/", H5P_DEFAULT), "H5Gopen2(/)"));
+    h5::write_attr(root.get(), "format", std::string(kFormatName));
+    h5::write_attr(root.get(), "format_version", kFormatVersion);
+    h5::write_attr(root.get(), "stage", static_cast<int64_t>(header.stage));
+    h5::write_attr(root.get(), "num_stages", static_cast<int64_t>(header.num_stages));
+    h5::write_attr(root.get(), "layer_begin", header.layer_begin);
+    h5::write_attr(root.get(), "layer_end", header.layer_end);
+    h5::write_attr(root.get(), "step", header.step);
+    h5::write_attr(root.get(), "config", header.config_json);
+    h5::write_attr(root.get(), "train", header.train_json.empty() ? std::string("{}") : header.train_json);
+    h5::write_attr(root.get(), "compression", options.compression.str());
+    m.pool = std::make_unique<ThreadPool>(pool_threads(options.threads));
+  } catch (...) {
+    abandon();
+    throw;
+  }
+}
+
+ShardWriter::~ShardWriter() {
+  if (impl_ && !impl_->finished) abandon();
+}
+
+void ShardWriter::abandon() noexcept {
+  Impl& m = *impl_;
+  h5::Silence quiet;
+  m.file.reset();
+  if (m.fd >= 0) ::close(m.fd);
+  m.fd = -1;
+  ::unlink(m.tmp.c_str());
+  m.finished = true;
+}
+
+void ShardWriter::added() {
+  if (impl_->first) fault_point("shard-partial", impl_->header.stage);
+  impl_->first = false;
+}
+
+void ShardWriter::add(const TensorToSave& t) {
+  h5::Silence quiet;
+  write_dataset(impl_->file.get(), impl_->fd, t, impl_->options, *impl_->pool, impl_->tmp);
+  added();
+}
+
+void ShardWriter::copy(const ShardReader& src, const DatasetInfo& d) {
+  h5::Silence quiet;
+  // H5Ocopy moves the stored bytes (compressed chunks included) and the attributes without
+  // running any filter.
+  h5::Handle lcpl(h5::check(H5Pcreate(H5P_LINK_CREATE), "H5Pcreate"));
+  h5::check_status(H5Pset_create_intermediate_group(lcpl.get(), 1), "H5Pset_create_intermediate_group");
+  h5::check_status(H5Ocopy(src.file(), d.path.c_str(), impl_->file.get(), d.path.c_str(), H5P_DEFAULT, lcpl.get()),
+                   "cannot copy '" + d.path + "' from '" + src.path() + "' to '" + impl_->tmp + "'");
+  added();
+}
+
+void ShardWriter::add_alias(const AliasToSave& a) { impl_->aliases.push_back(a); }
+
+std::string ShardWriter::finish() {
+  h5::Silence quiet;
+  Impl& m = *impl_;
+  try {
+    for (const auto& a : m.aliases) {
+      std::vector<Slot> slots;
+      for (const auto& kv : a.digests) slots.push_back(kv.first);
+      write_alias_links(m.file.get(), a, slots);
+    }
+    {
+      h5::Handle root(h5::check(H5Gopen2(m.file.get(), "/", H5P_DEFAULT), "H5Gopen2(/)"));
+      h5::write_attr(root.get(), "aliases", aliases_to_json(m.aliases).dump());
+    }
+    m.file.close("cannot finish writing '" + m.tmp + "'");
+    fault_point("shard-written", m.header.stage);
+    if (::fsync(m.fd) != 0) throw IoError("fsync of '" + m.tmp + "' failed: " + std::strerror(errno));
+    ::close(m.fd);
+    m.fd = -1;
+    fault_point("shard-synced", m.header.stage);
+    fs::rename_path(m.tmp, m.final_path);
+    fs::fsync_path(m.dir);
+    m.finished = true;
+    fault_point("shard-renamed", m.header.stage);
+  } catch (...) {
+    abandon();
+    throw;
+  }
+  return m.final_path;
+}
+
 std::string write_shard(const std::string& dir, const ShardHeader& header,
                         const std::vector<TensorToSave>& tensors,
                         const std::vector<AliasToSave>& aliases, const WriteOptions& options) {
-  h5::Silence quiet;
-  register_zstd_filter();
-  const std::string final_path = fs::join(dir, shard_file_name(header.stage, header.num_stages));
-  const std::string tmp = final_path + ".tmp";
-  try {
-    {
-      h5::Handle file = h5::create_file(tmp);
-      h5::Handle root(h5::check(H5Gopen2(file.get(), "/", H5P_DEFAULT), "H5Gopen2(/)"));
-      h5::write_attr(root.get(), "format", std::string(kFormatName));
-      h5::write_attr(root.get(), "format_version", kFormatVersion);
-      h5::write_attr(root.get(), "stage", static_cast<int64_t>(header.stage));
-      h5::write_attr(root.get(), "num_stages", static_cast<int64_t>(header.num_stages));
-      h5::write_attr(root.get(), "layer_begin", header.layer_begin);
-      h5::write_attr(root.get(), "layer_end", header.layer_end);
-      h5::write_attr(root.get(), "step", header.step);
-      h5::write_attr(root.get(), "config", header.config_json);
-      h5::write_attr(root.get(), "train", header.train_json.empty() ? std::string("{}") : header.train_json);
-      h5::write_attr(root.get(), "compression", options.compression.str());
-      h5::write_attr(root.get(), "aliases", aliases_to_json(aliases).dump());
-      ThreadPool pool(pool_threads(options.threads));
-      bool first = true;
-      for (const auto& t : tensors) {
-        write_dataset(file.get(), t, options, pool, tmp);
-        if (first) fault_point("shard-partial", header.stage);
-        first = false;
-      }
-      for (const auto& a : aliases) {
-        std::vector<Slot> slots;
-        for (const auto& kv : a.digests) slots.push_back(kv.first);
-        write_alias_links(file.get(), a, slots);
-      }
-      root.reset();
-      file.close("cannot finish writing '" + tmp + "'");
-    }
-    fault_point("shard-written", header.stage);
-    fs::fsync_path(tmp);
-    fault_point("shard-synced", header.stage);
-    fs::rename_path(tmp, final_path);
-    fs::fsync_path(dir);
-    fault_point("shard-renamed", header.stage);
-  } catch (...) {
-    ::unlink(tmp.c_str());
-    throw;
-  }
-  return final_path;
+  ShardWriter w(dir, header, options);
+  for (const auto& t : tensors) w.add(t);
+  for (const auto& a : aliases) w.add_alias(a);
+  return w.finish();
 }
 
 // ---- reading ----
@@ -281,6 +396,7 @@ ShardReader::ShardReader(const std::string& path) : path_(path) {
   h5::Silence quiet;
   register_zstd_filter();
   if (!fs::is_file(path)) throw FormatError("shard '" + path + "' is missing");
+  file_size_ = fs::file_size(path);
   try {
     file_ = h5::open_file(path);
   } catch (const IoError& e) {
@@ -436,6 +552,13 @@ void ShardReader::read(const DatasetInfo& info, at::Tensor& dest, ThreadPool* po
   h5::Handle dset = h5::open_dataset(file_.get(), info.path);
   h5::Handle dcpl(h5::check(H5Dget_create_plist(dset.get()), "H5Dget_create_plist"));
   const std::vector<uint16_t> filters = filter_ids(dcpl.get());
+  if (H5Pget_layout(dcpl.get()) == H5D_CONTIGUOUS && filters.empty() && pool != nullptr) {
+    const haddr_t addr = H5Dget_offset(dset.get());
+    if (addr != HADDR_UNDEF && static_cast<int64_t>(addr) + info.raw_bytes <= file_size_) {
+      read_direct(static_cast<int64_t>(addr), base, total, *pool, where);
+      return;
+    }
+  }
   const bool direct = H5Pget_layout(dcpl.get()) == H5D_CHUNKED && pool != nullptr && !info.shape.empty() &&
                       !filters.empty() &&
                       (filters == std::vector<uint16_t>{H5Z_FILTER_SHUFFLE, kZstdFilterId} ||
@@ -459,50 +582,47 @@ void ShardReader::read(const DatasetInfo& info, at::Tensor& dest, ThreadPool* po
   const size_t chunk_raw = static_cast<size_t>(rows) * row_bytes;
   const int64_t n_chunks = (info.shape[0] + rows - 1) / rows;
   const size_t max_stored = ZSTD_compressBound(chunk_raw) + 64;
-  struct Job {
-    std::vector<uint8_t> stored;
-  };
-  std::deque<std::unique_ptr<Job>> jobs;
+  // Chunk addresses come from HDF5 on this thread; workers pread and decode them in parallel.
   FutureGuard inflight;
   const size_t window = static_cast<size_t>(2 * pool->size());
   std::vector<hsize_t> offset(chunk.size(), 0);
+  const int fd = posix_fd();
   for (int64_t c = 0; c < n_chunks; ++c) {
     offset[0] = static_cast<hsize_t>(c * rows);
+    unsigned mask = 0;
+    haddr_t addr = HADDR_UNDEF;
     hsize_t nbytes = 0;
-    if (H5Dget_chunk_storage_size(dset.get(), offset.data(), &nbytes) < 0 || nbytes == 0) {
+    if (H5Dget_chunk_info_by_coord(dset.get(), offset.data(), &mask, &addr, &nbytes) < 0 || addr == HADDR_UNDEF ||
+        nbytes == 0) {
       h5::error_stack();
       throw FormatError(where + ": chunk " + std::to_string(c) + " is missing");
     }
-    if (nbytes > max_stored) {
+    if (nbytes > max_stored || static_cast<int64_t>(addr + nbytes) > file_size_) {
       throw FormatError(where + ": chunk " + std::to_string(c) + " claims " + std::to_string(nbytes) +
-                        " stored bytes, more than any encoding of " + std::to_string(chunk_raw) + " bytes");
+                        " stored bytes at offset " + std::to_string(addr) + ", beyond the file or any encoding of " +
+                        std::to_string(chunk_raw) + " bytes");
     }
-    while (jobs.size() >= window) {
+    while (inflight.futures.size() >= window) {
       inflight.futures.front().get();
       inflight.futures.pop_front();
-      jobs.pop_front();
     }
-    jobs.push_back(std::make_unique<Job>());
-    Job* job = jobs.back().get();
-    job->stored.resize(nbytes);
-    uint32_t mask = 0;
-    h5::check_status(H5Dread_chunk(dset.get(), H5P_DEFAULT, offset.data(), &mask, job->stored.data()),
-                     "cannot read chunk " + std::to_string(c) + " of " + where);
     const bool shuffled = has_shuffle && !(mask & 1u);
     const bool compressed = !(mask & (has_shuffle ? 2u : 1u));
     inflight.futures.push_back(pool->submit([=] {
       thread_local ZstdDCtxPtr dctx(ZSTD_createDCtx());
-      thread_local std::vector<uint8_t> scratch, edge;
+      thread_local std::vector<uint8_t> stored, scratch, edge;
+      const std::string label = where + " chunk " + std::to_string(c);
+      stored.resize(nbytes);
+      pread_exact(fd, stored.data(), nbytes, static_cast<int64_t>(addr), label);
       const size_t start = static_cast<size_t>(c) * chunk_raw;
       const size_t avail = std::min(chunk_raw, total - start);
-      const std::string label = where + " chunk " + std::to_string(c);
       if (avail == chunk_raw) {
-        decode_chunk(job->stored.data(), job->stored.size(), base + start, chunk_raw, elem, shuffled, compressed,
-                     dctx.get(), scratch, label);
+        decode_chunk(stored.data(), nbytes, base + start, chunk_raw, elem, shuffled, compressed, dctx.get(), scratch,
+                     label);
       } else {
         edge.resize(chunk_raw);
-        decode_chunk(job->stored.data(), job->stored.size(), edge.data(), chunk_raw, elem, shuffled, compressed,
-                     dctx.get(), scratch, label);
+        decode_chunk(stored.data(), nbytes, edge.data(), chunk_raw, elem, shuffled, compressed, dctx.get(), scratch,
+                     label);
         std::memcpy(base + start, edge.data(), avail);
       }
     }));
@@ -510,6 +630,33 @@ void ShardReader::read(const DatasetInfo& info, at::Tensor& dest, ThreadPool* po
   while (!inflight.futures.empty()) {
     inflight.futures.front().get();
     inflight.futures.pop_front();
+  }
+}
+
+int ShardReader::posix_fd() const {
+  if (fd_ < 0) {
+    fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd_ < 0) throw IoError("cannot open '" + path_ + "': " + std::strerror(errno));
+  }
+  return fd_;
+}
+
+ShardReader::~ShardReader() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void ShardReader::read_direct(int64_t offset, uint8_t* dest, size_t bytes, ThreadPool& pool,
+                              const std::string& where) const {
+  constexpr size_t kPiece = size_t{16} << 20;
+  const int fd = posix_fd();
+  FutureGuard guard;
+  for (size_t start = 0; start < bytes; start += kPiece) {
+    const size_t len = std::min(kPiece, bytes - start);
+    guard.futures.push_back(pool.submit([=] { pread_exact(fd, dest + start, len, offset + static_cast<int64_t>(start), where); }));
+  }
+  while (!guard.futures.empty()) {
+    guard.futures.front().get();
+    guard.futures.pop_front();
   }
 }
 

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -51,9 +52,35 @@ struct WriteOptions {
   size_t chunk_bytes = size_t{4} << 20;  // target uncompressed chunk size
 };
 
-/// Writes <dir>/<shard name>: first under a temporary name, then fsync, rename, fsync of
-/// `dir`. Throws IoError/UsageError; on failure the temporary file is removed.
-/// Returns the final path.
+class ShardReader;
+struct DatasetInfo;
+
+/// Writes one shard incrementally: <dir>/<shard name>.tmp is created at construction, each
+/// add()/copy() writes one dataset (so memory stays bounded by one tensor), finish() closes,
+/// fsyncs and renames it into place. Destroying an unfinished writer removes the temporary
+/// file. Throws IoError/UsageError.
+class ShardWriter {
+ public:
+  ShardWriter(const std::string& dir, const ShardHeader& header, const WriteOptions& options);
+  ~ShardWriter();
+  ShardWriter(const ShardWriter&) = delete;
+  ShardWriter& operator=(const ShardWriter&) = delete;
+
+  void add(const TensorToSave& tensor);
+  /// Copies a dataset from another shard as stored (no decoding, attributes included).
+  void copy(const ShardReader& src, const DatasetInfo& dataset);
+  void add_alias(const AliasToSave& alias);
+  /// Returns the final path.
+  std::string finish();
+
+ private:
+  void added();
+  void abandon() noexcept;
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+/// Writes <dir>/<shard name> in one call (ShardWriter). Returns the final path.
 std::string write_shard(const std::string& dir, const ShardHeader& header,
                         const std::vector<TensorToSave>& tensors,
                         const std::vector<AliasToSave>& aliases, const WriteOptions& options);
@@ -75,6 +102,9 @@ struct DatasetInfo {
 class ShardReader {
  public:
   explicit ShardReader(const std::string& path);
+  ~ShardReader();
+  ShardReader(const ShardReader&) = delete;
+  ShardReader& operator=(const ShardReader&) = delete;
   const std::string& path() const { return path_; }
   const ShardHeader& header() const { return header_; }
   int64_t format_version() const { return format_version_; }
@@ -94,7 +124,12 @@ class ShardReader {
   hid_t file() const { return file_.get(); }
 
  private:
+  int posix_fd() const;
+  void read_direct(int64_t offset, uint8_t* dest, size_t bytes, ThreadPool& pool, const std::string& where) const;
+
   std::string path_;
+  int64_t file_size_ = 0;
+  mutable int fd_ = -1;  // plain descriptor for parallel pread of raw data
   h5::Handle file_;
   ShardHeader header_;
   int64_t format_version_ = 0;

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "src/model/fqn.h"
+#include <c10/util/Exception.h>
 
 namespace pmamba::pp {
 
@@ -17,18 +18,44 @@ AdamW::AdamW(std::vector<std::pair<std::string, at::Tensor>> params, const model
     auto it = rule.find(fqn);
     TORCH_CHECK(it != rule.end(), "AdamW: '", fqn, "' is not a parameter of this config");
     no_decay_[fqn] = it->second;
-    ParamState s;
-    s.exp_avg = at::zeros(p.sizes(), at::kFloat);
-    s.exp_avg_sq = at::zeros(p.sizes(), at::kFloat);
-    state_[fqn] = s;
   }
+  bool has_embedding = false, has_head = false;
+  for (const auto& [fqn, p] : params_) {
+    has_embedding = has_embedding || fqn == model::kEmbeddingFqn;
+    has_head = has_head || fqn == model::kLmHeadFqn;
+  }
+  if (config.tie_embeddings && has_embedding && has_head) {
+    follower_ = model::kLmHeadFqn;
+    leader_ = model::kEmbeddingFqn;
+  }
+  for (const auto& [fqn, p] : params_) {
+    if (fqn != follower_) state_[fqn] = ParamState{};  // moments allocated on first use or load
+  }
+}
+
+ParamState& AdamW::state(const std::string& fqn) {
+  auto it = state_.find(fqn == follower_ ? leader_ : fqn);
+  TORCH_CHECK(it != state_.end(), "AdamW has no state for '", fqn, "'");
+  return it->second;
+}
+
+const ParamState& AdamW::state(const std::string& fqn) const {
+  return const_cast<AdamW*>(this)->state(fqn);
 }
 
 void AdamW::step(double lr) {
   at::NoGradGuard no_grad;
+  at::Tensor leader_param, follower_param;
   for (auto& [fqn, p] : params_) {
+    if (fqn == follower_) {
+      follower_param = p;
+      continue;
+    }
+    if (fqn == leader_) leader_param = p;
     ParamState& s = state_.at(fqn);
     at::Tensor g = p.grad().defined() ? p.grad().to(at::kFloat) : at::zeros_like(s.exp_avg);
+    if (!s.exp_avg.defined()) s.exp_avg = at::zeros(p.sizes(), at::kFloat);
+    if (!s.exp_avg_sq.defined()) s.exp_avg_sq = at::zeros(p.sizes(), at::kFloat);
     s.step += 1;
     const double bc1 = 1.0 - std::pow(options_.beta1, static_cast<double>(s.step));
     const double bc2 = 1.0 - std::pow(options_.beta2, static_cast<double>(s.step));
@@ -38,6 +65,7 @@ void AdamW::step(double lr) {
     const at::Tensor denom = (s.exp_avg_sq.sqrt() / std::sqrt(bc2)).add_(options_.eps);
     p.addcdiv_(s.exp_avg, denom, -lr / bc1);
   }
+  if (follower_param.defined()) follower_param.copy_(leader_param);
 }
 
 }  // namespace pmamba::pp

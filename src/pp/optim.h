@@ -22,8 +22,8 @@ struct AdamWOptions {
 };
 
 struct ParamState {
-  at::Tensor exp_avg;     // float32, parameter shape
-  at::Tensor exp_avg_sq;  // float32, parameter shape
+  at::Tensor exp_avg;     // float32, parameter shape; undefined means all zeros
+  at::Tensor exp_avg_sq;  // float32, parameter shape; undefined means all zeros
   int64_t step = 0;
 };
 
@@ -37,15 +37,24 @@ class AdamW {
   /// gradient is treated as having a zero gradient, as in a step that did not touch it).
   void step(double lr);
 
-  std::map<std::string, ParamState>& state() { return state_; }
-  const std::map<std::string, ParamState>& state() const { return state_; }
+  /// State of a parameter. When one stage holds both halves of a tie (PP = 1), lm_head.weight
+  /// follows backbone.embedding.weight: their gradients are equal after the tied-gradient
+  /// sync, so the embedding is updated once and copied into the head, and both names share
+  /// one state (bitwise what two separate updates would give, at half the memory).
+  ParamState& state(const std::string& fqn);
+  const ParamState& state(const std::string& fqn) const;
+  /// Whether `fqn` shares another parameter's state (the tied head at PP = 1).
+  bool is_follower(const std::string& fqn) const { return fqn == follower_; }
   const std::vector<std::pair<std::string, at::Tensor>>& params() const { return params_; }
+  /// Every state entry (the follower of a tie has none of its own).
+  const std::map<std::string, ParamState>& states() const { return state_; }
   const AdamWOptions& options() const { return options_; }
 
  private:
   std::vector<std::pair<std::string, at::Tensor>> params_;
   std::map<std::string, bool> no_decay_;
   std::map<std::string, ParamState> state_;
+  std::string follower_, leader_;
   AdamWOptions options_;
 };
 

@@ -20,14 +20,13 @@ ckpt::StageData collect_stage(model::MambaLMImpl& m, const AdamW* optim) {
     at::Tensor exp_avg, exp_avg_sq;
     int64_t step = 0;
     if (optim) {
-      const ParamState& s = optim->state().at(fqn);
+      const ParamState& s = optim->state(fqn);
       exp_avg = s.exp_avg;
       exp_avg_sq = s.exp_avg_sq;
       step = s.step;
-    } else {
-      exp_avg = at::zeros(p.sizes(), at::kFloat);
-      exp_avg_sq = at::zeros(p.sizes(), at::kFloat);
     }
+    if (!exp_avg.defined()) exp_avg = at::zeros(p.sizes(), at::kFloat);
+    if (!exp_avg_sq.defined()) exp_avg_sq = at::zeros(p.sizes(), at::kFloat);
     const at::Tensor step_t = at::scalar_tensor(step, at::kLong);
     if (fqn == model::kLmHeadFqn && c.tie_embeddings) {
       ckpt::AliasToSave a;
@@ -60,19 +59,27 @@ void load_stage(ckpt::CheckpointReader& reader, model::MambaLMImpl& m, AdamW* op
     throw ckpt::FormatError("checkpoint '" + reader.dir() + "' has no optimizer state to resume from");
   }
   at::NoGradGuard no_grad;
+  std::vector<ckpt::ReadRequest> requests;
+  std::vector<at::Tensor> steps;
   for (auto& item : m.named_parameters()) {
-    at::Tensor& p = item.value();
-    if (p.is_contiguous()) {
-      at::Tensor view = p.detach();
-      reader.read(item.key(), Slot::kParam, view);
-    } else {
-      p.copy_(reader.read(item.key(), Slot::kParam));
+    at::Tensor p = item.value().detach();
+    requests.push_back({item.key(), Slot::kParam, p.is_contiguous() ? p : at::Tensor()});
+    if (optim && !optim->is_follower(item.key())) {
+      requests.push_back({item.key(), Slot::kExpAvg, at::Tensor()});
+      requests.push_back({item.key(), Slot::kExpAvgSq, at::Tensor()});
+      requests.push_back({item.key(), Slot::kStep, at::Tensor()});
     }
-    if (optim) {
-      ParamState& s = optim->state().at(item.key());
-      reader.read(item.key(), Slot::kExpAvg, s.exp_avg);
-      reader.read(item.key(), Slot::kExpAvgSq, s.exp_avg_sq);
-      s.step = reader.read(item.key(), Slot::kStep).item<int64_t>();
+  }
+  reader.read_many(requests);
+  size_t i = 0;
+  for (auto& item : m.named_parameters()) {
+    const ckpt::ReadRequest& r = requests[i++];
+    if (r.dest.data_ptr() != item.value().data_ptr()) item.value().copy_(r.dest);
+    if (optim && !optim->is_follower(item.key())) {
+      ParamState& s = optim->state(item.key());
+      s.exp_avg = requests[i++].dest;
+      s.exp_avg_sq = requests[i++].dest;
+      s.step = requests[i++].dest.item<int64_t>();
     }
   }
 }

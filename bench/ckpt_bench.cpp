@@ -1,0 +1,194 @@
+// Checkpoint save/load benchmark: a mamba-130m-sized model with its AdamW state (~1.55 GB),
+// saved and loaded by pmamba (none and zstd), against raw sequential I/O of the same bytes and
+// torch::save/torch::load of the same tensors, measured side by side in one process.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/serialize.h>
+
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "bench/bench.h"
+#include "bench/bench_util.h"
+#include "src/ckpt/checkpoint.h"
+#include "src/ckpt/fs.h"
+#include "src/model/fqn.h"
+#include "src/pp/state.h"
+
+namespace pmamba::bench {
+
+namespace {
+
+struct State {
+  model::MambaConfig config;
+  model::MambaLM model{nullptr};
+  std::unique_ptr<pp::AdamW> optim;
+  std::vector<at::Tensor> distinct;  // every stored tensor once (the tied head shares the embedding's)
+  size_t bytes = 0;
+};
+
+State make_state(const std::string& preset) {
+  State s;
+  s.config = model::preset(preset);
+  s.model = model::MambaLM(s.config, model::whole_model(s.config.n_layer));
+  s.model->init_parameters(1);
+  std::vector<std::pair<std::string, at::Tensor>> named;
+  for (const auto& item : s.model->named_parameters()) named.emplace_back(item.key(), item.value());
+  s.optim = std::make_unique<pp::AdamW>(named, s.config, pp::AdamWOptions{});
+  at::Generator gen = at::detail::createCPUGenerator(7);
+  for (const auto& [fqn, p] : named) {
+    // Optimizer moments shaped like a real run's: m ~ N(0, 1e-3), v = g^2 with g ~ N(0, 1e-3).
+    if (s.optim->is_follower(fqn)) continue;  // the tied head shares the embedding's state
+    pp::ParamState& st = s.optim->state(fqn);
+    st.exp_avg = at::normal(0.0, 1e-3, p.sizes(), gen);
+    st.exp_avg_sq = at::normal(0.0, 1e-3, p.sizes(), gen).pow_(2);
+    st.step = 1000;
+    s.distinct.insert(s.distinct.end(), {p.detach(), st.exp_avg, st.exp_avg_sq});
+  }
+  for (const auto& t : s.distinct) s.bytes += t.nbytes();
+  return s;
+}
+
+}  // namespace
+
+int run_ckpt_bench(const CkptBenchOptions& o) {
+  at::set_num_threads(o.threads);
+  State s = make_state(o.preset);
+  // Raw I/O and torch::save move the same distinct tensors pmamba stores.
+  const std::vector<at::Tensor>& distinct = s.distinct;
+  const size_t bytes = s.bytes;
+  const std::string dir = o.dir.empty() ? "bench-ckpt-tmp" : o.dir;
+  ckpt::fs::remove_tree(dir);
+  ckpt::fs::make_dirs(dir);
+  const double gb = static_cast<double>(bytes) / 1e9;
+  std::fprintf(stderr, "state: %s, %.3f GB in %zu tensors, %d threads, %d repeats, dir %s\n", o.preset.c_str(), gb,
+               distinct.size(), o.threads, o.repeats, dir.c_str());
+
+  std::map<std::string, std::vector<double>> t, peak;
+  std::map<std::string, double> stored;
+  // Peak RSS is reported as the growth over the RSS before each operation: the state itself
+  // (and the tied lm_head's own copy) is already resident.
+  auto record = [&](const std::string& k, double secs, double pk, double before) {
+    t[k].push_back(secs);
+    peak[k].push_back(pk - before);
+    std::fprintf(stderr, "  %-18s %7.3f s  %6.2f GB/s  RSS %6.0f MB, peak +%5.0f MB\n", k.c_str(), secs, gb / secs,
+                 before, pk - before);
+  };
+  const auto stages = model::make_stages(s.config.n_layer, 1, "");
+  for (int r = 0; r < o.repeats; ++r) {
+    double pk = 0, secs = 0, before = 0;
+    // ---- saves, back to back, each to a new file (as a checkpoint is), in an order that rotates
+    // every repeat so no contender always follows the same neighbour ----
+    std::vector<std::pair<const void*, size_t>> bufs;
+    for (const auto& x : distinct) bufs.emplace_back(x.data_ptr(), x.nbytes());
+    const std::vector<std::string> savers = {"raw", "pmamba-none", "pmamba-zstd:1", "torch"};
+    for (size_t k = 0; k < savers.size(); ++k) {
+      const std::string what = savers[(k + static_cast<size_t>(r)) % savers.size()];
+      before = rss_mb();
+      if (what == "raw") {
+        ckpt::fs::remove_file(dir + "/raw.bin");
+        secs = timed([&] { raw_write(dir + "/raw.bin", bufs); }, &pk);
+        record("raw_write", secs, pk, before);
+      } else if (what == "torch") {
+        ckpt::fs::remove_file(dir + "/torch.pt");
+        secs = timed([&] {
+          torch::save(distinct, dir + "/torch.pt");
+          fsync_file(dir + "/torch.pt");  // the raw anchor fsyncs too
+        }, &pk);
+        record("torch_save", secs, pk, before);
+      } else {
+        const std::string comp = what.substr(7);
+        ckpt::SaveOptions so;
+        so.write.compression = ckpt::Compression::parse(comp);
+        so.write.threads = o.threads;
+        const std::string root = dir + "/pm-" + comp;
+        ckpt::fs::remove_tree(root);
+        secs = timed([&] {
+          ckpt::save_checkpoint(root, r, s.config, stages, pp::initial_train_state(1), so,
+                                [&](const model::StageSpec&) { return pp::collect_stage(*s.model, s.optim.get()); });
+        }, &pk);
+        record("pmamba_save_" + comp, secs, pk, before);
+        stored[comp] = static_cast<double>(ckpt::CheckpointReader(root).manifest().total_stored_bytes());
+      }
+    }
+
+    // ---- loads: each in a fresh process (same memory conditions for every contender), from
+    // a cold page cache, into freshly allocated memory ----
+    const std::vector<std::string> loaders = {"raw", "pmamba-none", "pmamba-zstd:1", "torch"};
+    for (size_t k = 0; k < loaders.size(); ++k) {
+      const std::string what = loaders[(k + static_cast<size_t>(r)) % loaders.size()];
+      drop_cache_tree(dir);
+      const std::string cmd = o.self + " ckpt-load --what " + what + " --dir " + dir + " --preset " + o.preset +
+                              " --threads " + std::to_string(o.threads);
+      FILE* pipe = ::popen(cmd.c_str(), "r");
+      char buf[512] = {0};
+      const bool got = pipe && std::fgets(buf, sizeof buf, pipe) != nullptr;
+      const int rc = pipe ? ::pclose(pipe) : -1;
+      if (!got || rc != 0) throw std::runtime_error("load child failed: " + cmd);
+      const nlohmann::json r = nlohmann::json::parse(buf);
+      const std::string name = what == "raw" ? "raw_read" : what == "torch" ? "torch_load" : "pmamba_load_" + what.substr(7);
+      record(name, r.at("seconds").get<double>(), r.at("peak_mb").get<double>(), r.at("rss_before_mb").get<double>());
+    }
+  }
+  const double state_mb = static_cast<double>(bytes) / (1 << 20);
+  nlohmann::ordered_json j;
+  j["bench"] = "ckpt";
+  j["preset"] = o.preset;
+  j["state_bytes"] = bytes;
+  j["threads"] = o.threads;
+  j["repeats"] = o.repeats;
+  j["cpu"] = cpu_model();
+  for (const auto& [k, v] : t) j[k + "_s"] = median(v);
+  auto ratio = [&](const std::string& a, const std::string& b) { return median(t[b]) / median(t[a]); };
+  j["save_none_vs_raw_write"] = ratio("pmamba_save_none", "raw_write");
+  j["save_zstd_vs_raw_write"] = ratio("pmamba_save_zstd:1", "raw_write");
+  j["load_none_vs_raw_read"] = ratio("pmamba_load_none", "raw_read");
+  j["load_zstd_vs_raw_read"] = ratio("pmamba_load_zstd:1", "raw_read");
+  j["save_none_vs_torch_save"] = ratio("pmamba_save_none", "torch_save");
+  j["load_none_vs_torch_load"] = ratio("pmamba_load_none", "torch_load");
+  j["torch_save_vs_raw_write"] = ratio("torch_save", "raw_write");
+  j["torch_load_vs_raw_read"] = ratio("torch_load", "raw_read");
+  j["zstd_compression_ratio"] = static_cast<double>(bytes) / stored["zstd:1"];
+  // Memory a save needs beyond the state it saves, as a multiple of the state's size:
+  // (state + extra) / state. Loads allocate the state, so theirs is extra / state.
+  j["save_none_peak_rss_vs_state"] = 1.0 + median(peak["pmamba_save_none"]) / state_mb;
+  j["save_zstd_peak_rss_vs_state"] = 1.0 + median(peak["pmamba_save_zstd:1"]) / state_mb;
+  j["torch_save_peak_rss_vs_state"] = 1.0 + median(peak["torch_save"]) / state_mb;
+  j["load_none_peak_rss_vs_state"] = median(peak["pmamba_load_none"]) / state_mb;
+  j["load_zstd_peak_rss_vs_state"] = median(peak["pmamba_load_zstd:1"]) / state_mb;
+  j["torch_load_peak_rss_vs_state"] = median(peak["torch_load"]) / state_mb;
+  std::printf("%s\n", j.dump().c_str());
+  if (!o.keep) ckpt::fs::remove_tree(dir);
+  return 0;
+}
+
+int run_ckpt_load(const CkptBenchOptions& o, const std::string& what) {
+  at::set_num_threads(o.threads);
+  const model::MambaConfig config = model::preset(o.preset);
+  const std::string dir = o.dir;
+  double peak = 0;
+  const double before = rss_mb();
+  const double secs = timed([&] {
+    if (what == "raw") {
+      raw_read(dir + "/raw.bin");
+    } else if (what == "torch") {
+      std::vector<at::Tensor> back;
+      torch::load(back, dir + "/torch.pt");
+    } else if (what.rfind("pmamba-", 0) == 0) {
+      // What a resume does: build the model and optimizer, load both.
+      ckpt::CheckpointReader reader(dir + "/pm-" + what.substr(7), o.threads);
+      model::MambaLM m(config, model::whole_model(config.n_layer));
+      std::vector<std::pair<std::string, at::Tensor>> named;
+      for (const auto& item : m->named_parameters()) named.emplace_back(item.key(), item.value());
+      pp::AdamW opt(named, config, {});
+      pp::load_stage(reader, *m, &opt);
+    } else {
+      throw std::runtime_error("unknown load '" + what + "'");
+    }
+  }, &peak);
+  nlohmann::json j{{"seconds", secs}, {"peak_mb", peak}, {"rss_before_mb", before}};
+  std::printf("%s\n", j.dump().c_str());
+  return 0;
+}
+
+}  // namespace pmamba::bench
