@@ -162,6 +162,32 @@ int run_ckpt_bench(const CkptBenchOptions& o) {
   return 0;
 }
 
+void write_trained_checkpoint(const std::string& root, const std::string& preset, int pp,
+                              const std::string& compression, int threads) {
+  State s = make_state(preset);
+  const auto stages = model::make_stages(s.config.n_layer, pp, "");
+  ckpt::SaveOptions so;
+  so.write.compression = ckpt::Compression::parse(compression);
+  so.write.threads = threads;
+  ckpt::save_checkpoint(root, 1000, s.config, stages, pp::initial_train_state(1), so, [&](const model::StageSpec& spec) {
+    // Slice the whole-model state down to what this stage owns.
+    ckpt::StageData all = pp::collect_stage(*s.model, s.optim.get());
+    ckpt::StageData mine;
+    for (auto& t : all.tensors) {
+      for (const auto& p : model::list_parameters(s.config)) {
+        if (p.fqn == t.fqn && model::stage_owns(p, spec)) mine.tensors.push_back(t);
+      }
+    }
+    if (spec.is_last() && s.config.tie_embeddings) {
+      for (auto& a : all.aliases) {
+        a.target_file = spec.is_first() ? "" : ckpt::shard_file_name(0, spec.num_stages);
+        mine.aliases.push_back(a);
+      }
+    }
+    return mine;
+  });
+}
+
 int run_ckpt_load(const CkptBenchOptions& o, const std::string& what) {
   at::set_num_threads(o.threads);
   const model::MambaConfig config = model::preset(o.preset);

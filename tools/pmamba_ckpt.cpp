@@ -1,6 +1,11 @@
 // pmamba-ckpt: create, inspect, verify and compare pmamba checkpoints.
 #include <cstdio>
 
+#include <iostream>
+
+#include "src/ckpt/diff.h"
+#include "src/ckpt/inspect.h"
+#include "src/ckpt/verify.h"
 #include "src/pp/state.h"
 #include "tools/tool_main.h"
 
@@ -10,6 +15,7 @@ int main(int argc, char** argv) {
   app.footer("Exit codes: 0 ok/equal, 1 invalid/different, 2 usage error or unreadable input, 3 internal error.");
 
   pmamba::pp::InitOptions init;
+  bool init_json = false;
   auto* init_cmd = app.add_subcommand("init", "write a committed seed checkpoint (step 0, zeroed optimizer state)");
   init_cmd->footer("Example:\n  pmamba-ckpt init c --preset tiny --seed 3 --pp 2 --compression zstd");
   init_cmd->add_option("out", init.out, "checkpoint root directory")->required();
@@ -22,12 +28,67 @@ int main(int argc, char** argv) {
   init_cmd->add_option("--partition", init.partition, "layers per stage, e.g. 3,5,4");
   init_cmd->add_option("--compression", init.compression, "none, zstd or zstd:LEVEL (default zstd)");
   init_cmd->add_option("--threads", init.threads, "compression threads (0 = all cores)");
+  init_cmd->add_flag("--json", init_json, "print the result as JSON");
+
+  std::string path, path_b;
+  bool json = false, all = false, verbose = false;
+
+  auto* info_cmd = app.add_subcommand("info", "step, config, PP layout, tensor and byte counts");
+  info_cmd->add_option("dir", path, "checkpoint root or step directory")->required();
+  info_cmd->add_flag("--json", json, "one JSON object");
+
+  auto* ls_cmd = app.add_subcommand("ls", "every FQN with shape, dtype, owner stage, stored bytes, digest");
+  ls_cmd->add_option("dir", path, "checkpoint root or step directory")->required();
+  ls_cmd->add_flag("--all", all, "list optimizer state too (fqn:exp_avg, ...)");
+  ls_cmd->add_flag("--json", json, "one JSON object");
+
+  pmamba::ckpt::VerifyOptions vopt;
+  auto* verify_cmd = app.add_subcommand("verify", "check digests, completeness, shapes, ties; exit 1 on any problem");
+  verify_cmd->footer("Example:\n  pmamba-ckpt verify run/ckpt --finite");
+  verify_cmd->add_option("dir", path, "checkpoint root or step directory")->required();
+  verify_cmd->add_flag("--finite", vopt.finite, "also report NaN/Inf values");
+  verify_cmd->add_option("--threads", vopt.threads, "decompression threads");
+  verify_cmd->add_flag("--json", json, "one JSON object");
+
+  pmamba::ckpt::DiffOptions dopt;
+  auto* diff_cmd = app.add_subcommand("diff", "compare two checkpoints FQN by FQN, whatever their layouts");
+  diff_cmd->footer("Examples:\n  pmamba-ckpt diff pp4/ pp1/\n  pmamba-ckpt diff a b --atol 1e-6 --rtol 1e-5 --params-only");
+  diff_cmd->add_option("a", path, "first checkpoint")->required();
+  diff_cmd->add_option("b", path_b, "second checkpoint")->required();
+  auto* atol = diff_cmd->add_option("--atol", dopt.atol, "absolute tolerance (tolerance mode)");
+  auto* rtol = diff_cmd->add_option("--rtol", dopt.rtol, "relative tolerance (tolerance mode)");
+  diff_cmd->add_flag("--params-only", dopt.params_only, "skip optimizer state");
+  diff_cmd->add_flag("--verbose", verbose, "also list equal tensors");
+  diff_cmd->add_flag("--json", json, "one JSON object");
 
   return pmamba::tools::run_tool(app, argc, argv, [&]() -> int {
     if (*init_cmd) {
       const std::string dir = pmamba::pp::init_checkpoint(init);
-      std::printf("committed %s\n", dir.c_str());
+      if (init_json) {
+        std::printf("{\"committed\": \"%s\"}\n", dir.c_str());
+      } else {
+        std::printf("committed %s\n", dir.c_str());
+      }
       return 0;
+    }
+    if (*info_cmd) {
+      pmamba::ckpt::print_info(path, std::cout, json);
+      return 0;
+    }
+    if (*ls_cmd) {
+      pmamba::ckpt::print_ls(path, std::cout, json, all);
+      return 0;
+    }
+    if (*verify_cmd) {
+      const auto report = pmamba::ckpt::verify_checkpoint(path, vopt);
+      pmamba::ckpt::print_verify(report, std::cout, json);
+      return report.ok() ? 0 : 1;
+    }
+    if (*diff_cmd) {
+      dopt.tolerance = atol->count() > 0 || rtol->count() > 0;
+      const auto report = pmamba::ckpt::diff_checkpoints(path, path_b, dopt);
+      pmamba::ckpt::print_diff(report, std::cout, json, verbose);
+      return report.equal() ? 0 : 1;
     }
     return 2;
   });

@@ -1,0 +1,54 @@
+// pmamba-ckpt diff: compares two checkpoints FQN by FQN, whatever their PP layouts. Tensors
+// whose digests match are equal without being read; the others are read (one at a time) and
+// described: max abs / rel difference, max ULP distance, first differing index, counts.
+#pragma once
+
+#include <cstdint>
+#include <ostream>
+#include <string>
+#include <vector>
+
+namespace pmamba::ckpt {
+
+struct DiffOptions {
+  bool tolerance = false;  // --atol/--rtol given: |a-b| <= atol + rtol*|b| counts as equal
+  double atol = 0;
+  double rtol = 0;
+  bool params_only = false;  // skip optimizer state
+  int threads = 0;
+};
+
+struct TensorDiff {
+  std::string fqn;
+  std::string slot;
+  std::string status;  // equal | within_tolerance | different | shape_mismatch | dtype_mismatch
+  std::vector<int64_t> shape_a, shape_b;
+  std::string dtype_a, dtype_b;
+  int64_t numel = 0;
+  int64_t differing = 0;          // elements whose bytes differ
+  int64_t beyond_tolerance = 0;   // elements outside atol + rtol*|b| (tolerance mode)
+  int64_t nan_mismatch = 0;       // elements that are NaN in exactly one of the two
+  double max_abs = 0, max_rel = 0;
+  double max_ulp = 0;
+  std::vector<int64_t> first_index;  // of the first differing element
+  double first_a = 0, first_b = 0;
+};
+
+struct DiffReport {
+  std::string a, b;   // resolved step directories
+  int64_t step_a = 0, step_b = 0;
+  bool config_equal = true;
+  std::vector<std::string> only_in_a, only_in_b;  // "fqn" or "fqn:slot"
+  std::vector<TensorDiff> tensors;                // every compared slot
+  int64_t equal_by_digest = 0;
+  std::vector<std::string> train_differences;     // informational
+  bool equal() const;
+};
+
+/// Throws FormatError when either side is not a readable committed checkpoint.
+DiffReport diff_checkpoints(const std::string& a, const std::string& b, const DiffOptions& options);
+
+/// Human-readable: one line per differing tensor plus a verdict; JSON: one object.
+void print_diff(const DiffReport& report, std::ostream& out, bool json, bool verbose);
+
+}  // namespace pmamba::ckpt

@@ -1,0 +1,161 @@
+#include "src/ckpt/inspect.h"
+
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "src/ckpt/checkpoint.h"
+#include "src/ckpt/fs.h"
+#include "src/model/fqn.h"
+
+namespace pmamba::ckpt {
+
+namespace {
+
+using ojson = nlohmann::ordered_json;
+
+Manifest load_manifest(const std::string& path, std::string& dir) {
+  dir = resolve_checkpoint_dir(path);
+  const std::string mpath = fs::join(dir, kManifestName);
+  return manifest_from_json(fs::read_file(mpath), "manifest '" + mpath + "'");
+}
+
+std::string shape_text(const std::vector<int64_t>& s) {
+  std::string out = "(";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + (s.size() == 1 ? ",)" : ")");
+}
+
+std::string with_commas(int64_t v) {
+  std::string s = std::to_string(v), out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (i && (s.size() - i) % 3 == 0) out += ',';
+    out += s[i];
+  }
+  return out;
+}
+
+std::string fmt(const char* f, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, f, v);
+  return buf;
+}
+
+}  // namespace
+
+void print_info(const std::string& path, std::ostream& out, bool json) {
+  std::string dir;
+  const Manifest m = load_manifest(path, dir);
+  std::vector<int64_t> stage_raw(m.stages.size(), 0), stage_stored(m.stages.size(), 0), stage_tensors(m.stages.size(), 0);
+  int64_t aliases = 0;
+  for (const auto& t : m.tensors) {
+    if (!t.alias_of.empty()) {
+      ++aliases;
+      continue;
+    }
+    stage_tensors[static_cast<size_t>(t.stage)] += 1;
+    for (const auto& kv : t.slots) {
+      stage_raw[static_cast<size_t>(t.stage)] += kv.second.raw_bytes;
+      stage_stored[static_cast<size_t>(t.stage)] += kv.second.stored_bytes;
+    }
+  }
+  const int64_t params = model::count_parameters(m.config);
+  const int64_t raw = m.total_raw_bytes(), stored = m.total_stored_bytes();
+  int64_t file_bytes = 0;
+  for (const auto& s : m.stages) file_bytes += s.bytes;
+  if (json) {
+    ojson j;
+    j["checkpoint"] = dir;
+    j["step"] = m.step;
+    j["format_version"] = m.format_version;
+    j["config"] = ojson::parse(model::config_to_json_string(m.config));
+    j["parameters"] = params;
+    j["tensors"] = m.tensors.size() - static_cast<size_t>(aliases);
+    j["aliases"] = aliases;
+    j["has_optimizer"] = m.has_optimizer;
+    j["compression"] = m.compression.str();
+    j["raw_bytes"] = raw;
+    j["stored_bytes"] = stored;
+    j["file_bytes"] = file_bytes;
+    ojson stages = ojson::array();
+    for (size_t i = 0; i < m.stages.size(); ++i) {
+      const auto& s = m.stages[i];
+      stages.push_back(ojson{{"stage", s.stage},
+                             {"layers", {s.layer_begin, s.layer_end}},
+                             {"file", s.file},
+                             {"bytes", s.bytes},
+                             {"tensors", stage_tensors[i]},
+                             {"raw_bytes", stage_raw[i]},
+                             {"compression_ratio", stage_stored[i] ? double(stage_raw[i]) / double(stage_stored[i]) : 1.0}});
+    }
+    j["layout"] = stages;
+    j["train"] = m.train;
+    out << j.dump() << "\n";
+    return;
+  }
+  const auto& c = m.config;
+  out << "checkpoint  " << dir << "\n";
+  out << "step        " << m.step << "  (format_version " << m.format_version << ")\n";
+  out << "model       d_model " << c.d_model << ", n_layer " << c.n_layer << ", vocab " << c.vocab_size << " (padded "
+      << c.padded_vocab() << "), d_state " << c.d_state << ", d_conv " << c.d_conv << ", expand " << c.expand
+      << ", dt_rank " << c.dt_rank_value() << (c.tie_embeddings ? ", tied embeddings" : ", untied") << "\n";
+  out << "parameters  " << with_commas(params) << " (tie counted once)\n";
+  out << "tensors     " << (m.tensors.size() - static_cast<size_t>(aliases)) << " stored"
+      << (aliases ? " + " + std::to_string(aliases) + " tied alias" : "")
+      << (m.has_optimizer ? ", with AdamW state (exp_avg, exp_avg_sq, step)" : ", no optimizer state") << "\n";
+  out << "compression " << m.compression.str() << "\n";
+  out << "layout      " << m.stages.size() << " stage" << (m.stages.size() == 1 ? "" : "s") << "\n";
+  for (size_t i = 0; i < m.stages.size(); ++i) {
+    const auto& s = m.stages[i];
+    char line[256];
+    std::snprintf(line, sizeof line, "  stage %-3d layers [%lld, %lld)  %-20s %14s bytes  %4lld tensors  ratio %.2fx\n",
+                  s.stage, static_cast<long long>(s.layer_begin), static_cast<long long>(s.layer_end), s.file.c_str(),
+                  with_commas(s.bytes).c_str(), static_cast<long long>(stage_tensors[i]),
+                  stage_stored[i] ? double(stage_raw[i]) / double(stage_stored[i]) : 1.0);
+    out << line;
+  }
+  out << "bytes       " << with_commas(raw) << " raw, " << with_commas(stored) << " stored ("
+      << fmt("%.2f", stored ? double(raw) / double(stored) : 1.0) << "x), " << with_commas(file_bytes)
+      << " in files\n";
+  out << "train       " << m.train.dump() << "\n";
+}
+
+void print_ls(const std::string& path, std::ostream& out, bool json, bool all) {
+  std::string dir;
+  const Manifest m = load_manifest(path, dir);
+  const Slot slots[] = {Slot::kParam, Slot::kExpAvg, Slot::kExpAvgSq, Slot::kStep};
+  ojson rows = ojson::array();
+  for (const auto& t : m.tensors) {
+    if (!t.alias_of.empty()) {
+      const TensorEntry& target = m.resolve(t.fqn);
+      const SlotEntry& p = target.slots.at(Slot::kParam);
+      rows.push_back(ojson{{"fqn", t.fqn}, {"slot", "param"}, {"shape", p.shape}, {"dtype", p.dtype}, {"stage", t.stage},
+                           {"stored_bytes", 0}, {"xxh3_64", digest_hex(t.alias_digests.at(Slot::kParam))},
+                           {"alias_of", t.alias_of}});
+      continue;
+    }
+    for (Slot s : slots) {
+      auto it = t.slots.find(s);
+      if (it == t.slots.end() || (!all && s != Slot::kParam)) continue;
+      const SlotEntry& e = it->second;
+      rows.push_back(ojson{{"fqn", t.fqn}, {"slot", slot_name(s)}, {"shape", e.shape}, {"dtype", e.dtype},
+                           {"stage", t.stage}, {"stored_bytes", e.stored_bytes}, {"xxh3_64", digest_hex(e.digest)}});
+    }
+  }
+  if (json) {
+    out << ojson{{"checkpoint", dir}, {"step", m.step}, {"tensors", rows}}.dump() << "\n";
+    return;
+  }
+  for (const auto& r : rows) {
+    std::string name = r["fqn"].get<std::string>();
+    if (r["slot"] != "param") name += ":" + r["slot"].get<std::string>();
+    char line[512];
+    std::snprintf(line, sizeof line, "%-48s %-16s %-8s stage %-3d %12s  %s%s\n", name.c_str(),
+                  shape_text(r["shape"].get<std::vector<int64_t>>()).c_str(), r["dtype"].get<std::string>().c_str(),
+                  r["stage"].get<int>(), with_commas(r["stored_bytes"].get<int64_t>()).c_str(),
+                  r["xxh3_64"].get<std::string>().c_str(),
+                  r.contains("alias_of") ? ("  -> alias of " + r["alias_of"].get<std::string>()).c_str() : "");
+    out << line;
+  }
+}
+
+}  // namespace pmamba::ckpt
