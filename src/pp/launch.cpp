@@ -1,0 +1,167 @@
+#include "src/pp/launch.h"
+
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <regex>
+
+#include "src/pp/errors.h"
+#include "src/pp/transport.h"
+
+namespace pmamba::pp {
+
+std::string self_exe() {
+  char buf[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
+  if (n <= 0) throw PipelineError("cannot find the running executable (/proc/self/exe)");
+  buf[n] = '\0';
+  return buf;
+}
+
+namespace {
+
+struct Child {
+  pid_t pid = -1;
+  int out = -1, err = -1;
+  std::string out_buf, err_buf;
+  bool exited = false;
+  int code = 0;
+};
+
+void emit(int stage, std::string& buf, FILE* to, bool flush_all, bool& bar_drawn) {
+  size_t nl;
+  while ((nl = buf.find('\n')) != std::string::npos || (flush_all && !buf.empty())) {
+    const std::string line = nl == std::string::npos ? buf : buf.substr(0, nl);
+    buf.erase(0, nl == std::string::npos ? buf.size() : nl + 1);
+    if (bar_drawn) {
+      std::fprintf(stderr, "\r\033[K");
+      bar_drawn = false;
+    }
+    std::fprintf(to, "[stage %d] %s\n", stage, line.c_str());
+  }
+  std::fflush(to);
+}
+
+}  // namespace
+
+int launch_local(const LaunchOptions& o) {
+  const int port = free_port();
+  std::vector<Child> kids(static_cast<size_t>(o.ranks));
+  const std::string exe = self_exe();
+  for (int r = 0; r < o.ranks; ++r) {
+    int out[2], err[2];
+    if (::pipe(out) != 0 || ::pipe(err) != 0) throw PipelineError("cannot create pipes for the ranks");
+    const pid_t pid = ::fork();
+    if (pid < 0) throw PipelineError("cannot start rank " + std::to_string(r));
+    if (pid == 0) {
+      ::dup2(out[1], 1);
+      ::dup2(err[1], 2);
+      ::close(out[0]);
+      ::close(err[0]);
+      ::close(out[1]);
+      ::close(err[1]);
+      ::setenv("RANK", std::to_string(r).c_str(), 1);
+      ::setenv("LOCAL_RANK", std::to_string(r).c_str(), 1);
+      ::setenv("WORLD_SIZE", std::to_string(o.ranks).c_str(), 1);
+      ::setenv("MASTER_ADDR", "127.0.0.1", 1);
+      ::setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
+      std::vector<char*> args;
+      args.push_back(const_cast<char*>(exe.c_str()));
+      for (size_t i = 1; i < o.argv.size(); ++i) args.push_back(const_cast<char*>(o.argv[i].c_str()));
+      args.push_back(nullptr);
+      ::execv(exe.c_str(), args.data());
+      std::fprintf(stderr, "cannot exec %s: %s\n", exe.c_str(), std::strerror(errno));
+      ::_exit(127);
+    }
+    ::close(out[1]);
+    ::close(err[1]);
+    kids[r].pid = pid;
+    kids[r].out = out[0];
+    kids[r].err = err[0];
+  }
+  int first_failure = 0;
+  auto failed_at = std::chrono::steady_clock::time_point::max();
+  bool bar_drawn = false;
+  const std::regex step_re(R"(^step (\d+)/(\d+))");
+  int open_fds = 2 * o.ranks, alive = o.ranks;
+  while (open_fds > 0 || alive > 0) {
+    std::vector<pollfd> fds;
+    std::vector<std::pair<int, bool>> who;  // (rank, is_err)
+    for (int r = 0; r < o.ranks; ++r) {
+      if (kids[r].out >= 0) {
+        fds.push_back({kids[r].out, POLLIN, 0});
+        who.emplace_back(r, false);
+      }
+      if (kids[r].err >= 0) {
+        fds.push_back({kids[r].err, POLLIN, 0});
+        who.emplace_back(r, true);
+      }
+    }
+    if (!fds.empty()) ::poll(fds.data(), fds.size(), 200);
+    else ::usleep(50000);
+    for (size_t i = 0; i < fds.size(); ++i) {
+      if (!(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+      auto [r, is_err] = who[i];
+      char buf[65536];
+      const ssize_t n = ::read(fds[i].fd, buf, sizeof buf);
+      std::string& acc = is_err ? kids[r].err_buf : kids[r].out_buf;
+      if (n <= 0) {
+        emit(r, acc, is_err ? stderr : stdout, true, bar_drawn);
+        ::close(fds[i].fd);
+        (is_err ? kids[r].err : kids[r].out) = -1;
+        --open_fds;
+        continue;
+      }
+      acc.append(buf, static_cast<size_t>(n));
+      if (o.progress_bar && !is_err && r == o.ranks - 1) {
+        std::smatch m;
+        const size_t nl = acc.rfind('\n');
+        std::string last = nl == std::string::npos ? "" : acc.substr(0, nl);
+        const size_t prev = last.rfind('\n');
+        last = prev == std::string::npos ? last : last.substr(prev + 1);
+        emit(r, acc, stdout, false, bar_drawn);
+        if (std::regex_search(last, m, step_re)) {
+          const double done = std::stod(m[1]), total = std::stod(m[2]);
+          const int width = 40, fill = static_cast<int>(width * done / std::max(total, 1.0));
+          std::fprintf(stderr, "\r\033[K[%s%s] step %.0f/%.0f", std::string(fill, '#').c_str(),
+                       std::string(width - fill, '.').c_str(), done, total);
+          bar_drawn = true;
+        }
+      } else {
+        emit(r, acc, is_err ? stderr : stdout, false, bar_drawn);
+      }
+    }
+    for (int r = 0; r < o.ranks; ++r) {
+      if (kids[r].exited) continue;
+      int status = 0;
+      if (::waitpid(kids[r].pid, &status, WNOHANG) == kids[r].pid) {
+        kids[r].exited = true;
+        --alive;
+        kids[r].code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        if (kids[r].code != 0 && first_failure == 0) {
+          first_failure = kids[r].code;
+          failed_at = std::chrono::steady_clock::now();
+        }
+      }
+    }
+    if (first_failure != 0 && alive > 0 && std::chrono::steady_clock::now() - failed_at > o.grace) {
+      for (auto& k : kids) {
+        if (!k.exited) {
+          std::fprintf(stderr, "pmamba: stage %d did not exit after another stage failed; killing it\n",
+                       static_cast<int>(&k - kids.data()));
+          ::kill(k.pid, SIGKILL);
+        }
+      }
+      failed_at = std::chrono::steady_clock::time_point::max();
+    }
+  }
+  if (bar_drawn) std::fprintf(stderr, "\n");
+  return first_failure;
+}
+
+}  // namespace pmamba::pp

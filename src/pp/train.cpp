@@ -1,0 +1,513 @@
+#include "src/pp/train.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "src/ckpt/checkpoint.h"
+#include "src/ckpt/errors.h"
+#include "src/ckpt/fs.h"
+#include "src/model/fqn.h"
+#include "src/model/mamba.h"
+#include "src/pp/errors.h"
+#include "src/pp/launch.h"
+#include "src/pp/schedule.h"
+#include "src/pp/state.h"
+#include "src/pp/transport.h"
+
+namespace pmamba::pp {
+
+using ojson = nlohmann::ordered_json;
+
+double learning_rate(const TrainOptions& o, int64_t step) {
+  if (o.warmup > 0 && step <= o.warmup) return o.lr * static_cast<double>(step) / static_cast<double>(o.warmup);
+  if (o.steps <= o.warmup) return o.lr;
+  const double progress = std::min(1.0, static_cast<double>(step - o.warmup) / static_cast<double>(o.steps - o.warmup));
+  return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1.0 + std::cos(M_PI * progress));
+}
+
+namespace {
+
+constexpr int kTagBase = 1 << 24;
+constexpr int kTagHandshakeDown = kTagBase, kTagHandshakeUp = kTagBase + 1;
+constexpr int kTagTieToLast = kTagBase + 2, kTagTieToFirst = kTagBase + 3;
+int act_tag(int mb) { return 2 * mb; }
+int grad_tag(int mb) { return 2 * mb + 1; }
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+uint64_t fnv(const std::string& s) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+// Sum of squares of a float tensor in float64, element by element in storage order: the same
+// number whatever the thread count, on every stage and at PP = 1.
+double sum_of_squares(const at::Tensor& g) {
+  const at::Tensor c = g.detach().to(at::kFloat).contiguous();
+  const float* p = c.data_ptr<float>();
+  double s = 0;
+  for (int64_t i = 0, n = c.numel(); i < n; ++i) s += static_cast<double>(p[i]) * static_cast<double>(p[i]);
+  return s;
+}
+
+ojson data_json(const DataOptions& d) {
+  return ojson{{"source", d.source}, {"seed", d.seed}, {"seq_len", d.seq_len}, {"copy_tokens", d.copy_tokens},
+               {"copy_slots", d.copy_slots}, {"task_vocab", d.task_vocab}};
+}
+
+DataOptions data_from_json(const ojson& j, DataOptions d) {
+  d.source = j.value("source", d.source);
+  d.seed = j.value("seed", d.seed);
+  d.seq_len = j.value("seq_len", d.seq_len);
+  d.copy_tokens = j.value("copy_tokens", d.copy_tokens);
+  d.copy_slots = j.value("copy_slots", d.copy_slots);
+  d.task_vocab = j.value("task_vocab", d.task_vocab);
+  return d;
+}
+
+// Everything one rank holds during a run.
+class Rank {
+ public:
+  explicit Rank(TrainOptions o) : o_(std::move(o)) {}
+  int run();
+
+ private:
+  void setup();
+  void handshake();
+  void step(int64_t step);
+  void save(int64_t step);
+  void log(const ojson& metrics);
+  ojson train_state() const;
+  at::Tensor mb_slice(const at::Tensor& t, int mb) const {
+    return t.narrow(0, static_cast<int64_t>(mb) * o_.microbatch_size, o_.microbatch_size);
+  }
+
+  TrainOptions o_;
+  DistEnv env_;
+  std::unique_ptr<Transport> tx_;
+  int rank_ = 0, world_ = 1;
+  model::MambaConfig config_;
+  std::vector<model::StageSpec> stages_;
+  model::StageSpec spec_;
+  model::MambaLM model_{nullptr};
+  std::unique_ptr<AdamW> opt_;
+  std::unique_ptr<DataSource> data_;
+  Schedule schedule_;
+  std::vector<std::string> norm_order_;  // FQNs in the grad-norm vector, canonical order
+  int64_t start_step_ = 0, samples_ = 0, tokens_ = 0;
+  std::string resumed_from_;
+  std::unique_ptr<std::ofstream> metrics_;
+  double last_ckpt_s_ = 0;
+};
+
+void Rank::setup() {
+  env_ = dist_env_from_environment();
+  rank_ = env_.present ? env_.rank : 0;
+  world_ = env_.present ? env_.world : 1;
+  if (world_ != o_.pp) {
+    throw UsageError("--pp is " + std::to_string(o_.pp) + " but the launcher started " + std::to_string(world_) +
+                     " processes (" + env_.source + "); pmamba runs one process per pipeline stage");
+  }
+  if (o_.threads > 0) at::set_num_threads(o_.threads);
+  const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(o_.timeout_s * 1000));
+  if (world_ > 1) tx_ = std::make_unique<Transport>(env_, timeout);
+
+  // Resume source: an explicit checkpoint, or with "auto" the newest one in --ckpt-dir.
+  std::unique_ptr<ckpt::CheckpointReader> reader;
+  if (o_.resume == "auto") {
+    if (!o_.ckpt_dir.empty() && !ckpt::committed_steps(o_.ckpt_dir).empty()) {
+      reader = std::make_unique<ckpt::CheckpointReader>(o_.ckpt_dir);
+    }
+  } else if (!o_.resume.empty()) {
+    reader = std::make_unique<ckpt::CheckpointReader>(o_.resume);
+  }
+  if (reader) {
+    config_ = reader->manifest().config;
+    if (!o_.preset.empty() || !o_.config_path.empty()) {
+      const model::MambaConfig asked = o_.preset.empty() ? model::config_from_file(o_.config_path) : model::preset(o_.preset);
+      if (asked != config_) {
+        throw UsageError("the checkpoint '" + reader->dir() + "' holds a different model than --preset/--config asks for");
+      }
+    }
+    const ojson& t = reader->manifest().train;
+    start_step_ = t.value("step", int64_t{0});
+    samples_ = t.value("samples_consumed", int64_t{0});
+    tokens_ = t.value("tokens_consumed", int64_t{0});
+    if (t.contains("data")) o_.data = data_from_json(t.at("data"), o_.data);
+    if (t.contains("lr_schedule")) {
+      const ojson& s = t.at("lr_schedule");
+      o_.lr = s.value("lr", o_.lr);
+      o_.min_lr = s.value("min_lr", o_.min_lr);
+      o_.warmup = s.value("warmup", o_.warmup);
+      o_.steps = s.value("steps", o_.steps);
+    }
+    resumed_from_ = reader->dir();
+  } else {
+    if (o_.preset.empty() == o_.config_path.empty()) throw UsageError("give exactly one of --preset or --config");
+    config_ = o_.preset.empty() ? model::config_from_file(o_.config_path) : model::preset(o_.preset);
+    o_.data.seed = o_.data.seed ? o_.data.seed : o_.seed;
+  }
+  stages_ = model::make_stages(config_.n_layer, o_.pp, o_.partition);
+  spec_ = stages_[static_cast<size_t>(rank_)];
+  model_ = model::MambaLM(config_, spec_, model::parse_boundary(o_.boundary));
+  std::vector<std::pair<std::string, at::Tensor>> named;
+  for (const auto& item : model_->named_parameters()) named.emplace_back(item.key(), item.value());
+  opt_ = std::make_unique<AdamW>(named, config_, o_.adamw);
+  if (reader) {
+    load_stage(*reader, *model_, opt_.get());
+  } else {
+    model_->init_parameters(o_.seed);
+  }
+  for (const auto& p : model::list_parameters(config_)) {
+    if (p.tied_to.empty()) norm_order_.push_back(p.fqn);  // the tie is counted once
+  }
+  data_ = make_data(o_.data);
+  if (data_->vocab_needed() > config_.vocab_size) {
+    throw UsageError(data_->describe() + " needs a vocabulary of " + std::to_string(data_->vocab_needed()) +
+                     " but the model has vocab_size " + std::to_string(config_.vocab_size));
+  }
+  if (o_.microbatches < 1 || o_.microbatch_size < 1) throw UsageError("--microbatches and --microbatch-size must be >= 1");
+  schedule_ = make_schedule(o_.schedule, o_.pp, o_.microbatches);
+  check_schedule(schedule_);
+  if (!o_.metrics_path.empty() && spec_.is_last()) {
+    metrics_ = std::make_unique<std::ofstream>(o_.metrics_path, start_step_ > 0 ? std::ios::app : std::ios::trunc);
+    if (!*metrics_) throw UsageError("cannot write metrics to '" + o_.metrics_path + "'");
+  }
+}
+
+// Before step 1 each boundary exchanges what both sides believe, in both directions, so a
+// mismatch fails loudly on both sides instead of hanging or silently misreading tensors.
+void Rank::handshake() {
+  if (!tx_) return;
+  static const char* kFields[] = {"magic", "schema version", "boundary mode", "boundary dtype", "microbatch size",
+                                  "sequence length", "d_model", "config digest", "schedule", "microbatches",
+                                  "pipeline stages", "partition", "data seed", "start step", "samples consumed",
+                                  "data source"};
+  auto header = [&]() {
+    at::Tensor h = at::zeros({16}, at::kLong);
+    auto a = h.accessor<int64_t, 1>();
+    a[0] = 0x706d616d6261;  // "pmamba"
+    a[1] = 1;
+    a[2] = model_->boundary() == model::BoundaryMode::kPacked ? 0 : 1;
+    a[3] = static_cast<int64_t>(model_->residual_dtype());
+    a[4] = o_.microbatch_size;
+    a[5] = data_->seq_len();
+    a[6] = config_.d_model;
+    a[7] = static_cast<int64_t>(model::config_digest(config_));
+    a[8] = static_cast<int64_t>(fnv(o_.schedule));
+    a[9] = o_.microbatches;
+    a[10] = o_.pp;
+    a[11] = static_cast<int64_t>(fnv(model::partition_string(stages_)));
+    a[12] = static_cast<int64_t>(o_.data.seed);
+    a[13] = start_step_;
+    a[14] = samples_;
+    a[15] = static_cast<int64_t>(fnv(o_.data.source));
+    return h;
+  };
+  const at::Tensor mine = header();
+  auto compare = [&](const at::Tensor& theirs, int peer) {
+    for (int i = 0; i < 16; ++i) {
+      const int64_t a = mine[i].item<int64_t>(), b = theirs[i].item<int64_t>();
+      if (a != b) {
+        throw PipelineError("handshake with stage " + std::to_string(peer) + " failed: " + kFields[i] +
+                            " differs (stage " + std::to_string(rank_) + " has " + std::to_string(a) + ", stage " +
+                            std::to_string(peer) + " has " + std::to_string(b) +
+                            "); all stages must be started with the same options");
+      }
+    }
+  };
+  if (rank_ + 1 < world_) tx_->isend(mine, rank_ + 1, kTagHandshakeDown, "handshake");
+  if (rank_ > 0) tx_->isend(mine, rank_ - 1, kTagHandshakeUp, "handshake");
+  if (rank_ > 0) {
+    at::Tensor h = at::empty({16}, at::kLong);
+    tx_->recv(h, rank_ - 1, kTagHandshakeDown, "the handshake");
+    compare(h, rank_ - 1);
+  }
+  if (rank_ + 1 < world_) {
+    at::Tensor h = at::empty({16}, at::kLong);
+    tx_->recv(h, rank_ + 1, kTagHandshakeUp, "the handshake");
+    compare(h, rank_ + 1);
+  }
+  tx_->wait_sends();
+}
+
+ojson Rank::train_state() const {
+  ojson t;
+  t["step"] = start_step_;
+  t["seed"] = o_.seed;
+  t["samples_consumed"] = samples_;
+  t["tokens_consumed"] = tokens_;
+  t["data"] = data_json(o_.data);
+  t["lr_schedule"] = ojson{{"lr", o_.lr}, {"min_lr", o_.min_lr}, {"warmup", o_.warmup}, {"steps", o_.steps}};
+  return t;
+}
+
+void Rank::step(int64_t step) {
+  const double t0 = now_s();
+  const int m = o_.microbatches;
+  const bool first = spec_.is_first(), last = spec_.is_last();
+  // The global batch is a pure function of the data position; the stages that need it (inputs
+  // on the first, targets on the last) build it themselves.
+  Batch batch;
+  double global_tokens = 0;
+  if (first || last) {
+    batch = data_->batch(samples_, static_cast<int64_t>(m) * o_.microbatch_size);
+    global_tokens = static_cast<double>(batch.mask.sum().item<int64_t>());
+    if (global_tokens == 0) throw UsageError("the batch has no target positions");
+  }
+  for (auto& p : model_->parameters()) p.mutable_grad().reset();
+
+  std::vector<at::Tensor> inputs(m), outputs(m), grads_in(m), losses(m);
+  std::vector<int64_t> correct(m, 0);
+  double idle = 0, bytes_sent = 0;
+  const auto shape = model_->boundary_shape(o_.microbatch_size, data_->seq_len());
+  const auto bdtype = model_->residual_dtype();
+  for (const Action& a : schedule_.actions[static_cast<size_t>(rank_)]) {
+    const int i = a.mb;
+    switch (a.op) {
+      case Op::kRecvAct: {
+        at::Tensor t = at::empty(shape, bdtype);
+        const double w = now_s();
+        tx_->recv(t, rank_ - 1, act_tag(i), "activation " + std::to_string(i));
+        idle += now_s() - w;
+        inputs[i] = t.requires_grad_(true);
+        break;
+      }
+      case Op::kForward: {
+        const at::Tensor x = first ? mb_slice(batch.inputs, i) : inputs[i];
+        at::Tensor y = model_->forward(x);
+        if (last) {
+          const at::Tensor mask = mb_slice(batch.mask, i).reshape({-1});
+          const at::Tensor logits = y.reshape({-1, y.size(-1)}).index({mask});  // (P, V)
+          const at::Tensor target = mb_slice(batch.targets, i).reshape({-1}).index({mask});
+          // Summed per microbatch, divided by the global count: PP and PP = 1 see the same loss.
+          losses[i] = at::cross_entropy_loss(logits, target, {}, at::Reduction::Sum) / global_tokens;
+          correct[i] = logits.argmax(-1).eq(target).sum().item<int64_t>();
+        } else {
+          outputs[i] = y;
+        }
+        break;
+      }
+      case Op::kSendAct:
+        bytes_sent += static_cast<double>(outputs[i].nbytes());
+        tx_->isend(outputs[i].detach(), rank_ + 1, act_tag(i), "activation " + std::to_string(i));
+        break;
+      case Op::kRecvGrad: {
+        at::Tensor t = at::empty(shape, bdtype);
+        const double w = now_s();
+        tx_->recv(t, rank_ + 1, grad_tag(i), "gradient " + std::to_string(i));
+        idle += now_s() - w;
+        grads_in[i] = t;
+        break;
+      }
+      case Op::kBackward:
+        if (last) {
+          losses[i].backward();
+        } else {
+          outputs[i].backward(grads_in[i]);
+          outputs[i] = at::Tensor();
+          grads_in[i] = at::Tensor();
+        }
+        break;
+      case Op::kSendGrad:
+        bytes_sent += static_cast<double>(inputs[i].grad().nbytes());
+        tx_->isend(inputs[i].grad(), rank_ - 1, grad_tag(i), "gradient " + std::to_string(i));
+        inputs[i] = at::Tensor();
+        break;
+    }
+  }
+  if (tx_) tx_->wait_sends();
+
+  // Tied embedding: both ends form embedding_grad + head_grad in the same order.
+  if (config_.tie_embeddings) {
+    if (world_ == 1) {
+      model::sync_tied_gradients(*model_, *model_);
+    } else if (first || last) {
+      at::Tensor& mine = first ? model_->backbone->embedding->weight.mutable_grad() : model_->lm_head->weight.mutable_grad();
+      const int peer = first ? world_ - 1 : 0;
+      at::Tensor theirs = at::empty_like(mine);
+      tx_->isend(mine, peer, first ? kTagTieToLast : kTagTieToFirst, "the tied-embedding gradient");
+      tx_->recv(theirs, peer, first ? kTagTieToFirst : kTagTieToLast, "the tied-embedding gradient");
+      tx_->wait_sends();
+      mine = first ? model::tied_gradient_sum(mine, theirs) : model::tied_gradient_sum(theirs, mine);
+      bytes_sent += static_cast<double>(mine.nbytes());
+    }
+  }
+
+  // Global grad norm: each stage fills the entries of the parameters it owns, the all-reduce
+  // adds zeros to them (exact), and every rank sums the vector in canonical FQN order.
+  at::Tensor sq = at::zeros({static_cast<int64_t>(norm_order_.size())}, at::kDouble);
+  {
+    std::map<std::string, at::Tensor> grads;
+    for (const auto& item : model_->named_parameters()) grads[item.key()] = item.value().grad();
+    for (size_t k = 0; k < norm_order_.size(); ++k) {
+      auto it = grads.find(norm_order_[k]);
+      if (it != grads.end() && it->second.defined()) sq[static_cast<int64_t>(k)] = sum_of_squares(it->second);
+    }
+  }
+  if (tx_) tx_->allreduce_sum(sq, "the grad-norm reduction");
+  double total = 0;
+  for (int64_t k = 0; k < sq.numel(); ++k) total += sq[k].item<double>();
+  const double grad_norm = std::sqrt(total);
+  if (o_.clip > 0 && grad_norm > o_.clip) {
+    const double coef = o_.clip / (grad_norm + 1e-6);
+    at::NoGradGuard no_grad;
+    for (auto& p : model_->parameters()) {
+      if (p.grad().defined()) p.mutable_grad().mul_(coef);
+    }
+  }
+  const double lr = learning_rate(o_, step);
+  opt_->step(lr);
+  samples_ += static_cast<int64_t>(m) * o_.microbatch_size;
+  tokens_ += static_cast<int64_t>(m) * o_.microbatch_size * data_->seq_len();
+  start_step_ = step;
+  const double step_time = now_s() - t0;
+
+  // Metrics: the last stage knows the loss; bubble and traffic are summed over ranks.
+  double loss = 0;
+  int64_t n_correct = 0;
+  if (last) {
+    for (int i = 0; i < m; ++i) {
+      loss += losses[i].item<double>();
+      n_correct += correct[i];
+    }
+  }
+  at::Tensor shared = at::tensor({step_time > 0 ? idle / step_time : 0.0, bytes_sent}, at::kDouble);
+  if (tx_) tx_->allreduce_sum(shared, "the metrics reduction");
+  last_ckpt_s_ = 0;
+  const bool save_now = !o_.ckpt_dir.empty() &&
+                        ((o_.ckpt_every > 0 && step % o_.ckpt_every == 0) ||
+                         step == (o_.stop_after > 0 ? std::min(o_.stop_after, o_.steps) : o_.steps));
+  if (save_now) save(step);
+  if (last) {
+    ojson j;
+    j["step"] = step;
+    j["loss"] = loss;
+    j["accuracy"] = static_cast<double>(n_correct) / global_tokens;
+    j["lr"] = lr;
+    j["grad_norm"] = grad_norm;
+    j["tokens_per_s"] = static_cast<double>(m) * o_.microbatch_size * data_->seq_len() / step_time;
+    j["step_time_s"] = step_time;
+    j["bubble"] = shared[0].item<double>() / world_;
+    j["bytes_sent"] = shared[1].item<double>();
+    if (save_now) j["ckpt_time_s"] = last_ckpt_s_;
+    log(j);
+  }
+}
+
+void Rank::save(int64_t step) {
+  const double t0 = now_s();
+  std::string tmp;
+  if (rank_ == 0) tmp = ckpt::begin_step_dir(o_.ckpt_dir, step);
+  if (tx_) tmp = tx_->broadcast_string("ckpt/" + std::to_string(step), tmp);
+  const ojson train = train_state();
+  std::string error;
+  try {
+    ckpt::ShardHeader h;
+    h.stage = spec_.stage;
+    h.num_stages = spec_.num_stages;
+    h.layer_begin = spec_.layer_begin;
+    h.layer_end = spec_.layer_end;
+    h.step = step;
+    h.config_json = model::config_to_json_string(config_);
+    h.train_json = train.dump();
+    ckpt::WriteOptions w;
+    w.compression = ckpt::Compression::parse(o_.compression);
+    w.threads = o_.threads;
+    const ckpt::StageData d = collect_stage(*model_, opt_.get());
+    ckpt::write_shard(tmp, h, d.tensors, d.aliases, w);
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  // Every stage reports; rank 0 commits only when all shards are in place.
+  at::Tensor failed = at::tensor({error.empty() ? 0 : 1}, at::kInt);
+  if (tx_) tx_->allreduce_sum(failed, "the checkpoint write");
+  if (failed.item<int>() == 0 && rank_ == 0) {
+    try {
+      const ckpt::Manifest man = ckpt::build_manifest(tmp, config_, stages_, step,
+                                                      ckpt::Compression::parse(o_.compression), true, train);
+      ckpt::commit_step_dir(o_.ckpt_dir, tmp, man, o_.keep_last);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  }
+  at::Tensor commit_failed = at::tensor({error.empty() ? 0 : 1}, at::kInt);
+  if (tx_) tx_->allreduce_sum(commit_failed, "the checkpoint commit");
+  if (failed.item<int>() != 0 || commit_failed.item<int>() != 0) {
+    if (rank_ == 0) ckpt::abort_step_dir(tmp);
+    throw ckpt::IoError("checkpoint of step " + std::to_string(step) + " failed" +
+                        (error.empty() ? " on another stage" : ": " + error));
+  }
+  last_ckpt_s_ = now_s() - t0;
+}
+
+void Rank::log(const ojson& j) {
+  if (metrics_) {
+    *metrics_ << j.dump() << "\n";
+    metrics_->flush();
+  }
+  if (o_.quiet) return;
+  const int64_t total = o_.stop_after > 0 ? std::min(o_.stop_after, o_.steps) : o_.steps;
+  std::printf("step %lld/%lld  loss %.4f  acc %.3f  lr %.2e  gnorm %.3f  %.0f tok/s  %.3f s  bubble %.2f%s\n",
+              static_cast<long long>(j["step"].get<int64_t>()), static_cast<long long>(total), j["loss"].get<double>(),
+              j["accuracy"].get<double>(), j["lr"].get<double>(), j["grad_norm"].get<double>(),
+              j["tokens_per_s"].get<double>(), j["step_time_s"].get<double>(), j["bubble"].get<double>(),
+              j.contains("ckpt_time_s") ? ("  ckpt " + std::to_string(j["ckpt_time_s"].get<double>()).substr(0, 5) + " s").c_str()
+                                        : "");
+  std::fflush(stdout);
+}
+
+int Rank::run() {
+  setup();
+  if (o_.print_schedule && rank_ == 0) std::printf("%s", print_schedule(schedule_).c_str());
+  handshake();
+  const int64_t stop = o_.stop_after > 0 ? std::min(o_.stop_after, o_.steps) : o_.steps;
+  if (spec_.is_last() && !o_.quiet) {
+    std::printf("training %s: %d stage%s (partition %s, %s, %s boundary), %d x %d samples per step, %s; %s\n",
+                o_.preset.empty() ? "model" : o_.preset.c_str(), o_.pp, o_.pp == 1 ? "" : "s",
+                model::partition_string(stages_).c_str(), o_.schedule.c_str(), o_.boundary.c_str(), o_.microbatches,
+                o_.microbatch_size, data_->describe().c_str(),
+                resumed_from_.empty() ? "fresh start" : ("resumed from " + resumed_from_ + " at step " + std::to_string(start_step_)).c_str());
+    std::fflush(stdout);
+  }
+  for (int64_t s = start_step_ + 1; s <= stop; ++s) step(s);
+  if (tx_) tx_->barrier("the end of training");
+  return 0;
+}
+
+}  // namespace
+
+int train_rank(const TrainOptions& options) {
+  Rank r(options);
+  return r.run();
+}
+
+int run_train(const TrainOptions& o, int argc, char** argv) {
+  const DistEnv env = dist_env_from_environment();
+  if (!env.present && o.pp > 1) {
+    // Check what can be checked before starting processes.
+    if (o.preset.empty() && o.config_path.empty() && o.resume.empty()) throw UsageError("give --preset, --config or --resume");
+    check_schedule(make_schedule(o.schedule, o.pp, o.microbatches));
+    if (o.print_schedule) std::printf("%s", print_schedule(make_schedule(o.schedule, o.pp, o.microbatches)).c_str());
+    LaunchOptions l;
+    l.ranks = o.pp;
+    l.argv.assign(argv, argv + argc);
+    l.grace = std::chrono::milliseconds(static_cast<int64_t>(o.timeout_s * 1000) + 10000);
+    l.progress_bar = !o.quiet && ::isatty(2);
+    return launch_local(l);
+  }
+  return train_rank(o);
+}
+
+}  // namespace pmamba::pp

@@ -1,0 +1,65 @@
+// Pipeline-parallel training of a Mamba LM: microbatches through a GPipe or 1F1B schedule over
+// c10d, tied-embedding gradient sum between the first and last stage, a grad norm reduced
+// across stages in the single-process order, clipping, AdamW, warmup + cosine LR, per-stage
+// checkpoints committed by rank 0, and resume at any PP degree and partition.
+//
+// On CPU, PP = k and PP = 1 with the same schedule and microbatches give bitwise-identical
+// losses, gradient norms and weights (tests/pp/train_test.sh checks it).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "src/pp/data.h"
+#include "src/pp/optim.h"
+
+namespace pmamba::pp {
+
+struct TrainOptions {
+  // model
+  std::string preset;
+  std::string config_path;
+  uint64_t seed = 0;
+  std::string boundary = "packed";
+  // pipeline
+  int pp = 1;
+  std::string partition;
+  std::string schedule = "1f1b";
+  int microbatches = 4;
+  int microbatch_size = 4;
+  // data
+  DataOptions data;
+  // optimisation
+  int64_t steps = 100;      // length of the LR schedule
+  int64_t stop_after = 0;   // end the run after this step (0 = run to `steps`)
+  double lr = 1e-3;
+  double min_lr = 1e-4;
+  int64_t warmup = 10;
+  double clip = 1.0;        // clip the global grad norm (0 = no clipping)
+  AdamWOptions adamw;
+  // checkpoints
+  std::string ckpt_dir;
+  int64_t ckpt_every = 0;   // 0 = only at the end when ckpt_dir is set
+  int keep_last = 0;
+  std::string resume;       // "" | "auto" | a checkpoint path
+  std::string compression = "zstd:1";
+  // runtime
+  int threads = 0;
+  double timeout_s = 120;
+  std::string metrics_path;  // JSON lines (written by the last stage)
+  bool print_schedule = false;
+  bool quiet = false;
+};
+
+/// Entry point of pmamba-train. Without launcher variables and with pp > 1 it starts pp local
+/// ranks of this program and forwards their output; with them (torchrun, Slurm, Open MPI) it
+/// runs as one rank. Returns the exit code. Throws UsageError / PipelineError / ckpt errors.
+int run_train(const TrainOptions& options, int argc, char** argv);
+
+/// One rank of a training run (world size from the environment, or 1).
+int train_rank(const TrainOptions& options);
+
+/// Learning rate at 1-based `step`: linear warmup to lr, then cosine decay to min_lr at `steps`.
+double learning_rate(const TrainOptions& options, int64_t step);
+
+}  // namespace pmamba::pp

@@ -1,0 +1,68 @@
+// Point-to-point and collective communication between pipeline stages on torch's c10d:
+// ProcessGroupGloo on CPU (ProcessGroupNCCL would slot in here for CUDA tensors), rendezvous
+// through a TCPStore. Every wait has a timeout; a peer that stops answering (timeout, closed
+// connection) becomes a PipelineError naming the stage. Rank == stage (pipeline parallelism only).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace pmamba::pp {
+
+/// Where this process sits, from the launcher's environment: torchrun (RANK, WORLD_SIZE,
+/// LOCAL_RANK, MASTER_ADDR, MASTER_PORT), Slurm (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID) or
+/// Open MPI (OMPI_COMM_WORLD_RANK, OMPI_COMM_WORLD_SIZE, OMPI_COMM_WORLD_LOCAL_RANK).
+struct DistEnv {
+  bool present = false;  // false: no launcher variables (a single process, or spawn our own)
+  std::string source;    // "torchrun" | "slurm" | "openmpi"
+  int rank = 0;
+  int world = 1;
+  int local_rank = 0;
+  std::string master_addr = "127.0.0.1";
+  int master_port = 29500;
+};
+/// Throws UsageError for inconsistent or malformed variables.
+DistEnv dist_env_from_environment();
+
+/// A free TCP port on the loopback interface (for local launches).
+int free_port();
+
+class Transport {
+ public:
+  /// Rendezvous of `env.world` processes; throws PipelineError when it does not complete
+  /// within `timeout`.
+  Transport(const DistEnv& env, std::chrono::milliseconds timeout);
+  ~Transport();
+  Transport(const Transport&) = delete;
+  Transport& operator=(const Transport&) = delete;
+
+  int rank() const { return rank_; }
+  int world() const { return world_; }
+  std::chrono::milliseconds timeout() const { return timeout_; }
+
+  /// Posts a send without waiting for it (the tensor is kept alive until wait_sends()).
+  void isend(const at::Tensor& tensor, int dst, int tag, const std::string& what);
+  /// Receives into `tensor` (allocated with the expected shape and dtype), waiting at most the
+  /// timeout. `what` names the message in errors ("activation 3").
+  void recv(at::Tensor& tensor, int src, int tag, const std::string& what);
+  /// Waits for every posted send.
+  void wait_sends();
+  /// Sum over all ranks, in place, blocking.
+  void allreduce_sum(at::Tensor& tensor, const std::string& what);
+  void barrier(const std::string& what);
+  /// Rank 0 publishes a string under `key`, every rank returns it.
+  std::string broadcast_string(const std::string& key, const std::string& value);
+
+ private:
+  [[noreturn]] void peer_failed(int peer, const std::string& what, const std::string& detail);
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  int rank_ = 0, world_ = 1;
+  std::chrono::milliseconds timeout_;
+};
+
+}  // namespace pmamba::pp

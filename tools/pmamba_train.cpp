@@ -1,0 +1,63 @@
+// pmamba-train: train a Mamba LM with pipeline parallelism, or resume at any PP degree.
+#include "src/pp/train.h"
+#include "tools/tool_main.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"Train a Mamba LM with pipeline parallelism over c10d (Gloo on CPU). Without launcher "
+               "variables, --pp N starts N local processes; under torchrun/Slurm/mpirun each process is "
+               "one stage.",
+               "pmamba-train"};
+  app.footer(
+      "Examples:\n"
+      "  pmamba-train --preset tiny --data selective-copy --pp 2 --schedule 1f1b --microbatches 4 \\\n"
+      "               --steps 30 --ckpt-every 10 --ckpt-dir run\n"
+      "  pmamba-train --pp 3 --resume run --ckpt-dir run --steps 30        # resume at another PP degree\n"
+      "  torchrun --no-python --nproc-per-node 4 build/bin/pmamba-train --pp 4 --preset small --data text:book.txt\n"
+      "Exit codes: 0 ok, 1 a stage failed or stopped answering, 2 bad arguments or unreadable input, 3 internal error.");
+  pmamba::pp::TrainOptions o;
+  std::string data = "selective-copy";
+  auto* model = app.add_option_group("model");
+  model->add_option("--preset", o.preset, "model preset (tiny, small, mamba-130m, ...)");
+  model->add_option("--config", o.config_path, "model config JSON file");
+  model->require_option(0, 1);
+  app.add_option("--seed", o.seed, "initialisation and data seed");
+  app.add_option("--boundary", o.boundary, "stage boundary: packed or summed")->check(CLI::IsMember({"packed", "summed"}));
+  app.add_option("--pp", o.pp, "pipeline stages (processes)")->check(CLI::Range(1, 4096));
+  app.add_option("--partition", o.partition, "layers per stage, e.g. 3,5,4 (default balanced)");
+  app.add_option("--schedule", o.schedule, "gpipe or 1f1b")->check(CLI::IsMember({"gpipe", "1f1b"}));
+  app.add_option("--microbatches", o.microbatches, "microbatches per step")->check(CLI::Range(1, 1 << 20));
+  app.add_option("--microbatch-size", o.microbatch_size, "samples per microbatch")->check(CLI::Range(1, 1 << 20));
+  app.add_option("--data", data, "selective-copy, induction, text:FILE, tokens:FILE.bin (or a path)");
+  app.add_option("--seq-len", o.data.seq_len, "sequence length (induction, text, tokens)");
+  app.add_option("--copy-tokens", o.data.copy_tokens, "selective-copy: tokens to memorise");
+  app.add_option("--copy-slots", o.data.copy_slots, "selective-copy: noise + data slots");
+  app.add_option("--task-vocab", o.data.task_vocab, "selective-copy / induction vocabulary");
+  app.add_option("--steps", o.steps, "length of the LR schedule (the run ends there)")->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
+  app.add_option("--stop-after", o.stop_after, "end the run after this step (as a preempted job would)");
+  app.add_option("--lr", o.lr, "peak learning rate");
+  app.add_option("--min-lr", o.min_lr, "final learning rate of the cosine decay");
+  app.add_option("--warmup", o.warmup, "linear warmup steps");
+  app.add_option("--clip", o.clip, "clip the global grad norm (0 = off)");
+  app.add_option("--weight-decay", o.adamw.weight_decay, "AdamW decoupled weight decay (not on A_log, D, norms, biases)");
+  app.add_option("--beta1", o.adamw.beta1);
+  app.add_option("--beta2", o.adamw.beta2);
+  app.add_option("--ckpt-dir", o.ckpt_dir, "checkpoint root");
+  app.add_option("--ckpt-every", o.ckpt_every, "checkpoint every K steps (and at the end)");
+  app.add_option("--keep-last", o.keep_last, "keep only the newest K checkpoints");
+  app.add_option("--resume", o.resume, "auto (newest in --ckpt-dir, if any) or a checkpoint path");
+  app.add_option("--compression", o.compression, "checkpoint compression: none, zstd or zstd:LEVEL");
+  app.add_option("--threads", o.threads, "intra-op threads per stage (0 = LibTorch default)");
+  app.add_option("--timeout", o.timeout_s, "seconds to wait for another stage before failing");
+  app.add_option("--metrics", o.metrics_path, "write JSON lines of per-step metrics here");
+  app.add_flag("--print-schedule", o.print_schedule, "print the per-stage action lists");
+  app.add_flag("--quiet", o.quiet, "no per-step console lines");
+  return pmamba::tools::run_tool(app, argc, argv, [&]() -> int {
+    if (data == "selective-copy" || data == "induction" || data.rfind("text:", 0) == 0 || data.rfind("tokens:", 0) == 0) {
+      o.data.source = data;
+    } else {
+      o.data.source = (data.size() > 4 && data.compare(data.size() - 4, 4, ".bin") == 0 ? "tokens:" : "text:") + data;
+    }
+    o.data.seed = o.seed;
+    return pmamba::pp::run_train(o, argc, argv);
+  });
+}
