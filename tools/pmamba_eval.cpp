@@ -1,6 +1,4 @@
 // pmamba-eval: run a Mamba LM as a chain of pipeline stages and write its logits.
-#include <cstdio>
-
 #include "src/pp/eval.h"
 #include "tools/tool_main.h"
 
@@ -29,21 +27,22 @@ int main(int argc, char** argv) {
   auto* toks = app.add_option_group("input", "token ids");
   toks->add_option("--tokens", o.tokens, "one sequence, e.g. 1,2,3,4");
   toks->add_option("--tokens-file", o.tokens_file, "one sequence per line");
+  toks->add_option("--data", o.data, "selective-copy, induction, text:FILE or tokens:FILE.bin: accuracy on held-out samples");
   toks->require_option(1);
+  app.add_option("--samples", o.samples, "with --data: number of samples");
+  app.add_option("--first-sample", o.first_sample, "with --data: global index of the first sample (default 2^40, held out)");
+  app.add_option("--data-seed", o.data_options.seed, "with --data: data seed (default: the checkpoint's)");
+  app.add_option("--seq-len", o.data_options.seq_len, "with --data: sequence length (induction, text, tokens)");
+  app.add_option("--copy-tokens", o.data_options.copy_tokens, "with --data selective-copy");
+  app.add_option("--copy-slots", o.data_options.copy_slots, "with --data selective-copy");
+  app.add_option("--task-vocab", o.data_options.task_vocab, "with --data selective-copy / induction");
   app.add_option("--logits-out", o.logits_out, "write logits to this HDF5 file (dataset /logits)");
   app.add_option("--threads", o.threads, "intra-op threads (0 = LibTorch default)")
       ->check(CLI::Range(0, 1024));
+  app.add_flag("--inproc", o.inproc, "chain the stages in this process (default: one process per stage)");
+  app.add_option("--timeout", o.timeout_s, "seconds to wait for another stage");
   return pmamba::tools::run_tool(app, argc, argv, [&] {
     o.boundary = pmamba::model::parse_boundary(boundary);
-    const auto r = pmamba::pp::run_eval(o);
-    std::printf("stages %s  boundary %s  sequences %lld  tokens %lld\n", r.partition.c_str(),
-                boundary.c_str(), static_cast<long long>(r.logits.size(0)),
-                static_cast<long long>(r.logits.size(1)));
-    if (r.predictions > 0) {
-      std::printf("loss %.6f  accuracy %.4f  (%lld next-token predictions)\n", r.loss, r.accuracy,
-                  static_cast<long long>(r.predictions));
-    }
-    if (!o.logits_out.empty()) std::printf("logits -> %s\n", o.logits_out.c_str());
-    return 0;
+    return pmamba::pp::eval_main(o, argc, argv);
   });
 }

@@ -162,6 +162,22 @@ Batch DataSource::batch(int64_t first, int64_t count) const {
   return b;
 }
 
+nlohmann::ordered_json data_to_json(const DataOptions& d) {
+  return nlohmann::ordered_json{{"source", d.source},           {"seed", d.seed},
+                                {"seq_len", d.seq_len},         {"copy_tokens", d.copy_tokens},
+                                {"copy_slots", d.copy_slots},   {"task_vocab", d.task_vocab}};
+}
+
+DataOptions data_from_json(const nlohmann::ordered_json& j, DataOptions d) {
+  d.source = j.value("source", d.source);
+  d.seed = j.value("seed", d.seed);
+  d.seq_len = j.value("seq_len", d.seq_len);
+  d.copy_tokens = j.value("copy_tokens", d.copy_tokens);
+  d.copy_slots = j.value("copy_slots", d.copy_slots);
+  d.task_vocab = j.value("task_vocab", d.task_vocab);
+  return d;
+}
+
 std::unique_ptr<DataSource> make_data(const DataOptions& o) {
   if (o.source == "selective-copy") return std::make_unique<SelectiveCopy>(o);
   if (o.source == "induction") return std::make_unique<Induction>(o);

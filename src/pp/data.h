@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -49,6 +50,10 @@ class DataSource {
   /// Fills one sample (row pointers of length seq_len()).
   virtual void sample(int64_t index, int64_t* inputs, int64_t* targets, bool* mask) const = 0;
 };
+
+/// The options as stored in a checkpoint's training state, and back (missing keys keep `base`).
+nlohmann::ordered_json data_to_json(const DataOptions& options);
+DataOptions data_from_json(const nlohmann::ordered_json& j, DataOptions base);
 
 /// Throws UsageError for an unknown source, an unreadable or too short file, or bad sizes.
 std::unique_ptr<DataSource> make_data(const DataOptions& options);

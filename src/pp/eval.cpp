@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <chrono>
+#include <cstdio>
 #include <fstream>
 #include <memory>
 #include <sstream>
@@ -10,7 +12,9 @@
 #include "src/ckpt/tensor_file.h"
 #include "src/model/partition.h"
 #include "src/pp/errors.h"
+#include "src/pp/launch.h"
 #include "src/pp/state.h"
+#include "src/pp/transport.h"
 
 namespace pmamba::pp {
 
@@ -79,51 +83,145 @@ at::Tensor read_tokens_file(const std::string& path) {
   return to_batch(rows, "in '" + path + "'");
 }
 
-EvalResult run_eval(const EvalOptions& o) {
+namespace {
+
+struct Prepared {
+  std::unique_ptr<ckpt::CheckpointReader> reader;
+  model::MambaConfig config;
+  std::vector<model::StageSpec> stages;
+  at::Tensor ids;
+  at::Tensor targets, mask;  // with --data
+};
+
+Prepared prepare(const EvalOptions& o) {
   if (o.threads > 0) at::set_num_threads(o.threads);
   const int sources = !o.preset.empty() + !o.config_path.empty() + !o.ckpt.empty();
-  if (sources != 1) {
-    throw UsageError("give exactly one of --preset, --config or --ckpt");
-  }
-  std::unique_ptr<ckpt::CheckpointReader> reader;
-  if (!o.ckpt.empty()) reader = std::make_unique<ckpt::CheckpointReader>(o.ckpt);
-  const model::MambaConfig config = reader ? reader->manifest().config
-                                    : o.preset.empty() ? model::config_from_file(o.config_path)
-                                                       : model::preset(o.preset);
-  const std::vector<model::StageSpec> stages = model::make_stages(config.n_layer, o.pp, o.partition);
-
-  if (o.tokens.empty() == o.tokens_file.empty()) throw UsageError("give exactly one of --tokens or --tokens-file");
-  const at::Tensor ids = o.tokens.empty() ? read_tokens_file(o.tokens_file) : parse_tokens(o.tokens);
-  const int64_t max_id = ids.max().item<int64_t>();
-  if (max_id >= config.vocab_size) {
-    throw UsageError("token id " + std::to_string(max_id) + " is out of range for vocab_size " +
-                     std::to_string(config.vocab_size));
-  }
-
-  at::NoGradGuard no_grad;
-  at::Tensor x = ids;
-  for (const auto& spec : stages) {
-    model::MambaLM stage(config, spec, o.boundary);
-    if (reader) {
-      load_stage(*reader, *stage, nullptr);
-    } else {
-      stage->init_parameters(o.seed);
+  if (sources != 1) throw UsageError("give exactly one of --preset, --config or --ckpt");
+  Prepared p;
+  if (!o.ckpt.empty()) p.reader = std::make_unique<ckpt::CheckpointReader>(o.ckpt);
+  p.config = p.reader ? p.reader->manifest().config
+                      : o.preset.empty() ? model::config_from_file(o.config_path) : model::preset(o.preset);
+  p.stages = model::make_stages(p.config.n_layer, o.pp, o.partition);
+  const int inputs = !o.tokens.empty() + !o.tokens_file.empty() + !o.data.empty();
+  if (inputs != 1) throw UsageError("give exactly one of --tokens, --tokens-file or --data");
+  if (!o.data.empty()) {
+    DataOptions d = o.data_options;
+    d.source = o.data;
+    // A checkpoint trained on the same task supplies the task's options and seed (an explicit
+    // --data-seed still wins); the default first sample lies far beyond any training position.
+    const auto& train = p.reader ? p.reader->manifest().train : nlohmann::ordered_json();
+    if (train.contains("data") && train.at("data").value("source", "") == o.data) {
+      d = data_from_json(train.at("data"), d);
+      if (o.data_options.seed) d.seed = o.data_options.seed;
     }
-    x = stage->forward(x);
+    if (o.samples < 1) throw UsageError("--samples must be >= 1");
+    const Batch b = make_data(d)->batch(o.first_sample, o.samples);
+    p.ids = b.inputs;
+    p.targets = b.targets;
+    p.mask = b.mask;
+  } else {
+    p.ids = o.tokens.empty() ? read_tokens_file(o.tokens_file) : parse_tokens(o.tokens);
   }
+  const int64_t max_id = p.ids.max().item<int64_t>();
+  if (max_id >= p.config.vocab_size) {
+    throw UsageError("token id " + std::to_string(max_id) + " is out of range for vocab_size " +
+                     std::to_string(p.config.vocab_size));
+  }
+  return p;
+}
+
+model::MambaLM build_stage(Prepared& p, const model::StageSpec& spec, const EvalOptions& o) {
+  model::MambaLM stage(p.config, spec, o.boundary);
+  if (p.reader) {
+    load_stage(*p.reader, *stage, nullptr);
+  } else {
+    stage->init_parameters(o.seed);
+  }
+  return stage;
+}
+
+EvalResult finish(const at::Tensor& logits, const Prepared& p, const EvalOptions& o) {
   EvalResult r;
-  r.logits = x.to(at::kFloat);
-  r.partition = model::partition_string(stages);
-  const int64_t len = ids.size(1);
-  if (len > 1) {
+  r.logits = logits.to(at::kFloat);
+  r.partition = model::partition_string(p.stages);
+  const int64_t len = p.ids.size(1);
+  if (p.mask.defined()) {
+    const at::Tensor m = p.mask.reshape({-1});
+    const at::Tensor pred = r.logits.reshape({-1, r.logits.size(2)}).index({m});
+    const at::Tensor target = p.targets.reshape({-1}).index({m});
+    r.loss = at::cross_entropy_loss(pred.to(at::kDouble), target).item<double>();
+    r.accuracy = pred.argmax(-1).eq(target).to(at::kDouble).mean().item<double>();
+    r.predictions = target.numel();
+  } else if (len > 1) {
     const at::Tensor pred = r.logits.narrow(1, 0, len - 1).reshape({-1, r.logits.size(2)});
-    const at::Tensor target = ids.narrow(1, 1, len - 1).reshape({-1});
+    const at::Tensor target = p.ids.narrow(1, 1, len - 1).reshape({-1});
     r.loss = at::cross_entropy_loss(pred.to(at::kDouble), target).item<double>();
     r.accuracy = pred.argmax(-1).eq(target).to(at::kDouble).mean().item<double>();
     r.predictions = target.numel();
   }
   if (!o.logits_out.empty()) ckpt::write_tensor_file(o.logits_out, {{"/logits", r.logits}});
   return r;
+}
+
+constexpr int kTagEval = 7;
+
+}  // namespace
+
+EvalResult run_eval(const EvalOptions& o) {
+  Prepared p = prepare(o);
+  at::NoGradGuard no_grad;
+  at::Tensor x = p.ids;
+  for (const auto& spec : p.stages) x = build_stage(p, spec, o)->forward(x);
+  return finish(x, p, o);
+}
+
+void print_eval(const EvalResult& r, const EvalOptions& o) {
+  std::printf("stages %s  boundary %s  sequences %lld  tokens %lld\n", r.partition.c_str(), model::boundary_name(o.boundary),
+              static_cast<long long>(r.logits.size(0)), static_cast<long long>(r.logits.size(1)));
+  if (r.predictions > 0) {
+    std::printf("loss %.6f  accuracy %.4f  (%lld %s predictions)\n", r.loss, r.accuracy,
+                static_cast<long long>(r.predictions), o.data.empty() ? "next-token" : "target");
+  }
+  if (!o.logits_out.empty()) std::printf("logits -> %s\n", o.logits_out.c_str());
+  std::fflush(stdout);
+}
+
+int eval_main(const EvalOptions& o, int argc, char** argv) {
+  const DistEnv env = dist_env_from_environment();
+  if (!env.present && (o.pp == 1 || o.inproc)) {
+    print_eval(run_eval(o), o);
+    return 0;
+  }
+  if (!env.present) {
+    prepare(o);  // fail on bad arguments before starting processes
+    LaunchOptions l;
+    l.ranks = o.pp;
+    l.argv.assign(argv, argv + argc);
+    l.grace = std::chrono::milliseconds(static_cast<int64_t>(o.timeout_s * 1000) + 10000);
+    return launch_local(l);
+  }
+  if (env.world != o.pp) {
+    throw UsageError("--pp is " + std::to_string(o.pp) + " but the launcher started " + std::to_string(env.world) + " processes");
+  }
+  Prepared p = prepare(o);
+  Transport tx(env, std::chrono::milliseconds(static_cast<int64_t>(o.timeout_s * 1000)));
+  const model::StageSpec& spec = p.stages[static_cast<size_t>(env.rank)];
+  model::MambaLM stage = build_stage(p, spec, o);
+  at::NoGradGuard no_grad;
+  at::Tensor x = p.ids;
+  if (!spec.is_first()) {
+    x = at::empty(stage->boundary_shape(p.ids.size(0), p.ids.size(1)), stage->residual_dtype());
+    tx.recv(x, env.rank - 1, kTagEval, "the activations");
+  }
+  x = stage->forward(x);
+  if (!spec.is_last()) {
+    tx.isend(x, env.rank + 1, kTagEval, "the activations");
+    tx.wait_sends();
+  } else {
+    print_eval(finish(x, p, o), o);
+  }
+  tx.barrier("the end of evaluation");
+  return 0;
 }
 
 }  // namespace pmamba::pp

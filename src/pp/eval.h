@@ -10,6 +10,7 @@
 
 #include "src/model/config.h"
 #include "src/model/mamba.h"
+#include "src/pp/data.h"
 
 namespace pmamba::pp {
 
@@ -23,14 +24,21 @@ struct EvalOptions {
   model::BoundaryMode boundary = model::BoundaryMode::kPacked;
   std::string tokens;       // "1,2,3" (one sequence)
   std::string tokens_file;  // one sequence per line, ids separated by commas or spaces
+  std::string data;         // or a task/text source (see data.h): accuracy on its targets
+  int64_t samples = 64;     // with data: how many samples
+  int64_t first_sample = int64_t{1} << 40;  // with data: global index of the first (held out)
+  DataOptions data_options;
   std::string logits_out;   // HDF5 file with dataset /logits (float32, (B, L, V))
   int threads = 0;          // 0 = leave LibTorch's setting
+  bool inproc = false;      // chain the stages in this process instead of one process per stage
+  double timeout_s = 120;
 };
 
 struct EvalResult {
   at::Tensor logits;     // (B, L, V) float32
-  double loss = 0;       // mean next-token cross-entropy over the B * (L - 1) predictions
-  double accuracy = 0;   // fraction of those predictions whose argmax is the next token
+  double loss = 0;       // mean cross-entropy over the predictions that count (next token, or
+                         // the task's targets with --data)
+  double accuracy = 0;   // fraction of those predictions whose argmax is right
   int64_t predictions = 0;
   std::string partition;  // the layout that ran, e.g. "2,2"
 };
@@ -43,5 +51,13 @@ at::Tensor read_tokens_file(const std::string& path);
 /// Builds the stage models, chains them in this process, writes logits when asked.
 /// Throws UsageError / model::ConfigError / ckpt errors.
 EvalResult run_eval(const EvalOptions& options);
+
+/// pmamba-eval's entry: with pp > 1 and not inproc, one process per stage (spawned locally, or
+/// this process is one rank under torchrun/Slurm/mpirun) passing activations over c10d; the last
+/// stage prints the result and writes the logits. Otherwise run_eval. Returns the exit code.
+int eval_main(const EvalOptions& options, int argc, char** argv);
+
+/// Prints what pmamba-eval reports for a result.
+void print_eval(const EvalResult& result, const EvalOptions& options);
 
 }  // namespace pmamba::pp

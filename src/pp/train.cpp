@@ -61,21 +61,6 @@ double sum_of_squares(const at::Tensor& g) {
   return s;
 }
 
-ojson data_json(const DataOptions& d) {
-  return ojson{{"source", d.source}, {"seed", d.seed}, {"seq_len", d.seq_len}, {"copy_tokens", d.copy_tokens},
-               {"copy_slots", d.copy_slots}, {"task_vocab", d.task_vocab}};
-}
-
-DataOptions data_from_json(const ojson& j, DataOptions d) {
-  d.source = j.value("source", d.source);
-  d.seed = j.value("seed", d.seed);
-  d.seq_len = j.value("seq_len", d.seq_len);
-  d.copy_tokens = j.value("copy_tokens", d.copy_tokens);
-  d.copy_slots = j.value("copy_slots", d.copy_slots);
-  d.task_vocab = j.value("task_vocab", d.task_vocab);
-  return d;
-}
-
 // Everything one rank holds during a run.
 class Rank {
  public:
@@ -248,7 +233,7 @@ ojson Rank::train_state() const {
   t["seed"] = o_.seed;
   t["samples_consumed"] = samples_;
   t["tokens_consumed"] = tokens_;
-  t["data"] = data_json(o_.data);
+  t["data"] = data_to_json(o_.data);
   t["lr_schedule"] = ojson{{"lr", o_.lr}, {"min_lr", o_.min_lr}, {"warmup", o_.warmup}, {"steps", o_.steps}};
   return t;
 }

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Failures never hang: a rank killed mid-run makes the others exit non-zero within the timeout
+# naming the stage that stopped answering, and the last committed checkpoint still verifies;
+# ranks started with different options fail the handshake. Also launches ranks by hand with
+# torchrun's and Slurm's variables.
+set -u
+BIN=$1
+source "$(dirname "$0")/lib.sh"
+common=(--preset tiny --data selective-copy --copy-tokens 4 --copy-slots 12 --microbatches 4 --microbatch-size 2 --seed 3)
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# --- a rank killed mid-run ---
+"$BIN/pmamba-train" "${common[@]}" --pp 3 --steps 100000 --ckpt-every 2 --ckpt-dir "$T/k" --timeout 20 \
+    >"$T/kill.out" 2>"$T/kill.err" &
+LAUNCHER=$!
+for _ in $(seq 1 600); do [ -f "$T/k/latest" ] && break; sleep 0.1; done
+[ -f "$T/k/latest" ] || fail "no checkpoint was committed before the kill"
+VICTIM=""
+for pid in $(pgrep -P $LAUNCHER); do
+  if tr '\0' '\n' < /proc/$pid/environ | grep -qx RANK=1; then VICTIM=$pid; fi
+done
+[ -n "$VICTIM" ] || fail "could not find stage 1's process"
+START=$(date +%s)
+kill -9 "$VICTIM"
+wait $LAUNCHER
+CODE=$?
+ELAPSED=$(( $(date +%s) - START ))
+LAST_CMD="pmamba-train --pp 3 with stage 1 killed"
+[ "$CODE" -ne 0 ] || fail "the run exited 0 after a stage was killed"
+[ "$ELAPSED" -le 20 ] || fail "the other stages took ${ELAPSED}s (> the 20 s timeout) to exit"
+grep -q "stage 1 stopped answering" "$T/kill.err" || fail "no error names stage 1: $(tail -5 "$T/kill.err")"
+run "$BIN/pmamba-ckpt" verify "$T/k"; expect_code 0
+
+# --- ranks started by hand with torchrun's variables, one with another boundary mode ---
+P=$(port)
+for r in 0 1; do
+  b=packed; [ $r = 1 ] && b=summed
+  RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$P timeout 60 \
+      "$BIN/pmamba-train" "${common[@]}" --pp 2 --steps 2 --boundary $b --timeout 20 >"$T/hs$r.out" 2>"$T/hs$r.err" &
+  eval "PID$r=$!"
+done
+wait $PID0; C0=$?; wait $PID1; C1=$?
+LAST_CMD="hand-launched ranks with different --boundary"
+[ $C0 -ne 0 ] && [ $C0 -ne 124 ] || fail "rank 0 exited $C0 (124 = hung)"
+[ $C1 -ne 0 ] && [ $C1 -ne 124 ] || fail "rank 1 exited $C1 (124 = hung)"
+grep -q "handshake with stage 1 failed: boundary mode differs" "$T/hs0.err" || fail "rank 0: $(cat "$T/hs0.err")"
+grep -q "handshake with stage 0 failed: boundary mode differs" "$T/hs1.err" || fail "rank 1: $(cat "$T/hs1.err")"
+
+# --- a different model config on one rank ---
+P=$(port)
+printf '{"d_model": 32, "n_layer": 4, "vocab_size": 64, "d_state": 4}' > "$T/other.json"
+RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$P timeout 60 "$BIN/pmamba-train" "${common[@]}" --pp 2 --steps 2 --timeout 20 >/dev/null 2>"$T/cfg0.err" &
+PID0=$!
+RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$P timeout 60 "$BIN/pmamba-train" --config "$T/other.json" --data selective-copy \
+    --copy-tokens 4 --copy-slots 12 --microbatches 4 --microbatch-size 2 --seed 3 --pp 2 --steps 2 --timeout 20 >/dev/null 2>"$T/cfg1.err" &
+PID1=$!
+wait $PID0; C0=$?; wait $PID1; C1=$?
+LAST_CMD="hand-launched ranks with different configs"
+[ $C0 -ne 0 ] && [ $C0 -ne 124 ] && [ $C1 -ne 0 ] && [ $C1 -ne 124 ] || fail "exit codes $C0 $C1 (124 = hung)"
+grep -q "config digest differs" "$T/cfg0.err" || fail "rank 0: $(cat "$T/cfg0.err")"
+
+# --- Slurm-style variables launch a healthy run equal to the local launcher's ---
+P=$(port)
+for r in 0 1; do
+  SLURM_PROCID=$r SLURM_NTASKS=2 SLURM_LOCALID=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$P timeout 120 \
+      "$BIN/pmamba-train" "${common[@]}" --pp 2 --steps 3 --ckpt-dir "$T/slurm" --quiet >/dev/null 2>"$T/sl$r.err" &
+  eval "PID$r=$!"
+done
+wait $PID0; C0=$?; wait $PID1; C1=$?
+[ $C0 -eq 0 ] && [ $C1 -eq 0 ] || { LAST_CMD="slurm launch"; fail "slurm-style ranks exited $C0 $C1: $(cat "$T/sl1.err")"; }
+run "$BIN/pmamba-train" "${common[@]}" --pp 2 --steps 3 --ckpt-dir "$T/local" --quiet; expect_code 0
+run "$BIN/pmamba-ckpt" diff "$T/slurm" "$T/local"; expect_code 0
+
+# --- usage errors exit 2 before starting anything ---
+run "$BIN/pmamba-train" "${common[@]}" --pp 2 --schedule zb; expect_code 2
+run "$BIN/pmamba-train" "${common[@]}" --pp 9 --steps 1; expect_code 2; expect_err "more than allowed"
+run "$BIN/pmamba-train" --preset tiny --data induction --task-vocab 100 --steps 1; expect_code 2; expect_err "needs a vocabulary of 100"
+run "$BIN/pmamba-train" --preset tiny --data /nonexistent/file.txt --steps 1; expect_code 2; expect_err "cannot open data file"
+RANK=0 WORLD_SIZE=3 MASTER_ADDR=127.0.0.1 MASTER_PORT=$(port) run "$BIN/pmamba-train" "${common[@]}" --pp 2 --steps 1
+expect_code 2; expect_err "the launcher started 3 processes"
+finish

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Resume at another PP degree continues bit-identically: 2K steps at PP 2 uninterrupted equal
+# K steps at PP 2 -> pmamba-reshard --pp 3 -> K more steps at PP 3, and equal a direct --resume
+# of the PP 2 checkpoint at PP 3 (load-time resharding), and --resume auto at PP 1.
+set -u
+BIN=$1
+source "$(dirname "$0")/lib.sh"
+common=(--data selective-copy --copy-tokens 4 --copy-slots 12 --schedule 1f1b --microbatches 3
+        --microbatch-size 2 --steps 8 --warmup 2 --seed 11 --ckpt-every 4 --quiet --timeout 60)
+run "$BIN/pmamba-train" --preset tiny "${common[@]}" --pp 2 --ckpt-dir "$T/u" --metrics "$T/u.jsonl"; expect_code 0
+run "$BIN/pmamba-train" --preset tiny "${common[@]}" --pp 2 --stop-after 4 --ckpt-dir "$T/a"; expect_code 0
+[ "$(cat "$T/a/latest")" = "step-00000004" ] || fail "the preempted run did not stop at step 4"
+run "$BIN/pmamba-reshard" "$T/a" "$T/a3" --pp 3 --partition 2,1,1 --quiet; expect_code 0
+run "$BIN/pmamba-train" --preset tiny "${common[@]}" --pp 3 --partition 2,1,1 --resume "$T/a3" --ckpt-dir "$T/a3" --metrics "$T/a3.jsonl"
+expect_code 0
+run "$BIN/pmamba-ckpt" diff "$T/a3" "$T/u"; expect_code 0; expect_out "EQUAL"
+python3 - "$T/u.jsonl" "$T/a3.jsonl" <<'PY' || fail "resumed metrics differ from the uninterrupted run"
+import json, sys
+u = {j["step"]: j for j in map(json.loads, open(sys.argv[1]))}
+r = [json.loads(l) for l in open(sys.argv[2])]
+assert [j["step"] for j in r] == [5, 6, 7, 8], [j["step"] for j in r]
+for j in r:
+    assert (j["loss"], j["grad_norm"], j["lr"]) == (u[j["step"]]["loss"], u[j["step"]]["grad_norm"], u[j["step"]]["lr"]), j
+PY
+# Loading the PP 2 checkpoint directly at PP 3 (and at PP 1 with --resume auto).
+run "$BIN/pmamba-train" --preset tiny "${common[@]}" --pp 3 --partition 0,3,1 --resume "$T/a" --ckpt-dir "$T/d"; expect_code 0
+run "$BIN/pmamba-ckpt" diff "$T/d" "$T/u"; expect_code 0
+cp -r "$T/a" "$T/auto"
+run "$BIN/pmamba-train" --preset tiny "${common[@]}" --pp 1 --resume auto --ckpt-dir "$T/auto"; expect_code 0
+run "$BIN/pmamba-ckpt" diff "$T/auto" "$T/u"; expect_code 0
+# A resumed run refuses a model other than the checkpoint's.
+run "$BIN/pmamba-train" "${common[@]}" --preset small --pp 1 --resume "$T/a" --ckpt-dir "$T/e"
+expect_code 2; expect_err "different model"
+finish
