@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include "kernels/check.h"
+#include "kernels/fast.h"
 
 namespace pmamba::kernels {
 
@@ -45,6 +46,11 @@ at::Tensor causal_conv1d(const at::Tensor& x, const at::Tensor& weight, const at
               detail::shape_str(x));
   TORCH_CHECK(x.size(2) >= 1, op, ": sequence length must be >= 1 but is ", x.size(2));
   check_conv_args(op, x, weight, bias);
+  Backend b = backend == Backend::kAuto ? default_backend() : backend;
+  if (b == Backend::kAuto) b = detail::fast_cpu_supports(x) ? Backend::kFast : Backend::kReference;
+  TORCH_CHECK(b != Backend::kFast || detail::fast_cpu_supports(x),
+              "causal_conv1d: the fast path needs CPU float32/bfloat16/float16 tensors");
+  if (b == Backend::kFast) return detail::causal_conv1d_fast(x, weight, bias, silu);
   return detail::causal_conv1d_ref(x, weight, bias, silu);
 }
 
@@ -56,6 +62,11 @@ at::Tensor causal_conv1d_step(at::Tensor& conv_state, const at::Tensor& x,
   check_conv_args(op, x, weight, bias);
   detail::check_shape(op, "conv_state", conv_state, {x.size(0), x.size(1), weight.size(1)});
 
+  Backend b = default_backend();
+  if (b == Backend::kAuto) b = detail::fast_cpu_supports(x) ? Backend::kFast : Backend::kReference;
+  if (b == Backend::kFast && conv_state.is_contiguous() && conv_state.scalar_type() == at::kFloat) {
+    return detail::causal_conv1d_step_fast(conv_state, x, weight, bias, silu);
+  }
   at::NoGradGuard no_grad;
   const int64_t width = weight.size(1);
   if (width > 1) {

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include "kernels/check.h"
+#include "kernels/fast.h"
 
 namespace pmamba::kernels {
 
@@ -42,8 +43,14 @@ void check_scan_args(const at::Tensor& u, const at::Tensor& delta, const at::Ten
   }
 }
 
-// The fast CPU path slots in here (issue 6); until then every call runs the reference.
-Backend resolve(Backend requested, const at::Tensor& u) { return Backend::kReference; }
+Backend resolve(Backend requested, const at::Tensor& u) {
+  Backend b = requested == Backend::kAuto ? default_backend() : requested;
+  if (b == Backend::kAuto) b = detail::fast_cpu_supports(u) ? Backend::kFast : Backend::kReference;
+  TORCH_CHECK(b != Backend::kFast || detail::fast_cpu_supports(u),
+              "selective_scan: the fast path needs CPU float32/bfloat16/float16 tensors, got ", u.scalar_type(),
+              " on ", u.device());
+  return b;
+}
 
 }  // namespace
 
@@ -53,6 +60,9 @@ ScanOutput selective_scan(const at::Tensor& u, const at::Tensor& delta, const at
                           const ScanOptions& options) {
   check_scan_args(u, delta, A, Bm, Cm, D_skip, z, delta_bias);
   switch (resolve(options.backend, u)) {
+    case Backend::kFast:
+      return detail::selective_scan_fast(u, delta, A, Bm, Cm, D_skip, z, delta_bias, options.delta_softplus,
+                                         options.return_last_state);
     default:
       return detail::selective_scan_ref(u, delta, A, Bm, Cm, D_skip, z, delta_bias,
                                         options.delta_softplus, options.return_last_state);
@@ -80,6 +90,9 @@ at::Tensor selective_scan_step(at::Tensor& state, const at::Tensor& u, const at:
   detail::check_optional_shape(op, "z", z, {batch, dim});
   detail::check_optional_shape(op, "delta_bias", delta_bias, {dim});
 
+  if (resolve(Backend::kAuto, u) == Backend::kFast && state.is_contiguous()) {
+    return detail::selective_scan_step_fast(state, u, delta, A, Bm, Cm, D_skip, z, delta_bias, delta_softplus);
+  }
   at::NoGradGuard no_grad;
   const at::Tensor uf = u.to(at::kFloat);                                          // (B, D)
   const at::Tensor dt = detail::scan_delta(delta.unsqueeze(-1), delta_bias, delta_softplus)

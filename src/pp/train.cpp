@@ -68,6 +68,7 @@ class Rank {
   int run();
 
  private:
+  int run_steps();
   void setup();
   void handshake();
   void step(int64_t step);
@@ -453,7 +454,7 @@ void Rank::log(const ojson& j) {
   std::fflush(stdout);
 }
 
-int Rank::run() {
+int Rank::run_steps() {
   setup();
   if (o_.print_schedule && rank_ == 0) std::printf("%s", print_schedule(schedule_).c_str());
   handshake();
@@ -476,6 +477,15 @@ int Rank::run() {
 int train_rank(const TrainOptions& options) {
   Rank r(options);
   return r.run();
+}
+
+int Rank::run() {
+  try {
+    return run_steps();
+  } catch (const std::exception& e) {
+    if (tx_) tx_->report_failure(e.what());
+    throw;
+  }
 }
 
 int run_train(const TrainOptions& o, int argc, char** argv) {

@@ -12,7 +12,9 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include <cstdlib>
+#include <atomic>
 #include <deque>
+#include <thread>
 
 #include "src/pp/errors.h"
 
@@ -35,6 +37,8 @@ int env_int(const char* name, int fallback) {
   }
   return static_cast<int>(x);
 }
+
+constexpr int kHeartbeatMs = 500;
 
 std::string first_line(const std::string& s) {
   const size_t nl = s.find('\n');
@@ -95,7 +99,11 @@ int free_port() {
 }
 
 struct Transport::Impl {
+  int64_t collectives = 0;  // sequence number of the collective calls (the same on every rank)
   c10::intrusive_ptr<c10d::Store> store;
+  // Heartbeat: a thread with its own store connection bumps "heartbeat/<rank>" periodically.
+  std::thread heart;
+  std::atomic<bool> stop{false};
   c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
   struct Pending {
     c10::intrusive_ptr<c10d::Work> work;
@@ -126,6 +134,24 @@ Transport::Transport(const DistEnv& e, std::chrono::milliseconds timeout)
       options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
     }
     impl_->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(impl_->store, e.rank, e.world, options);
+    c10d::TCPStoreOptions client = opts;
+    client.isServer = false;
+    client.numWorkers = c10::nullopt;
+    client.waitWorkers = false;
+    auto beat_store = c10::make_intrusive<c10d::PrefixStore>(
+        "pmamba", c10::make_intrusive<c10d::TCPStore>(e.master_addr, client));
+    Impl* impl = impl_.get();
+    const std::string key = "heartbeat/" + std::to_string(e.rank);
+    impl_->heart = std::thread([impl, beat_store, key] {
+      while (!impl->stop.load()) {
+        try {
+          beat_store->add(key, 1);
+        } catch (...) {
+          return;  // the store (stage 0) is gone; the main thread will notice on its own
+        }
+        for (int i = 0; i < 10 && !impl->stop.load(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(kHeartbeatMs / 10));
+      }
+    });
   } catch (const std::exception& ex) {
     throw PipelineError("rendezvous of " + std::to_string(e.world) + " stages at " + e.master_addr + ":" +
                         std::to_string(e.master_port) + " failed for stage " + std::to_string(e.rank) + ": " +
@@ -134,11 +160,25 @@ Transport::Transport(const DistEnv& e, std::chrono::milliseconds timeout)
 }
 
 Transport::~Transport() {
+  impl_->stop.store(true);
+  if (impl_->heart.joinable()) impl_->heart.join();
   // Sends still pending belong to a step that failed; let them go without waiting.
   impl_->sends.clear();
 }
 
 void Transport::peer_failed(int peer, const std::string& what, const std::string& detail) {
+  // A peer that failed on its own reported why before it went away: pass that on.
+  try {
+    const std::string key = "failed/" + std::to_string(peer);
+    if (impl_->store->check({key})) {
+      const std::vector<uint8_t> msg = impl_->store->get(key);
+      throw PipelineError("stage " + std::to_string(peer) + " gave up while stage " + std::to_string(rank_) +
+                          " waited for " + what + "; it reported: " + first_line(std::string(msg.begin(), msg.end())));
+    }
+  } catch (const PipelineError&) {
+    throw;
+  } catch (const std::exception&) {
+  }
   throw PipelineError("stage " + std::to_string(peer) + " stopped answering: stage " + std::to_string(rank_) +
                       " waited for " + what + " (timeout " + std::to_string(timeout_.count() / 1000.0).substr(0, 5) +
                       " s): " + first_line(detail));
@@ -180,15 +220,53 @@ void Transport::wait_sends() {
   }
 }
 
+// After a failed collective the survivors find out who is gone from the heartbeats every stage
+// keeps in the store: a stage whose counter stops moving (and which did not report a failure
+// of its own) is the one that stopped answering. A stage blocked in a collective keeps beating.
+std::string Transport::missing_peers() {
+  try {
+    auto beats = [&]() {
+      std::vector<int64_t> v(static_cast<size_t>(world_));
+      for (int r = 0; r < world_; ++r) v[r] = impl_->store->add("heartbeat/" + std::to_string(r), 0);
+      return v;
+    };
+    const std::vector<int64_t> before = beats();
+    std::this_thread::sleep_for(std::chrono::milliseconds(3 * kHeartbeatMs));
+    const std::vector<int64_t> after = beats();
+    std::string names;
+    for (int r = 0; r < world_; ++r) {
+      if (r == rank_ || after[r] != before[r] || impl_->store->check({"failed/" + std::to_string(r)})) continue;
+      names += (names.empty() ? "stage " : ", stage ") + std::to_string(r);
+    }
+    return names;
+  } catch (const std::exception&) {
+    return "stage 0 (its rendezvous store is unreachable)";
+  }
+}
+
+void Transport::report_failure(const std::string& message) noexcept {
+  try {
+    impl_->store->set("failed/" + std::to_string(rank_), std::vector<uint8_t>(message.begin(), message.end()));
+  } catch (...) {
+  }
+}
+
 void Transport::allreduce_sum(at::Tensor& tensor, const std::string& what) {
   std::vector<at::Tensor> ts{tensor};
+  const int64_t seq = impl_->collectives++;
+  std::string detail;
   try {
     auto work = impl_->pg->allreduce(ts);
-    if (!work->wait(timeout_)) throw PipelineError("timed out");
+    if (work->wait(timeout_)) return;
+    detail = "timed out";
   } catch (const std::exception& ex) {
-    throw PipelineError("stage " + std::to_string(rank_) + ": a peer stopped answering during " + what + ": " +
-                        first_line(ex.what()));
+    detail = first_line(ex.what());
   }
+  (void)seq;
+  const std::string who = missing_peers();
+  throw PipelineError((who.empty() ? std::string("a peer") : who) + " stopped answering: stage " +
+                      std::to_string(rank_) + " waited during " + what + " (timeout " +
+                      std::to_string(timeout_.count() / 1000.0).substr(0, 5) + " s): " + detail);
 }
 
 void Transport::barrier(const std::string& what) {

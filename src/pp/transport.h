@@ -54,11 +54,14 @@ class Transport {
   /// Sum over all ranks, in place, blocking.
   void allreduce_sum(at::Tensor& tensor, const std::string& what);
   void barrier(const std::string& what);
+  /// Records in the store that this stage is failing (so peers do not blame it); never throws.
+  void report_failure(const std::string& message) noexcept;
   /// Rank 0 publishes a string under `key`, every rank returns it.
   std::string broadcast_string(const std::string& key, const std::string& value);
 
  private:
   [[noreturn]] void peer_failed(int peer, const std::string& what, const std::string& detail);
+  std::string missing_peers();
   struct Impl;
   std::unique_ptr<Impl> impl_;
   int rank_ = 0, world_ = 1;

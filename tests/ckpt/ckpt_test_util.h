@@ -131,7 +131,7 @@ inline int run_shell(const std::string& cmd) { return std::system(cmd.c_str()); 
 
 inline std::string bin_dir() {
   const char* b = std::getenv("PMAMBA_BIN_DIR");
-  return b ? b : "build/bin";
+  return b ? b : PMAMBA_TEST_BIN_DIR;
 }
 
 }  // namespace pmamba::test

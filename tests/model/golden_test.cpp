@@ -17,7 +17,7 @@ namespace {
 
 std::string fixture(const std::string& name) {
   const char* src = std::getenv("PMAMBA_SOURCE_DIR");
-  return std::string(src ? src : ".") + "/tests/fixtures/" + name;
+  return std::string(src ? src : PMAMBA_TEST_SOURCE_DIR) + "/tests/fixtures/" + name;
 }
 
 void check_fixture(const std::string& file) {

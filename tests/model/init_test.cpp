@@ -46,7 +46,7 @@ TEST(Init, SeedChangesEveryRandomTensor) {
   for (const auto& [fqn, value] : pa) {
     const bool deterministic = fqn.find("norm") != std::string::npos ||
                                fqn.find("A_log") != std::string::npos ||
-                               fqn.size() >= 2 && fqn.compare(fqn.size() - 2, 2, ".D") == 0;
+                               (fqn.size() >= 2 && fqn.compare(fqn.size() - 2, 2, ".D") == 0);
     EXPECT_EQ(test::bitwise_equal(value, pb.at(fqn)), deterministic) << fqn;
   }
 }
