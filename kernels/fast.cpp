@@ -13,51 +13,89 @@ using torch::autograd::tensor_list;
 
 namespace {
 
-at::Tensor f32(const at::Tensor& t) { return t.defined() ? t.to(at::kFloat).contiguous() : t; }
-const float* ptr(const at::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
+// The kernels compute in float32, or in float64 when the inputs are float64 (gradient checks);
+// 16-bit inputs are widened to float32.
+at::ScalarType compute_type(const at::Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+at::Tensor as(const at::Tensor& t, at::ScalarType st) { return t.defined() ? t.to(st).contiguous() : t; }
+template <typename T>
+const T* ptr(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+template <typename T>
+T* mptr(at::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
 
 struct ScanArgs {
   at::Tensor u, delta, A, Bt, Ct, D, z, bias;  // float32, contiguous; Bt/Ct are (B, L, N)
   cpu::ScanShape shape;
 };
 
+// Absent optional inputs cross the autograd Function boundary as empty tensors: LibTorch 1.13's
+// custom functions cannot take undefined ones.
+at::Tensor placeholder(const at::Tensor& t) { return t.defined() ? t : at::empty({0}); }
+at::Tensor absent_if_empty(const at::Tensor& t) { return t.defined() && t.numel() > 0 ? t : at::Tensor(); }
+
 ScanArgs prepare(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bm,
                  const at::Tensor& Cm, const at::Tensor& D, const at::Tensor& z, const at::Tensor& bias) {
   ScanArgs a;
-  a.u = f32(u);
-  a.delta = f32(delta);
-  a.A = f32(A);
-  a.Bt = Bm.to(at::kFloat).transpose(1, 2).contiguous();  // (B, L, N)
-  a.Ct = Cm.to(at::kFloat).transpose(1, 2).contiguous();
-  a.D = f32(D);
-  a.z = f32(z);
-  a.bias = f32(bias);
+  const at::ScalarType st = compute_type(u);
+  a.u = as(u, st);
+  a.delta = as(delta, st);
+  a.A = as(A, st);
+  a.Bt = Bm.to(st).transpose(1, 2).contiguous();  // (B, L, N)
+  a.Ct = Cm.to(st).transpose(1, 2).contiguous();
+  a.D = as(D, st);
+  a.z = as(z, st);
+  a.bias = as(bias, st);
   a.shape = cpu::ScanShape{u.size(0), u.size(1), u.size(2), A.size(1)};
   return a;
+}
+
+template <typename T>
+void forward_kernel(const ScanArgs& a, bool softplus, at::Tensor& out, at::Tensor& last, at::Tensor* ckpt) {
+  cpu::ScanForward<T> f{a.shape,  ptr<T>(a.u),    ptr<T>(a.delta), ptr<T>(a.A), ptr<T>(a.Bt),
+                        ptr<T>(a.Ct), ptr<T>(a.D), ptr<T>(a.z),    ptr<T>(a.bias), softplus,
+                        mptr<T>(out), mptr<T>(last), ckpt ? mptr<T>(*ckpt) : nullptr};
+  cpu::scan_forward<T>(f);
 }
 
 // Runs the forward kernel; ckpt is allocated when the backward will need it.
 std::pair<at::Tensor, at::Tensor> run_forward(const ScanArgs& a, bool softplus, bool want_last, at::Tensor* ckpt) {
   const auto& s = a.shape;
-  at::Tensor out = at::empty({s.batch, s.dim, s.len}, at::kFloat);
-  at::Tensor last = want_last ? at::empty({s.batch, s.dim, s.dstate}, at::kFloat) : at::Tensor();
-  if (ckpt) *ckpt = at::empty({s.batch, s.groups(), s.chunks(), s.dstate, cpu::kLanes}, at::kFloat);
-  cpu::ScanForward f{s,         ptr(a.u), ptr(a.delta), ptr(a.A), ptr(a.Bt), ptr(a.Ct), ptr(a.D), ptr(a.z),
-                     ptr(a.bias), softplus, out.data_ptr<float>(), want_last ? last.data_ptr<float>() : nullptr,
-                     ckpt ? ckpt->data_ptr<float>() : nullptr};
-  cpu::scan_forward(f);
+  const auto opts = at::TensorOptions().dtype(a.u.scalar_type());
+  at::Tensor out = at::empty({s.batch, s.dim, s.len}, opts);
+  at::Tensor last = want_last ? at::empty({s.batch, s.dim, s.dstate}, opts) : at::Tensor();
+  if (ckpt) *ckpt = at::empty({s.batch, s.groups(), s.chunks(), s.dstate, cpu::kLanes}, opts);
+  if (a.u.scalar_type() == at::kDouble) {
+    forward_kernel<double>(a, softplus, out, last, ckpt);
+  } else {
+    forward_kernel<float>(a, softplus, out, last, ckpt);
+  }
   return {out, last};
+}
+
+template <typename T>
+void backward_kernel(const ScanArgs& a, const at::Tensor& ckpt, const at::Tensor& dout, bool softplus, at::Tensor& du,
+                     at::Tensor& ddelta, at::Tensor& dz, at::Tensor& dA, at::Tensor& dBt, at::Tensor& dCt,
+                     at::Tensor& dD, at::Tensor& dbias) {
+  cpu::ScanBackward<T> b{a.shape,       ptr<T>(a.u),  ptr<T>(a.delta), ptr<T>(a.A),   ptr<T>(a.Bt),
+                         ptr<T>(a.Ct),  ptr<T>(a.D),  ptr<T>(a.z),     ptr<T>(a.bias), ptr<T>(ckpt),
+                         ptr<T>(dout),  softplus,     mptr<T>(du),     mptr<T>(ddelta), mptr<T>(dz),
+                         mptr<T>(dA),   mptr<T>(dBt), mptr<T>(dCt),    mptr<T>(dD),   mptr<T>(dbias)};
+  cpu::scan_backward<T>(b);
 }
 
 class ScanFunction : public torch::autograd::Function<ScanFunction> {
  public:
   static tensor_list forward(AutogradContext* ctx, const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
-                             const at::Tensor& Bm, const at::Tensor& Cm, const at::Tensor& D, const at::Tensor& z,
-                             const at::Tensor& bias, bool softplus, bool want_last) {
+                             const at::Tensor& Bm, const at::Tensor& Cm, const at::Tensor& D_in, const at::Tensor& z_in,
+                             const at::Tensor& bias_in, bool softplus, bool want_last) {
+    const at::Tensor D = absent_if_empty(D_in), z = absent_if_empty(z_in), bias = absent_if_empty(bias_in);
     const ScanArgs a = prepare(u, delta, A, Bm, Cm, D, z, bias);
     at::Tensor ckpt;
     auto [out, last] = run_forward(a, softplus, want_last, &ckpt);
-    ctx->save_for_backward({a.u, a.delta, a.A, a.Bt, a.Ct, a.D, a.z, a.bias, ckpt});
+    ctx->save_for_backward({a.u, a.delta, a.A, a.Bt, a.Ct, placeholder(a.D), placeholder(a.z), placeholder(a.bias), ckpt});
     ctx->saved_data["softplus"] = softplus;
     // Remember which inputs were given and their dtypes, to shape the gradients.
     ctx->saved_data["has_D"] = D.defined();
@@ -68,9 +106,9 @@ class ScanFunction : public torch::autograd::Function<ScanFunction> {
     ctx->saved_data["B_dtype"] = static_cast<int64_t>(Bm.scalar_type());
     ctx->saved_data["C_dtype"] = static_cast<int64_t>(Cm.scalar_type());
     ctx->saved_data["z_dtype"] = static_cast<int64_t>(z.defined() ? z.scalar_type() : at::kFloat);
-    if (!want_last) last = at::empty({0}, at::kFloat);
+    if (!want_last) last = at::empty({0}, a.u.options());
     ctx->mark_non_differentiable({last});
-    return {out.to(u.scalar_type()), last};
+    return {out.to(u.scalar_type()), last};  // float64 inputs stay float64
   }
 
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
@@ -81,23 +119,23 @@ class ScanFunction : public torch::autograd::Function<ScanFunction> {
     a.A = saved[2];
     a.Bt = saved[3];
     a.Ct = saved[4];
-    a.D = saved[5];
-    a.z = saved[6];
-    a.bias = saved[7];
+    a.D = absent_if_empty(saved[5]);
+    a.z = absent_if_empty(saved[6]);
+    a.bias = absent_if_empty(saved[7]);
     const at::Tensor ckpt = saved[8];
     const auto& s = a.shape = cpu::ScanShape{a.u.size(0), a.u.size(1), a.u.size(2), a.A.size(1)};
-    const at::Tensor dout = f32(grads[0].defined() ? grads[0] : at::zeros({s.batch, s.dim, s.len}));
+    const at::ScalarType st = a.u.scalar_type();
+    const at::Tensor dout = as(grads[0].defined() ? grads[0] : at::zeros({s.batch, s.dim, s.len}), st);
     at::Tensor du = at::empty_like(a.u), ddelta = at::empty_like(a.u), dA = at::empty_like(a.A);
     at::Tensor dBt = at::empty_like(a.Bt), dCt = at::empty_like(a.Ct);
     at::Tensor dz = a.z.defined() ? at::empty_like(a.u) : at::Tensor();
-    at::Tensor dD = at::empty({s.dim}, at::kFloat), dbias = at::empty({s.dim}, at::kFloat);
-    cpu::ScanBackward b{s,         ptr(a.u),   ptr(a.delta), ptr(a.A),  ptr(a.Bt), ptr(a.Ct), ptr(a.D),
-                        ptr(a.z),  ptr(a.bias), ckpt.data_ptr<float>(), dout.data_ptr<float>(),
-                        ctx->saved_data["softplus"].toBool(),
-                        du.data_ptr<float>(), ddelta.data_ptr<float>(), a.z.defined() ? dz.data_ptr<float>() : nullptr,
-                        dA.data_ptr<float>(), dBt.data_ptr<float>(), dCt.data_ptr<float>(), dD.data_ptr<float>(),
-                        dbias.data_ptr<float>()};
-    cpu::scan_backward(b);
+    at::Tensor dD = at::empty({s.dim}, st), dbias = at::empty({s.dim}, st);
+    const bool softplus = ctx->saved_data["softplus"].toBool();
+    if (st == at::kDouble) {
+      backward_kernel<double>(a, ckpt, dout, softplus, du, ddelta, dz, dA, dBt, dCt, dD, dbias);
+    } else {
+      backward_kernel<float>(a, ckpt, dout, softplus, du, ddelta, dz, dA, dBt, dCt, dD, dbias);
+    }
     auto dtype = [&](const char* k) { return static_cast<at::ScalarType>(ctx->saved_data[k].toInt()); };
     return {du.to(dtype("u_dtype")),
             ddelta.to(dtype("delta_dtype")),
@@ -112,15 +150,27 @@ class ScanFunction : public torch::autograd::Function<ScanFunction> {
   }
 };
 
+at::Tensor conv_run(const at::Tensor& xf, const at::Tensor& wf, const at::Tensor& bf, bool silu) {
+  at::Tensor out = at::empty(xf.sizes(), xf.options());
+  if (xf.scalar_type() == at::kDouble) {
+    cpu::conv_forward<double>(xf.size(0), xf.size(1), xf.size(2), wf.size(1), ptr<double>(xf), ptr<double>(wf),
+                              ptr<double>(bf), silu, mptr<double>(out));
+  } else {
+    cpu::conv_forward<float>(xf.size(0), xf.size(1), xf.size(2), wf.size(1), ptr<float>(xf), ptr<float>(wf),
+                             ptr<float>(bf), silu, mptr<float>(out));
+  }
+  return out;
+}
+
 class ConvFunction : public torch::autograd::Function<ConvFunction> {
  public:
-  static tensor_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
+  static tensor_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias_in,
                              bool silu) {
-    const at::Tensor xf = f32(x), wf = f32(w), bf = f32(bias);
-    at::Tensor out = at::empty(xf.sizes(), at::kFloat);
-    cpu::conv_forward(xf.size(0), xf.size(1), xf.size(2), wf.size(1), ptr(xf), ptr(wf), ptr(bf), silu,
-                      out.data_ptr<float>());
-    ctx->save_for_backward({xf, wf, bf});
+    const at::Tensor bias = absent_if_empty(bias_in);
+    const at::ScalarType st = compute_type(x);
+    const at::Tensor xf = as(x, st), wf = as(w, st), bf = as(bias, st);
+    at::Tensor out = conv_run(xf, wf, bf, silu);
+    ctx->save_for_backward({xf, wf, placeholder(bf)});
     ctx->saved_data["silu"] = silu;
     ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
     ctx->saved_data["has_bias"] = bias.defined();
@@ -129,13 +179,21 @@ class ConvFunction : public torch::autograd::Function<ConvFunction> {
 
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const at::Tensor &xf = saved[0], &wf = saved[1], &bf = saved[2];
-    const at::Tensor dout = f32(grads[0]);
+    const at::Tensor &xf = saved[0], &wf = saved[1];
+    const at::Tensor bf = absent_if_empty(saved[2]);
+    const at::Tensor dout = as(grads[0], xf.scalar_type());
     at::Tensor dx = at::empty_like(xf), dw = at::empty_like(wf);
-    at::Tensor db = at::empty({wf.size(0)}, at::kFloat);
-    cpu::conv_backward(xf.size(0), xf.size(1), xf.size(2), wf.size(1), ptr(xf), ptr(wf), ptr(bf),
-                       ctx->saved_data["silu"].toBool(), dout.data_ptr<float>(), dx.data_ptr<float>(),
-                       dw.data_ptr<float>(), db.data_ptr<float>());
+    at::Tensor db = at::empty({wf.size(0)}, xf.scalar_type());
+    const bool silu = ctx->saved_data["silu"].toBool();
+    if (xf.scalar_type() == at::kDouble) {
+      cpu::conv_backward<double>(xf.size(0), xf.size(1), xf.size(2), wf.size(1), ptr<double>(xf), ptr<double>(wf),
+                                 ptr<double>(bf), silu, ptr<double>(dout), mptr<double>(dx), mptr<double>(dw),
+                                 mptr<double>(db));
+    } else {
+      cpu::conv_backward<float>(xf.size(0), xf.size(1), xf.size(2), wf.size(1), ptr<float>(xf), ptr<float>(wf),
+                                ptr<float>(bf), silu, ptr<float>(dout), mptr<float>(dx), mptr<float>(dw),
+                                mptr<float>(db));
+    }
     return {dx.to(static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt())), dw,
             ctx->saved_data["has_bias"].toBool() ? db : at::Tensor(), at::Tensor()};
   }
@@ -152,8 +210,8 @@ bool any_requires_grad(std::initializer_list<at::Tensor> ts) {
 }  // namespace
 
 bool fast_cpu_supports(const at::Tensor& t) {
-  return t.device().is_cpu() &&
-         (t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kHalf);
+  return t.device().is_cpu() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble ||
+                                 t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kHalf);
 }
 
 ScanOutput selective_scan_fast(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bm,
@@ -167,7 +225,8 @@ ScanOutput selective_scan_fast(const at::Tensor& u, const at::Tensor& delta, con
     r.last_state = last;
     return r;
   }
-  const tensor_list outs = ScanFunction::apply(u, delta, A, Bm, Cm, D, z, bias, softplus, want_last);
+  const tensor_list outs =
+      ScanFunction::apply(u, delta, A, Bm, Cm, placeholder(D), placeholder(z), placeholder(bias), softplus, want_last);
   r.out = outs[0];
   if (want_last) r.last_state = outs[1];
   return r;
@@ -177,24 +236,23 @@ at::Tensor selective_scan_step_fast(at::Tensor& state, const at::Tensor& u, cons
                                     const at::Tensor& Bm, const at::Tensor& Cm, const at::Tensor& D,
                                     const at::Tensor& z, const at::Tensor& bias, bool softplus) {
   at::NoGradGuard no_grad;
-  const at::Tensor uf = f32(u), df = f32(delta), Af = f32(A), Bf = f32(Bm), Cf = f32(Cm), Df = f32(D), zf = f32(z),
-                   bf = f32(bias);
+  const at::ScalarType st = at::kFloat;  // the recurrent state is float32
+  const at::Tensor uf = as(u, st), df = as(delta, st), Af = as(A, st), Bf = as(Bm, st), Cf = as(Cm, st),
+                   Df = as(D, st), zf = as(z, st), bf = as(bias, st);
   TORCH_CHECK(state.is_contiguous(), "selective_scan_step: state must be contiguous");
   at::Tensor out = at::empty(uf.sizes(), at::kFloat);
-  cpu::scan_step(uf.size(0), uf.size(1), Af.size(1), state.data_ptr<float>(), ptr(uf), ptr(df), ptr(Af), ptr(Bf),
-                 ptr(Cf), ptr(Df), ptr(zf), ptr(bf), softplus, out.data_ptr<float>());
+  cpu::scan_step<float>(uf.size(0), uf.size(1), Af.size(1), mptr<float>(state), ptr<float>(uf), ptr<float>(df),
+                        ptr<float>(Af), ptr<float>(Bf), ptr<float>(Cf), ptr<float>(Df), ptr<float>(zf),
+                        ptr<float>(bf), softplus, mptr<float>(out));
   return out.to(u.scalar_type());
 }
 
 at::Tensor causal_conv1d_fast(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, bool silu) {
   if (!any_requires_grad({x, w, bias})) {
-    const at::Tensor xf = f32(x), wf = f32(w), bf = f32(bias);
-    at::Tensor out = at::empty(xf.sizes(), at::kFloat);
-    cpu::conv_forward(xf.size(0), xf.size(1), xf.size(2), wf.size(1), ptr(xf), ptr(wf), ptr(bf), silu,
-                      out.data_ptr<float>());
-    return out.to(x.scalar_type());
+    const at::ScalarType st = compute_type(x);
+    return conv_run(as(x, st), as(w, st), as(bias, st), silu).to(x.scalar_type());
   }
-  return ConvFunction::apply(x, w, bias, silu)[0];
+  return ConvFunction::apply(x, w, placeholder(bias), silu)[0];
 }
 
 at::Tensor causal_conv1d_step_fast(at::Tensor& conv_state, const at::Tensor& x, const at::Tensor& w,
@@ -202,10 +260,10 @@ at::Tensor causal_conv1d_step_fast(at::Tensor& conv_state, const at::Tensor& x, 
   at::NoGradGuard no_grad;
   TORCH_CHECK(conv_state.is_contiguous() && conv_state.scalar_type() == at::kFloat,
               "causal_conv1d_step: the fast path needs a contiguous float32 conv_state");
-  const at::Tensor xf = f32(x), wf = f32(w), bf = f32(bias);
+  const at::Tensor xf = as(x, at::kFloat), wf = as(w, at::kFloat), bf = as(bias, at::kFloat);
   at::Tensor out = at::empty(xf.sizes(), at::kFloat);
-  cpu::conv_step(xf.size(0), xf.size(1), wf.size(1), conv_state.data_ptr<float>(), ptr(xf), ptr(wf), ptr(bf), silu,
-                 out.data_ptr<float>());
+  cpu::conv_step<float>(xf.size(0), xf.size(1), wf.size(1), mptr<float>(conv_state), ptr<float>(xf), ptr<float>(wf),
+                        ptr<float>(bf), silu, mptr<float>(out));
   return out.to(x.scalar_type());
 }
 

@@ -9,7 +9,8 @@
 
 namespace pmamba::kernels::detail {
 
-/// Whether the fast CPU path can run on these tensors (CPU; float32, bfloat16 or float16).
+/// Whether the fast CPU path can run on these tensors (CPU; float32, bfloat16, float16, or
+/// float64, which it computes in float64 for gradient checks).
 bool fast_cpu_supports(const at::Tensor& t);
 
 ScanOutput selective_scan_fast(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,

@@ -25,7 +25,8 @@ void check_scan_args(const at::Tensor& u, const at::Tensor& delta, const at::Ten
               ": A must be (D, N) with D = ", dim, " but has shape ", detail::shape_str(A));
   const int64_t n = A.size(1);
   TORCH_CHECK(n >= 1, op, ": d_state must be >= 1");
-  TORCH_CHECK(A.scalar_type() == at::kFloat, op, ": A must be float32 but is ", A.scalar_type());
+  TORCH_CHECK(A.scalar_type() == at::kFloat || (A.scalar_type() == at::kDouble && u.scalar_type() == at::kDouble), op,
+              ": A must be float32 (or float64 with float64 inputs) but is ", A.scalar_type());
   for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"u", u},
                                 {"delta", delta}, {"B", Bm}, {"C", Cm}, {"z", z}}) {
     detail::check_floating(op, name, t);

@@ -9,9 +9,13 @@
 
 namespace pmamba::kernels::detail {
 
+// float32 math, or float64 when the inputs are float64 (a ground truth for tests).
+at::ScalarType math_type(const at::Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+
 at::Tensor scan_delta(const at::Tensor& delta, const at::Tensor& delta_bias, bool softplus) {
-  at::Tensor dt = delta.to(at::kFloat);  // (B, D, L)
-  if (delta_bias.defined()) dt = dt + delta_bias.to(at::kFloat).view({1, -1, 1});
+  const at::ScalarType mt = math_type(delta);
+  at::Tensor dt = delta.to(mt);  // (B, D, L)
+  if (delta_bias.defined()) dt = dt + delta_bias.to(mt).view({1, -1, 1});
   if (softplus) dt = at::softplus(dt, /*beta=*/1, /*threshold=*/20);
   return dt;
 }
@@ -21,11 +25,12 @@ ScanOutput selective_scan_ref(const at::Tensor& u, const at::Tensor& delta, cons
                               const at::Tensor& z, const at::Tensor& delta_bias,
                               bool delta_softplus, bool return_last_state) {
   const auto in_dtype = u.scalar_type();
-  const at::Tensor uf = u.to(at::kFloat);                           // (B, D, L)
-  const at::Tensor dt = scan_delta(delta, delta_bias, delta_softplus);  // (B, D, L)
-  const at::Tensor Af = A.to(at::kFloat);                           // (D, N)
-  const at::Tensor Bt = Bm.to(at::kFloat).transpose(1, 2).unsqueeze(1);  // (B, 1, L, N)
-  const at::Tensor Ct = Cm.to(at::kFloat).transpose(1, 2);               // (B, L, N)
+  const at::ScalarType mt = math_type(u);
+  const at::Tensor uf = u.to(mt);                                   // (B, D, L)
+  const at::Tensor dt = scan_delta(delta.to(mt), delta_bias, delta_softplus);  // (B, D, L)
+  const at::Tensor Af = A.to(mt);                                   // (D, N)
+  const at::Tensor Bt = Bm.to(mt).transpose(1, 2).unsqueeze(1);     // (B, 1, L, N)
+  const at::Tensor Ct = Cm.to(mt).transpose(1, 2);                  // (B, L, N)
 
   const at::Tensor dA = at::exp(dt.unsqueeze(-1) * Af.unsqueeze(1));  // (B, D, L, N)
   const at::Tensor dBu = dt.unsqueeze(-1) * Bt * uf.unsqueeze(-1);   // (B, D, L, N)
@@ -39,8 +44,8 @@ ScanOutput selective_scan_ref(const at::Tensor& u, const at::Tensor& delta, cons
     ys.push_back((h * Ct.select(1, t).unsqueeze(1)).sum(-1));  // (B, D)
   }
   at::Tensor out = at::stack(ys, 2);  // (B, D, L)
-  if (D_skip.defined()) out = out + uf * D_skip.to(at::kFloat).view({1, -1, 1});
-  if (z.defined()) out = out * at::silu(z.to(at::kFloat));
+  if (D_skip.defined()) out = out + uf * D_skip.to(mt).view({1, -1, 1});
+  if (z.defined()) out = out * at::silu(z.to(mt));
   ScanOutput result;
   result.out = out.to(in_dtype);
   if (return_last_state) result.last_state = h;

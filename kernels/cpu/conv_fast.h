@@ -7,12 +7,14 @@
 
 namespace pmamba::kernels::cpu {
 
-void conv_forward(int64_t B, int64_t D, int64_t L, int64_t K, const float* x, const float* w, const float* bias,
-                  bool silu, float* out);
-void conv_backward(int64_t B, int64_t D, int64_t L, int64_t K, const float* x, const float* w, const float* bias,
-                   bool silu, const float* dout, float* dx, float* dw, float* dbias);
+/// Instantiated for float and double.
+template <typename T>
+void conv_forward(int64_t B, int64_t D, int64_t L, int64_t K, const T* x, const T* w, const T* bias, bool silu, T* out);
+template <typename T>
+void conv_backward(int64_t B, int64_t D, int64_t L, int64_t K, const T* x, const T* w, const T* bias, bool silu,
+                   const T* dout, T* dx, T* dw, T* dbias);
 /// One step: state (B, D, K) shifted left and x (B, D) appended; out (B, D).
-void conv_step(int64_t B, int64_t D, int64_t K, float* state, const float* x, const float* w, const float* bias,
-               bool silu, float* out);
+template <typename T>
+void conv_step(int64_t B, int64_t D, int64_t K, T* state, const T* x, const T* w, const T* bias, bool silu, T* out);
 
 }  // namespace pmamba::kernels::cpu

@@ -8,7 +8,12 @@
 
 #include "kernels/cpu/vmath.h"
 
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+// One build runs well everywhere: AVX-512 and AVX2+FMA clones, picked at load time.
 #define PMAMBA_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define PMAMBA_CLONES
+#endif
 
 namespace pmamba::kernels::cpu {
 
@@ -17,99 +22,98 @@ namespace {
 constexpr int G = kLanes;
 
 // Fixed-order sum of the 16 lanes (pairwise), used for reductions over channels.
-inline float lane_sum(const float* v) {
-  float a[8];
+template <typename T>
+inline T lane_sum(const T* v) {
+  T a[8];
   for (int i = 0; i < 8; ++i) a[i] = v[i] + v[i + 8];
   for (int i = 0; i < 4; ++i) a[i] = a[i] + a[i + 4];
   return (a[0] + a[2]) + (a[1] + a[3]);
 }
 
 // Gathers rows d0..d0+nd of a (D, L) plane into a (T, G) tile starting at t0; missing lanes are 0.
-inline void load_tile(const float* plane, int64_t L, int64_t d0, int64_t nd, int64_t t0, int64_t tl, float* tile) {
+template <typename T>
+inline void load_tile(const T* plane, int64_t L, int64_t d0, int64_t nd, int64_t t0, int64_t tl, T* tile) {
   for (int64_t lane = 0; lane < G; ++lane) {
     if (lane < nd) {
-      const float* src = plane + (d0 + lane) * L + t0;
+      const T* src = plane + (d0 + lane) * L + t0;
       for (int64_t tt = 0; tt < tl; ++tt) tile[tt * G + lane] = src[tt];
     } else {
-      for (int64_t tt = 0; tt < tl; ++tt) tile[tt * G + lane] = 0.0f;
+      for (int64_t tt = 0; tt < tl; ++tt) tile[tt * G + lane] = T(0);
     }
   }
 }
 
-inline void store_tile(float* plane, int64_t L, int64_t d0, int64_t nd, int64_t t0, int64_t tl, const float* tile) {
+template <typename T>
+inline void store_tile(T* plane, int64_t L, int64_t d0, int64_t nd, int64_t t0, int64_t tl, const T* tile) {
   for (int64_t lane = 0; lane < nd; ++lane) {
-    float* dst = plane + (d0 + lane) * L + t0;
+    T* dst = plane + (d0 + lane) * L + t0;
     for (int64_t tt = 0; tt < tl; ++tt) dst[tt] = tile[tt * G + lane];
   }
 }
 
-struct Lanes {
-  float v[G];
-};
-
-PMAMBA_CLONES
-void forward_group(const ScanForward& a, int64_t b, int64_t g) {
+template <typename T>
+PMAMBA_CLONES void forward_group(const ScanForward<T>& a, int64_t b, int64_t g) {
   const ScanShape& s = a.s;
   const int64_t L = s.len, N = s.dstate, D = s.dim;
   const int64_t d0 = g * G, nd = std::min<int64_t>(G, D - d0);
-  thread_local std::vector<float> buf;
+  thread_local std::vector<T> buf;
   buf.resize(static_cast<size_t>(2 * N * G + 5 * kChunk * G));
-  float* h = buf.data();        // (N, G)
-  float* Al = h + N * G;        // (N, G)
-  float* ut = Al + N * G;       // (kChunk, G) tiles
-  float* dtt = ut + kChunk * G;
-  float* zt = dtt + kChunk * G;
-  float* yt = zt + kChunk * G;
-  float* dlt = yt + kChunk * G;
-  std::fill(h, h + N * G, 0.0f);
+  T* h = buf.data();        // (N, G)
+  T* Al = h + N * G;        // (N, G)
+  T* ut = Al + N * G;       // (kChunk, G) tiles
+  T* dtt = ut + kChunk * G;
+  T* zt = dtt + kChunk * G;
+  T* yt = zt + kChunk * G;
+  T* dlt = yt + kChunk * G;
+  std::fill(h, h + N * G, T(0));
   for (int64_t n = 0; n < N; ++n)
-    for (int64_t lane = 0; lane < G; ++lane) Al[n * G + lane] = lane < nd ? a.A[(d0 + lane) * N + n] : 0.0f;
-  float Dv[G], bv[G];
+    for (int64_t lane = 0; lane < G; ++lane) Al[n * G + lane] = lane < nd ? a.A[(d0 + lane) * N + n] : T(0);
+  T Dv[G], bv[G];
   for (int64_t lane = 0; lane < G; ++lane) {
-    Dv[lane] = (a.Dskip && lane < nd) ? a.Dskip[d0 + lane] : 0.0f;
-    bv[lane] = (a.bias && lane < nd) ? a.bias[d0 + lane] : 0.0f;
+    Dv[lane] = (a.Dskip && lane < nd) ? a.Dskip[d0 + lane] : T(0);
+    bv[lane] = (a.bias && lane < nd) ? a.bias[d0 + lane] : T(0);
   }
-  const float* u_plane = a.u + b * D * L;
-  const float* d_plane = a.delta + b * D * L;
-  const float* z_plane = a.z ? a.z + b * D * L : nullptr;
-  float* out_plane = a.out + b * D * L;
+  const T* u_plane = a.u + b * D * L;
+  const T* d_plane = a.delta + b * D * L;
+  const T* z_plane = a.z ? a.z + b * D * L : nullptr;
+  T* out_plane = a.out + b * D * L;
   for (int64_t t0 = 0; t0 < L; t0 += kChunk) {
     const int64_t tl = std::min<int64_t>(kChunk, L - t0);
     if (a.ckpt) {  // state at the start of this chunk
-      float* c = a.ckpt + (((b * s.groups() + g) * s.chunks() + t0 / kChunk) * N) * G;
-      std::memcpy(c, h, sizeof(float) * static_cast<size_t>(N * G));
+      T* c = a.ckpt + (((b * s.groups() + g) * s.chunks() + t0 / kChunk) * N) * G;
+      std::memcpy(c, h, sizeof(T) * static_cast<size_t>(N * G));
     }
     load_tile(u_plane, L, d0, nd, t0, tl, ut);
     load_tile(d_plane, L, d0, nd, t0, tl, dlt);
     if (z_plane) load_tile(z_plane, L, d0, nd, t0, tl, zt);
     for (int64_t i = 0; i < tl * G; ++i) {
-      const float x = dlt[i] + bv[i % G];
+      const T x = dlt[i] + bv[i % G];
       dtt[i] = a.softplus ? softplus(x) : x;
     }
     for (int64_t tt = 0; tt < tl; ++tt) {
       const int64_t t = t0 + tt;
-      const float* Bp = a.Bt + (b * L + t) * N;
-      const float* Cp = a.Ct + (b * L + t) * N;
-      const float* dt = dtt + tt * G;
-      const float* u = ut + tt * G;
-      float dtu[G], y[G];
+      const T* Bp = a.Bt + (b * L + t) * N;
+      const T* Cp = a.Ct + (b * L + t) * N;
+      const T* dt = dtt + tt * G;
+      const T* u = ut + tt * G;
+      T dtu[G], y[G];
       for (int lane = 0; lane < G; ++lane) {
         dtu[lane] = dt[lane] * u[lane];
-        y[lane] = 0.0f;
+        y[lane] = T(0);
       }
       for (int64_t n = 0; n < N; ++n) {
-        const float bn = Bp[n], cn = Cp[n];
-        float* hn = h + n * G;
-        const float* An = Al + n * G;
+        const T bn = Bp[n], cn = Cp[n];
+        T* hn = h + n * G;
+        const T* An = Al + n * G;
         for (int lane = 0; lane < G; ++lane) {
-          const float da = fast_exp(dt[lane] * An[lane]);
-          hn[lane] = fmaf_(da, hn[lane], dtu[lane] * bn);
-          y[lane] = fmaf_(cn, hn[lane], y[lane]);
+          const T da = fast_exp(dt[lane] * An[lane]);
+          hn[lane] = fma_(da, hn[lane], dtu[lane] * bn);
+          y[lane] = fma_(cn, hn[lane], y[lane]);
         }
       }
-      float* yo = yt + tt * G;
+      T* yo = yt + tt * G;
       for (int lane = 0; lane < G; ++lane) {
-        float v = fmaf_(Dv[lane], u[lane], y[lane]);
+        T v = fma_(Dv[lane], u[lane], y[lane]);
         if (z_plane) v *= silu(zt[tt * G + lane]);
         yo[lane] = v;
       }
@@ -122,39 +126,39 @@ void forward_group(const ScanForward& a, int64_t b, int64_t g) {
   }
 }
 
-PMAMBA_CLONES
-void backward_group(const ScanBackward& a, int64_t b, int64_t g, float* dB_part, float* dC_part, float* dA_part,
-                    float* dD_part, float* dbias_part) {
+template <typename T>
+PMAMBA_CLONES void backward_group(const ScanBackward<T>& a, int64_t b, int64_t g, T* dB_part, T* dC_part, T* dA_part,
+                    T* dD_part, T* dbias_part) {
   const ScanShape& s = a.s;
   const int64_t L = s.len, N = s.dstate, D = s.dim;
   const int64_t d0 = g * G, nd = std::min<int64_t>(G, D - d0);
-  thread_local std::vector<float> buf;
+  thread_local std::vector<T> buf;
   buf.resize(static_cast<size_t>(5 * N * G + kChunk * N * G + 11 * kChunk * G));
-  float* gh = buf.data();         // (N, G) dL/dh carried backwards in time
-  float* Al = gh + N * G;         // (N, G)
-  float* dAl = Al + N * G;        // (N, G)
-  float* hprev0 = dAl + N * G;    // (N, G) state before the chunk
-  float* tmp = hprev0 + N * G;    // (N, G)
-  float* hs = tmp + N * G;        // (kChunk, N, G) states after each step of the chunk
-  float* ut = hs + kChunk * N * G;
-  float* dlt = ut + kChunk * G;
-  float* dtt = dlt + kChunk * G;
-  float* zt = dtt + kChunk * G;
-  float* dot = zt + kChunk * G;
-  float* dut = dot + kChunk * G;
-  float* ddt_t = dut + kChunk * G;
-  float* dzt = ddt_t + kChunk * G;
-  float* sgt = dzt + kChunk * G;  // softplus derivative
-  std::fill(gh, gh + N * G, 0.0f);
-  std::fill(dAl, dAl + N * G, 0.0f);
+  T* gh = buf.data();         // (N, G) dL/dh carried backwards in time
+  T* Al = gh + N * G;         // (N, G)
+  T* dAl = Al + N * G;        // (N, G)
+  T* hprev0 = dAl + N * G;    // (N, G) state before the chunk
+  T* tmp = hprev0 + N * G;    // (N, G)
+  T* hs = tmp + N * G;        // (kChunk, N, G) states after each step of the chunk
+  T* ut = hs + kChunk * N * G;
+  T* dlt = ut + kChunk * G;
+  T* dtt = dlt + kChunk * G;
+  T* zt = dtt + kChunk * G;
+  T* dot = zt + kChunk * G;
+  T* dut = dot + kChunk * G;
+  T* ddt_t = dut + kChunk * G;
+  T* dzt = ddt_t + kChunk * G;
+  T* sgt = dzt + kChunk * G;  // softplus derivative
+  std::fill(gh, gh + N * G, T(0));
+  std::fill(dAl, dAl + N * G, T(0));
   for (int64_t n = 0; n < N; ++n)
-    for (int64_t lane = 0; lane < G; ++lane) Al[n * G + lane] = lane < nd ? a.A[(d0 + lane) * N + n] : 0.0f;
-  float Dv[G], bv[G], dDacc[G], dbacc[G];
+    for (int64_t lane = 0; lane < G; ++lane) Al[n * G + lane] = lane < nd ? a.A[(d0 + lane) * N + n] : T(0);
+  T Dv[G], bv[G], dDacc[G], dbacc[G];
   for (int64_t lane = 0; lane < G; ++lane) {
-    Dv[lane] = (a.Dskip && lane < nd) ? a.Dskip[d0 + lane] : 0.0f;
-    bv[lane] = (a.bias && lane < nd) ? a.bias[d0 + lane] : 0.0f;
-    dDacc[lane] = 0.0f;
-    dbacc[lane] = 0.0f;
+    Dv[lane] = (a.Dskip && lane < nd) ? a.Dskip[d0 + lane] : T(0);
+    bv[lane] = (a.bias && lane < nd) ? a.bias[d0 + lane] : T(0);
+    dDacc[lane] = T(0);
+    dbacc[lane] = T(0);
   }
   const int64_t off = b * D * L;
   for (int64_t c = s.chunks() - 1; c >= 0; --c) {
@@ -164,74 +168,74 @@ void backward_group(const ScanBackward& a, int64_t b, int64_t g, float* dB_part,
     load_tile(a.dout + off, L, d0, nd, t0, tl, dot);
     if (a.z) load_tile(a.z + off, L, d0, nd, t0, tl, zt);
     for (int64_t i = 0; i < tl * G; ++i) {
-      const float x = dlt[i] + bv[i % G];
+      const T x = dlt[i] + bv[i % G];
       dtt[i] = a.softplus ? softplus(x) : x;
-      sgt[i] = a.softplus ? sigmoid(x) : 1.0f;
+      sgt[i] = a.softplus ? sigmoid(x) : T(1);
     }
     // Recompute the chunk's states from its checkpoint, exactly as the forward did.
-    const float* ck = a.ckpt + (((b * s.groups() + g) * s.chunks() + c) * N) * G;
-    std::memcpy(hprev0, ck, sizeof(float) * static_cast<size_t>(N * G));
-    std::memcpy(tmp, ck, sizeof(float) * static_cast<size_t>(N * G));
+    const T* ck = a.ckpt + (((b * s.groups() + g) * s.chunks() + c) * N) * G;
+    std::memcpy(hprev0, ck, sizeof(T) * static_cast<size_t>(N * G));
+    std::memcpy(tmp, ck, sizeof(T) * static_cast<size_t>(N * G));
     for (int64_t tt = 0; tt < tl; ++tt) {
-      const float* Bp = a.Bt + (b * L + t0 + tt) * N;
-      const float* dt = dtt + tt * G;
-      float dtu[G];
+      const T* Bp = a.Bt + (b * L + t0 + tt) * N;
+      const T* dt = dtt + tt * G;
+      T dtu[G];
       for (int lane = 0; lane < G; ++lane) dtu[lane] = dt[lane] * ut[tt * G + lane];
       for (int64_t n = 0; n < N; ++n) {
-        float* hn = tmp + n * G;
-        float* out = hs + (tt * N + n) * G;
+        T* hn = tmp + n * G;
+        T* out = hs + (tt * N + n) * G;
         for (int lane = 0; lane < G; ++lane) {
-          const float da = fast_exp(dt[lane] * Al[n * G + lane]);
-          hn[lane] = fmaf_(da, hn[lane], dtu[lane] * Bp[n]);
+          const T da = fast_exp(dt[lane] * Al[n * G + lane]);
+          hn[lane] = fma_(da, hn[lane], dtu[lane] * Bp[n]);
           out[lane] = hn[lane];
         }
       }
     }
     for (int64_t tt = tl - 1; tt >= 0; --tt) {
       const int64_t t = t0 + tt;
-      const float* Bp = a.Bt + (b * L + t) * N;
-      const float* Cp = a.Ct + (b * L + t) * N;
-      const float* dt = dtt + tt * G;
-      const float* u = ut + tt * G;
-      const float* ht = hs + tt * N * G;
-      const float* hp = tt > 0 ? hs + (tt - 1) * N * G : hprev0;
-      float y[G], dy[G], du[G], ddt[G], dtu[G];
-      for (int lane = 0; lane < G; ++lane) y[lane] = 0.0f;
+      const T* Bp = a.Bt + (b * L + t) * N;
+      const T* Cp = a.Ct + (b * L + t) * N;
+      const T* dt = dtt + tt * G;
+      const T* u = ut + tt * G;
+      const T* ht = hs + tt * N * G;
+      const T* hp = tt > 0 ? hs + (tt - 1) * N * G : hprev0;
+      T y[G], dy[G], du[G], ddt[G], dtu[G];
+      for (int lane = 0; lane < G; ++lane) y[lane] = T(0);
       for (int64_t n = 0; n < N; ++n)
-        for (int lane = 0; lane < G; ++lane) y[lane] = fmaf_(Cp[n], ht[n * G + lane], y[lane]);
+        for (int lane = 0; lane < G; ++lane) y[lane] = fma_(Cp[n], ht[n * G + lane], y[lane]);
       for (int lane = 0; lane < G; ++lane) {
-        const float full = fmaf_(Dv[lane], u[lane], y[lane]);
-        const float gout = dot[tt * G + lane];
+        const T full = fma_(Dv[lane], u[lane], y[lane]);
+        const T gout = dot[tt * G + lane];
         if (a.z) {
-          const float zz = zt[tt * G + lane];
+          const T zz = zt[tt * G + lane];
           dy[lane] = gout * silu(zz);
           dzt[tt * G + lane] = gout * full * silu_grad(zz);
         } else {
           dy[lane] = gout;
         }
-        dDacc[lane] = fmaf_(dy[lane], u[lane], dDacc[lane]);
+        dDacc[lane] = fma_(dy[lane], u[lane], dDacc[lane]);
         du[lane] = dy[lane] * Dv[lane];
-        ddt[lane] = 0.0f;
+        ddt[lane] = T(0);
         dtu[lane] = dt[lane] * u[lane];
       }
-      float* dBrow = dB_part + t * N;
-      float* dCrow = dC_part + t * N;
+      T* dBrow = dB_part + t * N;
+      T* dCrow = dC_part + t * N;
       for (int64_t n = 0; n < N; ++n) {
-        const float bn = Bp[n], cn = Cp[n];
-        float* g_n = gh + n * G;
-        const float* An = Al + n * G;
-        const float* htn = ht + n * G;
-        const float* hpn = hp + n * G;
-        float vb[G], vc[G];
+        const T bn = Bp[n], cn = Cp[n];
+        T* g_n = gh + n * G;
+        const T* An = Al + n * G;
+        const T* htn = ht + n * G;
+        const T* hpn = hp + n * G;
+        T vb[G], vc[G];
         for (int lane = 0; lane < G; ++lane) {
-          g_n[lane] = fmaf_(dy[lane], cn, g_n[lane]);  // dL/dh_t
-          const float da = fast_exp(dt[lane] * An[lane]);
+          g_n[lane] = fma_(dy[lane], cn, g_n[lane]);  // dL/dh_t
+          const T da = fast_exp(dt[lane] * An[lane]);
           vc[lane] = dy[lane] * htn[lane];
           vb[lane] = g_n[lane] * dtu[lane];
-          du[lane] = fmaf_(g_n[lane] * dt[lane], bn, du[lane]);
-          const float dah = da * hpn[lane];
-          ddt[lane] = fmaf_(g_n[lane], fmaf_(An[lane], dah, bn * u[lane]), ddt[lane]);
-          dAl[n * G + lane] = fmaf_(g_n[lane] * dt[lane], dah, dAl[n * G + lane]);
+          du[lane] = fma_(g_n[lane] * dt[lane], bn, du[lane]);
+          const T dah = da * hpn[lane];
+          ddt[lane] = fma_(g_n[lane], fma_(An[lane], dah, bn * u[lane]), ddt[lane]);
+          dAl[n * G + lane] = fma_(g_n[lane] * dt[lane], dah, dAl[n * G + lane]);
           g_n[lane] = da * g_n[lane];  // carried to step t - 1
         }
         dBrow[n] = lane_sum(vb);
@@ -239,7 +243,7 @@ void backward_group(const ScanBackward& a, int64_t b, int64_t g, float* dB_part,
       }
       for (int lane = 0; lane < G; ++lane) {
         dut[tt * G + lane] = du[lane];
-        const float dd = ddt[lane] * sgt[tt * G + lane];
+        const T dd = ddt[lane] * sgt[tt * G + lane];
         ddt_t[tt * G + lane] = dd;
         dbacc[lane] += dd;
       }
@@ -255,36 +259,38 @@ void backward_group(const ScanBackward& a, int64_t b, int64_t g, float* dB_part,
   }
 }
 
-PMAMBA_CLONES
-void step_channel(int64_t N, float* state, float u, float dt, const float* A, const float* Bv, const float* Cv,
-                  float Dv, bool has_z, float z, float* out) {
-  const float dtu = dt * u;
-  float y = 0.0f;
+template <typename T>
+PMAMBA_CLONES void step_channel(int64_t N, T* state, T u, T dt, const T* A, const T* Bv, const T* Cv,
+                  T Dv, bool has_z, T z, T* out) {
+  const T dtu = dt * u;
+  T y = T(0);
   for (int64_t n = 0; n < N; ++n) {
-    const float da = fast_exp(dt * A[n]);
-    state[n] = fmaf_(da, state[n], dtu * Bv[n]);
-    y = fmaf_(Cv[n], state[n], y);
+    const T da = fast_exp(dt * A[n]);
+    state[n] = fma_(da, state[n], dtu * Bv[n]);
+    y = fma_(Cv[n], state[n], y);
   }
-  float v = fmaf_(Dv, u, y);
+  T v = fma_(Dv, u, y);
   if (has_z) v *= silu(z);
   *out = v;
 }
 
 }  // namespace
 
-void scan_forward(const ScanForward& a) {
+template <typename T>
+void scan_forward(const ScanForward<T>& a) {
   const int64_t tasks = a.s.batch * a.s.groups();
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) forward_group(a, k / a.s.groups(), k % a.s.groups());
   });
 }
 
-void scan_backward(const ScanBackward& a) {
+template <typename T>
+void scan_backward(const ScanBackward<T>& a) {
   const ScanShape& s = a.s;
   const int64_t Gs = s.groups(), B = s.batch, D = s.dim, L = s.len, N = s.dstate;
   // Per-(batch, group) partial sums, reduced below in a fixed order.
-  std::vector<float> dB_part(static_cast<size_t>(B * Gs * L * N)), dC_part(dB_part.size());
-  std::vector<float> dA_part(static_cast<size_t>(B * D * N)), dD_part(static_cast<size_t>(B * D)),
+  std::vector<T> dB_part(static_cast<size_t>(B * Gs * L * N)), dC_part(dB_part.size());
+  std::vector<T> dA_part(static_cast<size_t>(B * D * N)), dD_part(static_cast<size_t>(B * D)),
       dbias_part(static_cast<size_t>(B * D));
   at::parallel_for(0, B * Gs, 1, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
@@ -295,13 +301,13 @@ void scan_backward(const ScanBackward& a) {
   });
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
-      float* dB = a.dBt + b * L * N;
-      float* dC = a.dCt + b * L * N;
-      std::fill(dB, dB + L * N, 0.0f);
-      std::fill(dC, dC + L * N, 0.0f);
+      T* dB = a.dBt + b * L * N;
+      T* dC = a.dCt + b * L * N;
+      std::fill(dB, dB + L * N, T(0));
+      std::fill(dC, dC + L * N, T(0));
       for (int64_t g = 0; g < Gs; ++g) {
-        const float* pb = dB_part.data() + (b * Gs + g) * L * N;
-        const float* pc = dC_part.data() + (b * Gs + g) * L * N;
+        const T* pb = dB_part.data() + (b * Gs + g) * L * N;
+        const T* pc = dC_part.data() + (b * Gs + g) * L * N;
         for (int64_t i = 0; i < L * N; ++i) {
           dB[i] += pb[i];
           dC[i] += pc[i];
@@ -310,12 +316,12 @@ void scan_backward(const ScanBackward& a) {
     }
   });
   for (int64_t i = 0; i < D * N; ++i) {
-    float v = 0.0f;
+    T v = T(0);
     for (int64_t b = 0; b < B; ++b) v += dA_part[b * D * N + i];
     a.dA[i] = v;
   }
   for (int64_t d = 0; d < D; ++d) {
-    float vd = 0.0f, vb = 0.0f;
+    T vd = T(0), vb = T(0);
     for (int64_t b = 0; b < B; ++b) {
       vd += dD_part[b * D + d];
       vb += dbias_part[b * D + d];
@@ -325,18 +331,29 @@ void scan_backward(const ScanBackward& a) {
   }
 }
 
-void scan_step(int64_t batch, int64_t dim, int64_t N, float* state, const float* u, const float* delta,
-               const float* A, const float* Bv, const float* Cv, const float* Dskip, const float* z,
-               const float* bias, bool softplus_on, float* out) {
+template <typename T>
+void scan_step(int64_t batch, int64_t dim, int64_t N, T* state, const T* u, const T* delta,
+               const T* A, const T* Bv, const T* Cv, const T* Dskip, const T* z,
+               const T* bias, bool softplus_on, T* out) {
   at::parallel_for(0, batch * dim, 64, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
       const int64_t b = k / dim, d = k % dim;
-      const float x = delta[k] + (bias ? bias[d] : 0.0f);
-      const float dt = softplus_on ? softplus(x) : x;
-      step_channel(N, state + k * N, u[k], dt, A + d * N, Bv + b * N, Cv + b * N, Dskip ? Dskip[d] : 0.0f,
-                   z != nullptr, z ? z[k] : 0.0f, out + k);
+      const T x = delta[k] + (bias ? bias[d] : T(0));
+      const T dt = softplus_on ? softplus(x) : x;
+      step_channel(N, state + k * N, u[k], dt, A + d * N, Bv + b * N, Cv + b * N, Dskip ? Dskip[d] : T(0),
+                   z != nullptr, z ? z[k] : T(0), out + k);
     }
   });
 }
+
+template void scan_forward<float>(const ScanForward<float>&);
+template void scan_forward<double>(const ScanForward<double>&);
+template void scan_backward<float>(const ScanBackward<float>&);
+template void scan_backward<double>(const ScanBackward<double>&);
+template void scan_step<float>(int64_t, int64_t, int64_t, float*, const float*, const float*, const float*,
+                               const float*, const float*, const float*, const float*, const float*, bool, float*);
+template void scan_step<double>(int64_t, int64_t, int64_t, double*, const double*, const double*, const double*,
+                                const double*, const double*, const double*, const double*, const double*, bool,
+                                double*);
 
 }  // namespace pmamba::kernels::cpu

@@ -1,4 +1,4 @@
-// Fused CPU selective scan, forward and backward, on raw float32 pointers.
+// Fused CPU selective scan, forward and backward, on raw float32 (or float64) pointers.
 //
 // Layout: u, delta, z, out, du, ddelta, dz: (B, D, L) contiguous; Bt, Ct, dBt, dCt: (B, L, N)
 // (time-major so one step reads one contiguous row); A, dA: (D, N); Dskip, bias: (D).
@@ -24,33 +24,38 @@ struct ScanShape {
   int64_t chunks() const { return (len + kChunk - 1) / kChunk; }
 };
 
+template <typename T>
 struct ScanForward {
   ScanShape s;
-  const float *u, *delta, *A, *Bt, *Ct;
-  const float *Dskip, *z, *bias;  // may be null
+  const T *u, *delta, *A, *Bt, *Ct;
+  const T *Dskip, *z, *bias;  // may be null
   bool softplus = true;
-  float* out;         // (B, D, L)
-  float* last_state;  // (B, D, N) or null
-  float* ckpt;        // (B, groups, chunks, N, kLanes) or null (no backward)
+  T* out;         // (B, D, L)
+  T* last_state;  // (B, D, N) or null
+  T* ckpt;        // (B, groups, chunks, N, kLanes) or null (no backward)
 };
 
+template <typename T>
 struct ScanBackward {
   ScanShape s;
-  const float *u, *delta, *A, *Bt, *Ct, *Dskip, *z, *bias, *ckpt, *dout;
+  const T *u, *delta, *A, *Bt, *Ct, *Dskip, *z, *bias, *ckpt, *dout;
   bool softplus = true;
-  float *du, *ddelta, *dz;  // (B, D, L); dz ignored when z is null
-  float *dA;                // (D, N)
-  float *dBt, *dCt;         // (B, L, N)
-  float *dD, *dbias;        // (D); ignored when the input is null
+  T *du, *ddelta, *dz;  // (B, D, L); dz ignored when z is null
+  T *dA;                // (D, N)
+  T *dBt, *dCt;         // (B, L, N)
+  T *dD, *dbias;        // (D); ignored when the input is null
 };
 
-void scan_forward(const ScanForward& args);
-void scan_backward(const ScanBackward& args);
+/// Instantiated for float and double.
+template <typename T>
+void scan_forward(const ScanForward<T>& args);
+template <typename T>
+void scan_backward(const ScanBackward<T>& args);
 
-/// One recurrent step per (b, d): state (B, D, N) updated in place; u, dt_raw, z: (B, D);
+/// One recurrent step per (b, d): state (B, D, N) updated in place; u, delta, z: (B, D);
 /// Bv, Cv: (B, N). Same arithmetic as one step of scan_forward.
-void scan_step(int64_t batch, int64_t dim, int64_t dstate, float* state, const float* u, const float* delta,
-               const float* A, const float* Bv, const float* Cv, const float* Dskip, const float* z,
-               const float* bias, bool softplus, float* out);
+template <typename T>
+void scan_step(int64_t batch, int64_t dim, int64_t dstate, T* state, const T* u, const T* delta, const T* A,
+               const T* Bv, const T* Cv, const T* Dskip, const T* z, const T* bias, bool softplus, T* out);
 
 }  // namespace pmamba::kernels::cpu
