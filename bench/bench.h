@@ -31,4 +31,15 @@ struct ReshardBenchOptions {
 };
 int run_reshard_bench(const ReshardBenchOptions& options);
 
+struct ScanBenchOptions {
+  int64_t batch = 2, dim = 1536, len = 2048, dstate = 16;  // one mamba-130m layer
+  int threads = 2;
+  int repeats = 5;
+  int ref_repeats = 1;
+  bool models = true;  // also whole-model training tokens/s (tiny, small)
+  std::string self;    // this executable (peak memory is measured in child processes)
+};
+int run_scan_bench(const ScanBenchOptions& options);
+int run_scan_one(const ScanBenchOptions& options, const std::string& backend, bool backward);
+
 }  // namespace pmamba::bench

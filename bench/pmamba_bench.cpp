@@ -26,6 +26,29 @@ int main(int argc, char** argv) {
     const size_t slash = self.rfind('/');
     rs.reshard_bin = (slash == std::string::npos ? std::string() : self.substr(0, slash + 1)) + "pmamba-reshard";
   }
+  pmamba::bench::ScanBenchOptions sc;
+  bool no_models = false;
+  auto* scan = app.add_subcommand("scan", "fused CPU selective scan vs the reference, and model training tokens/s");
+  scan->add_option("--batch", sc.batch);
+  scan->add_option("--dim", sc.dim);
+  scan->add_option("--len", sc.len);
+  scan->add_option("--dstate", sc.dstate);
+  scan->add_option("--threads", sc.threads, "intra-op threads (default 2)");
+  scan->add_option("--repeats", sc.repeats, "fast-path repetitions (median)");
+  scan->add_option("--ref-repeats", sc.ref_repeats, "reference repetitions (median)");
+  scan->add_flag("--no-models", no_models, "skip the whole-model training measurement");
+  scan->add_flag("--json", "one JSON line on stdout (always)");
+  std::string one_backend = "fast";
+  bool one_bwd = false;
+  auto* scan_one = app.add_subcommand("scan-one", "one timed scan in this process (used by `scan`)");
+  scan_one->add_option("--backend", one_backend);
+  scan_one->add_flag("--bwd", one_bwd);
+  scan_one->add_option("--batch", sc.batch);
+  scan_one->add_option("--dim", sc.dim);
+  scan_one->add_option("--len", sc.len);
+  scan_one->add_option("--dstate", sc.dstate);
+  scan_one->add_option("--threads", sc.threads);
+  sc.self = argv[0];
   std::string what;
   auto* load = app.add_subcommand("ckpt-load", "one timed load (used by `ckpt`)");
   load->add_option("--what", what)->required();
@@ -37,6 +60,11 @@ int main(int argc, char** argv) {
     if (*ckpt) return pmamba::bench::run_ckpt_bench(ck);
     if (*load) return pmamba::bench::run_ckpt_load(ck, what);
     if (*reshard) return pmamba::bench::run_reshard_bench(rs);
+    if (*scan_one) return pmamba::bench::run_scan_one(sc, one_backend, one_bwd);
+    if (*scan) {
+      sc.models = !no_models;
+      return pmamba::bench::run_scan_bench(sc);
+    }
     return 2;
   });
 }

@@ -4,6 +4,9 @@
 
 #include "kernels/check.h"
 #include "kernels/fast.h"
+#ifdef PMAMBA_WITH_CUDA
+#include "kernels/cuda_dispatch.h"
+#endif
 
 namespace pmamba::kernels {
 
@@ -46,6 +49,12 @@ at::Tensor causal_conv1d(const at::Tensor& x, const at::Tensor& weight, const at
               detail::shape_str(x));
   TORCH_CHECK(x.size(2) >= 1, op, ": sequence length must be >= 1 but is ", x.size(2));
   check_conv_args(op, x, weight, bias);
+#ifdef PMAMBA_WITH_CUDA
+  if (x.is_cuda() && backend != Backend::kReference && detail::cuda_supports(x)) {
+    return detail::causal_conv1d_cuda(x, weight, bias, silu);
+  }
+#endif
+  if (x.is_cuda()) return detail::causal_conv1d_ref(x, weight, bias, silu);
   Backend b = backend == Backend::kAuto ? default_backend() : backend;
   if (b == Backend::kAuto) b = detail::fast_cpu_supports(x) ? Backend::kFast : Backend::kReference;
   TORCH_CHECK(b != Backend::kFast || detail::fast_cpu_supports(x),
@@ -64,7 +73,7 @@ at::Tensor causal_conv1d_step(at::Tensor& conv_state, const at::Tensor& x,
 
   Backend b = default_backend();
   if (b == Backend::kAuto) b = detail::fast_cpu_supports(x) ? Backend::kFast : Backend::kReference;
-  if (b == Backend::kFast && conv_state.is_contiguous() && conv_state.scalar_type() == at::kFloat) {
+  if (!x.is_cuda() && b == Backend::kFast && conv_state.is_contiguous() && conv_state.scalar_type() == at::kFloat) {
     return detail::causal_conv1d_step_fast(conv_state, x, weight, bias, silu);
   }
   at::NoGradGuard no_grad;

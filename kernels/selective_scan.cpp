@@ -4,6 +4,9 @@
 
 #include "kernels/check.h"
 #include "kernels/fast.h"
+#ifdef PMAMBA_WITH_CUDA
+#include "kernels/cuda_dispatch.h"
+#endif
 
 namespace pmamba::kernels {
 
@@ -45,6 +48,7 @@ void check_scan_args(const at::Tensor& u, const at::Tensor& delta, const at::Ten
 }
 
 Backend resolve(Backend requested, const at::Tensor& u) {
+  if (u.is_cuda()) return Backend::kAuto;  // the CUDA kernels (checked by the caller)
   Backend b = requested == Backend::kAuto ? default_backend() : requested;
   if (b == Backend::kAuto) b = detail::fast_cpu_supports(u) ? Backend::kFast : Backend::kReference;
   TORCH_CHECK(b != Backend::kFast || detail::fast_cpu_supports(u),
@@ -60,6 +64,16 @@ ScanOutput selective_scan(const at::Tensor& u, const at::Tensor& delta, const at
                           const at::Tensor& z, const at::Tensor& delta_bias,
                           const ScanOptions& options) {
   check_scan_args(u, delta, A, Bm, Cm, D_skip, z, delta_bias);
+  if (u.is_cuda()) {
+#ifdef PMAMBA_WITH_CUDA
+    if (options.backend != Backend::kReference && detail::cuda_supports(u)) {
+      return detail::selective_scan_cuda(u, delta, A, Bm, Cm, D_skip, z, delta_bias, options.delta_softplus,
+                                         options.return_last_state);
+    }
+#endif
+    return detail::selective_scan_ref(u, delta, A, Bm, Cm, D_skip, z, delta_bias, options.delta_softplus,
+                                      options.return_last_state);
+  }
   switch (resolve(options.backend, u)) {
     case Backend::kFast:
       return detail::selective_scan_fast(u, delta, A, Bm, Cm, D_skip, z, delta_bias, options.delta_softplus,
@@ -91,7 +105,7 @@ at::Tensor selective_scan_step(at::Tensor& state, const at::Tensor& u, const at:
   detail::check_optional_shape(op, "z", z, {batch, dim});
   detail::check_optional_shape(op, "delta_bias", delta_bias, {dim});
 
-  if (resolve(Backend::kAuto, u) == Backend::kFast && state.is_contiguous()) {
+  if (!u.is_cuda() && resolve(Backend::kAuto, u) == Backend::kFast && state.is_contiguous()) {
     return detail::selective_scan_step_fast(state, u, delta, A, Bm, Cm, D_skip, z, delta_bias, delta_softplus);
   }
   at::NoGradGuard no_grad;

@@ -37,11 +37,14 @@ ScanOutput selective_scan_ref(const at::Tensor& u, const at::Tensor& delta, cons
 
   const int64_t L = u.size(2);
   at::Tensor h = at::zeros({u.size(0), u.size(1), A.size(1)}, uf.options());  // (B, D, N)
+  // unbind once: its backward stacks the per-step gradients, where L separate selects would
+  // each allocate a full (B, D, L, N) gradient.
+  const std::vector<at::Tensor> dA_t = dA.unbind(2), dBu_t = dBu.unbind(2), C_t = Ct.unbind(1);
   std::vector<at::Tensor> ys;
   ys.reserve(L);
   for (int64_t t = 0; t < L; ++t) {
-    h = dA.select(2, t) * h + dBu.select(2, t);
-    ys.push_back((h * Ct.select(1, t).unsqueeze(1)).sum(-1));  // (B, D)
+    h = dA_t[t] * h + dBu_t[t];
+    ys.push_back((h * C_t[t].unsqueeze(1)).sum(-1));  // (B, D)
   }
   at::Tensor out = at::stack(ys, 2);  // (B, D, L)
   if (D_skip.defined()) out = out + uf * D_skip.to(mt).view({1, -1, 1});

@@ -6,6 +6,8 @@ set -euo pipefail
 packages=(
   g++ make cmake pkg-config
   libtorch-dev libgloo-dev
+  libopenblas0-pthread  # Debian's LibTorch calls libblas.so.3; without OpenBLAS that is the
+                        # reference BLAS, ~10x slower matrix products
   libhdf5-dev hdf5-tools
   libzstd-dev libxxhash-dev
   libcli11-dev nlohmann-json3-dev libgtest-dev

@@ -58,8 +58,8 @@ PMAMBA_CLONES void forward_group(const ScanForward<T>& a, int64_t b, int64_t g) 
   const int64_t d0 = g * G, nd = std::min<int64_t>(G, D - d0);
   thread_local std::vector<T> buf;
   buf.resize(static_cast<size_t>(2 * N * G + 5 * kChunk * G));
-  T* h = buf.data();        // (N, G)
-  T* Al = h + N * G;        // (N, G)
+  T* __restrict h = buf.data();  // (N, G)
+  T* __restrict Al = h + N * G;  // (N, G)
   T* ut = Al + N * G;       // (kChunk, G) tiles
   T* dtt = ut + kChunk * G;
   T* zt = dtt + kChunk * G;
@@ -86,9 +86,10 @@ PMAMBA_CLONES void forward_group(const ScanForward<T>& a, int64_t b, int64_t g) 
     load_tile(u_plane, L, d0, nd, t0, tl, ut);
     load_tile(d_plane, L, d0, nd, t0, tl, dlt);
     if (z_plane) load_tile(z_plane, L, d0, nd, t0, tl, zt);
-    for (int64_t i = 0; i < tl * G; ++i) {
-      const T x = dlt[i] + bv[i % G];
-      dtt[i] = a.softplus ? softplus(x) : x;
+    for (int64_t tt = 0; tt < tl; ++tt)
+      for (int lane = 0; lane < G; ++lane) dtt[tt * G + lane] = dlt[tt * G + lane] + bv[lane];
+    if (a.softplus) {
+      for (int64_t i = 0; i < tl * G; ++i) dtt[i] = softplus(dtt[i]);
     }
     for (int64_t tt = 0; tt < tl; ++tt) {
       const int64_t t = t0 + tt;
@@ -96,27 +97,27 @@ PMAMBA_CLONES void forward_group(const ScanForward<T>& a, int64_t b, int64_t g) 
       const T* Cp = a.Ct + (b * L + t) * N;
       const T* dt = dtt + tt * G;
       const T* u = ut + tt * G;
-      T dtu[G], y[G];
+      alignas(64) T dtu[G];
+      alignas(64) T y[G];
       for (int lane = 0; lane < G; ++lane) {
         dtu[lane] = dt[lane] * u[lane];
         y[lane] = T(0);
       }
       for (int64_t n = 0; n < N; ++n) {
         const T bn = Bp[n], cn = Cp[n];
-        T* hn = h + n * G;
-        const T* An = Al + n * G;
+        T* __restrict hn = h + n * G;
+        const T* __restrict An = Al + n * G;
         for (int lane = 0; lane < G; ++lane) {
-          const T da = fast_exp(dt[lane] * An[lane]);
+          const T da = fast_exp_nonpos(dt[lane] * An[lane]);
           hn[lane] = fma_(da, hn[lane], dtu[lane] * bn);
           y[lane] = fma_(cn, hn[lane], y[lane]);
         }
       }
-      T* yo = yt + tt * G;
-      for (int lane = 0; lane < G; ++lane) {
-        T v = fma_(Dv[lane], u[lane], y[lane]);
-        if (z_plane) v *= silu(zt[tt * G + lane]);
-        yo[lane] = v;
-      }
+      T* __restrict yo = yt + tt * G;
+      for (int lane = 0; lane < G; ++lane) yo[lane] = fma_(Dv[lane], u[lane], y[lane]);
+    }
+    if (z_plane) {
+      for (int64_t i = 0; i < tl * G; ++i) yt[i] *= silu(zt[i]);
     }
     store_tile(out_plane, L, d0, nd, t0, tl, yt);
   }
@@ -134,7 +135,7 @@ PMAMBA_CLONES void backward_group(const ScanBackward<T>& a, int64_t b, int64_t g
   const int64_t d0 = g * G, nd = std::min<int64_t>(G, D - d0);
   thread_local std::vector<T> buf;
   buf.resize(static_cast<size_t>(5 * N * G + kChunk * N * G + 11 * kChunk * G));
-  T* gh = buf.data();         // (N, G) dL/dh carried backwards in time
+  T* __restrict gh = buf.data();  // (N, G) dL/dh carried backwards in time
   T* Al = gh + N * G;         // (N, G)
   T* dAl = Al + N * G;        // (N, G)
   T* hprev0 = dAl + N * G;    // (N, G) state before the chunk
@@ -167,10 +168,15 @@ PMAMBA_CLONES void backward_group(const ScanBackward<T>& a, int64_t b, int64_t g
     load_tile(a.delta + off, L, d0, nd, t0, tl, dlt);
     load_tile(a.dout + off, L, d0, nd, t0, tl, dot);
     if (a.z) load_tile(a.z + off, L, d0, nd, t0, tl, zt);
-    for (int64_t i = 0; i < tl * G; ++i) {
-      const T x = dlt[i] + bv[i % G];
-      dtt[i] = a.softplus ? softplus(x) : x;
-      sgt[i] = a.softplus ? sigmoid(x) : T(1);
+    for (int64_t tt = 0; tt < tl; ++tt)
+      for (int lane = 0; lane < G; ++lane) dtt[tt * G + lane] = dlt[tt * G + lane] + bv[lane];
+    if (a.softplus) {
+      for (int64_t i = 0; i < tl * G; ++i) {
+        sgt[i] = sigmoid(dtt[i]);
+        dtt[i] = softplus(dtt[i]);
+      }
+    } else {
+      for (int64_t i = 0; i < tl * G; ++i) sgt[i] = T(1);
     }
     // Recompute the chunk's states from its checkpoint, exactly as the forward did.
     const T* ck = a.ckpt + (((b * s.groups() + g) * s.chunks() + c) * N) * G;
@@ -185,7 +191,7 @@ PMAMBA_CLONES void backward_group(const ScanBackward<T>& a, int64_t b, int64_t g
         T* hn = tmp + n * G;
         T* out = hs + (tt * N + n) * G;
         for (int lane = 0; lane < G; ++lane) {
-          const T da = fast_exp(dt[lane] * Al[n * G + lane]);
+          const T da = fast_exp_nonpos(dt[lane] * Al[n * G + lane]);
           hn[lane] = fma_(da, hn[lane], dtu[lane] * Bp[n]);
           out[lane] = hn[lane];
         }
@@ -229,7 +235,7 @@ PMAMBA_CLONES void backward_group(const ScanBackward<T>& a, int64_t b, int64_t g
         T vb[G], vc[G];
         for (int lane = 0; lane < G; ++lane) {
           g_n[lane] = fma_(dy[lane], cn, g_n[lane]);  // dL/dh_t
-          const T da = fast_exp(dt[lane] * An[lane]);
+          const T da = fast_exp_nonpos(dt[lane] * An[lane]);
           vc[lane] = dy[lane] * htn[lane];
           vb[lane] = g_n[lane] * dtu[lane];
           du[lane] = fma_(g_n[lane] * dt[lane], bn, du[lane]);
@@ -265,7 +271,7 @@ PMAMBA_CLONES void step_channel(int64_t N, T* state, T u, T dt, const T* A, cons
   const T dtu = dt * u;
   T y = T(0);
   for (int64_t n = 0; n < N; ++n) {
-    const T da = fast_exp(dt * A[n]);
+    const T da = fast_exp_nonpos(dt * A[n]);
     state[n] = fma_(da, state[n], dtu * Bv[n]);
     y = fma_(Cv[n], state[n], y);
   }

@@ -17,8 +17,30 @@ namespace pmamba::kernels::cpu {
 inline float fma_(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
 inline double fma_(double a, double b, double c) { return __builtin_fma(a, b, c); }
 
+// exp for x <= 0 (the scan's dt * A): only the lower clamp.
+inline float fast_exp_nonpos(float x) {
+  x = x > -87.3f ? x : -87.3f;
+  const float magic = 12582912.0f;
+  const float kf = (x * 1.44269504088896341f + magic) - magic;
+  float r = fma_(kf, -0.693145751953125f, x);
+  r = fma_(kf, -1.428606765330187e-06f, r);
+  float p = 1.0f / 5040.0f;
+  p = fma_(p, r, 1.0f / 720.0f);
+  p = fma_(p, r, 1.0f / 120.0f);
+  p = fma_(p, r, 1.0f / 24.0f);
+  p = fma_(p, r, 1.0f / 6.0f);
+  p = fma_(p, r, 0.5f);
+  p = fma_(p, r, 1.0f);
+  p = fma_(p, r, 1.0f);
+  const int32_t bits = (static_cast<int32_t>(kf) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
 inline float fast_exp(float x) {
-  x = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
+  x = x > -87.3f ? x : -87.3f;  // maxps / minps
+  x = x < 88.3f ? x : 88.3f;
   // k = round(x / ln 2) by the 1.5 * 2^23 trick (round to nearest even, vectorises everywhere).
   const float magic = 12582912.0f;
   const float kf = (x * 1.44269504088896341f + magic) - magic;
@@ -67,6 +89,7 @@ inline float silu_grad(float x) {
 
 // float64 versions (used for gradient checks in double precision): libm, full accuracy.
 inline double fast_exp(double x) { return std::exp(x); }
+inline double fast_exp_nonpos(double x) { return std::exp(x); }
 inline double softplus(double x) { return x > 20.0 ? x : std::log1p(std::exp(x)); }
 inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 inline double silu(double x) { return x * sigmoid(x); }
