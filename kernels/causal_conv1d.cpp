@@ -1,3 +1,4 @@
+#include <c10/core/GradMode.h>
 #include "kernels/causal_conv1d.h"
 
 #include <ATen/ATen.h>
@@ -76,7 +77,7 @@ at::Tensor causal_conv1d_step(at::Tensor& conv_state, const at::Tensor& x,
   if (!x.is_cuda() && b == Backend::kFast && conv_state.is_contiguous() && conv_state.scalar_type() == at::kFloat) {
     return detail::causal_conv1d_step_fast(conv_state, x, weight, bias, silu);
   }
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   const int64_t width = weight.size(1);
   if (width > 1) {
     conv_state.narrow(2, 0, width - 1).copy_(conv_state.narrow(2, 1, width - 1).clone());

@@ -1,3 +1,4 @@
+#include <c10/core/GradMode.h>
 #include "kernels/fast.h"
 
 #include <ATen/ATen.h>
@@ -200,7 +201,7 @@ class ConvFunction : public torch::autograd::Function<ConvFunction> {
 };
 
 bool any_requires_grad(std::initializer_list<at::Tensor> ts) {
-  if (!at::GradMode::is_enabled()) return false;
+  if (!c10::GradMode::is_enabled()) return false;
   for (const auto& t : ts) {
     if (t.defined() && t.requires_grad()) return true;
   }
@@ -235,7 +236,7 @@ ScanOutput selective_scan_fast(const at::Tensor& u, const at::Tensor& delta, con
 at::Tensor selective_scan_step_fast(at::Tensor& state, const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                                     const at::Tensor& Bm, const at::Tensor& Cm, const at::Tensor& D,
                                     const at::Tensor& z, const at::Tensor& bias, bool softplus) {
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   const at::ScalarType st = at::kFloat;  // the recurrent state is float32
   const at::Tensor uf = as(u, st), df = as(delta, st), Af = as(A, st), Bf = as(Bm, st), Cf = as(Cm, st),
                    Df = as(D, st), zf = as(z, st), bf = as(bias, st);
@@ -257,7 +258,7 @@ at::Tensor causal_conv1d_fast(const at::Tensor& x, const at::Tensor& w, const at
 
 at::Tensor causal_conv1d_step_fast(at::Tensor& conv_state, const at::Tensor& x, const at::Tensor& w,
                                    const at::Tensor& bias, bool silu) {
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   TORCH_CHECK(conv_state.is_contiguous() && conv_state.scalar_type() == at::kFloat,
               "causal_conv1d_step: the fast path needs a contiguous float32 conv_state");
   const at::Tensor xf = as(x, at::kFloat), wf = as(w, at::kFloat), bf = as(bias, at::kFloat);

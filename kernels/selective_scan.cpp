@@ -1,3 +1,4 @@
+#include <c10/core/GradMode.h>
 #include "kernels/selective_scan.h"
 
 #include <ATen/ATen.h>
@@ -108,7 +109,7 @@ at::Tensor selective_scan_step(at::Tensor& state, const at::Tensor& u, const at:
   if (!u.is_cuda() && resolve(Backend::kAuto, u) == Backend::kFast && state.is_contiguous()) {
     return detail::selective_scan_step_fast(state, u, delta, A, Bm, Cm, D_skip, z, delta_bias, delta_softplus);
   }
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   const at::Tensor uf = u.to(at::kFloat);                                          // (B, D)
   const at::Tensor dt = detail::scan_delta(delta.unsqueeze(-1), delta_bias, delta_softplus)
                             .squeeze(-1);                                            // (B, D)

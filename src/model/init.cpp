@@ -1,3 +1,4 @@
+#include <c10/core/GradMode.h>
 #include "src/model/init.h"
 
 #include <ATen/ATen.h>
@@ -32,7 +33,7 @@ void fill(at::Tensor& param, const std::function<double(int64_t)>& f) {
   constexpr int64_t kBlock = 1 << 20;
   const int64_t n = param.numel();
   std::vector<double> values(static_cast<size_t>(std::min(n, kBlock)));
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   at::Tensor flat = param.view({-1});
   for (int64_t start = 0; start < n; start += kBlock) {
     const int64_t len = std::min(kBlock, n - start);

@@ -1,3 +1,4 @@
+#include <c10/core/GradMode.h>
 #include "src/pp/eval.h"
 
 #include <ATen/ATen.h>
@@ -169,7 +170,7 @@ constexpr int kTagEval = 7;
 
 EvalResult run_eval(const EvalOptions& o) {
   Prepared p = prepare(o);
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   at::Tensor x = p.ids;
   for (const auto& spec : p.stages) x = build_stage(p, spec, o)->forward(x);
   return finish(x, p, o);
@@ -207,7 +208,7 @@ int eval_main(const EvalOptions& o, int argc, char** argv) {
   Transport tx(env, std::chrono::milliseconds(static_cast<int64_t>(o.timeout_s * 1000)));
   const model::StageSpec& spec = p.stages[static_cast<size_t>(env.rank)];
   model::MambaLM stage = build_stage(p, spec, o);
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   at::Tensor x = p.ids;
   if (!spec.is_first()) {
     x = at::empty(stage->boundary_shape(p.ids.size(0), p.ids.size(1)), stage->residual_dtype());

@@ -1,3 +1,4 @@
+#include <c10/core/GradMode.h>
 #include "src/pp/optim.h"
 
 #include <ATen/ATen.h>
@@ -44,7 +45,7 @@ const ParamState& AdamW::state(const std::string& fqn) const {
 }
 
 void AdamW::step(double lr) {
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   at::Tensor leader_param, follower_param;
   for (auto& [fqn, p] : params_) {
     if (fqn == follower_) {

@@ -1,3 +1,4 @@
+#include <c10/core/GradMode.h>
 #include "src/pp/state.h"
 
 #include <ATen/ATen.h>
@@ -58,7 +59,7 @@ void load_stage(ckpt::CheckpointReader& reader, model::MambaLMImpl& m, AdamW* op
   if (optim && !man.has_optimizer) {
     throw ckpt::FormatError("checkpoint '" + reader.dir() + "' has no optimizer state to resume from");
   }
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   std::vector<ckpt::ReadRequest> requests;
   std::vector<at::Tensor> steps;
   for (auto& item : m.named_parameters()) {

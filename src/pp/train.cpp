@@ -1,3 +1,4 @@
+#include <c10/core/GradMode.h>
 #include "src/pp/train.h"
 
 #include <ATen/ATen.h>
@@ -348,7 +349,7 @@ void Rank::step(int64_t step) {
   const double grad_norm = std::sqrt(total);
   if (o_.clip > 0 && grad_norm > o_.clip) {
     const double coef = o_.clip / (grad_norm + 1e-6);
-    at::NoGradGuard no_grad;
+    c10::NoGradGuard no_grad;
     for (auto& p : model_->parameters()) {
       if (p.grad().defined()) p.mutable_grad().mul_(coef);
     }

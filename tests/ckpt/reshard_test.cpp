@@ -1,4 +1,5 @@
 // Offline reshard, verify and diff.
+#include <c10/core/GradMode.h>
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -231,7 +232,7 @@ TEST_F(Verify, FiniteFlagReportsNaN) {
   save_checkpoint(dir_ + "/nan", 1, c, stages, pp::initial_train_state(1), {}, [&](const model::StageSpec& s) {
     model::MambaLM m(c, s);
     m->init_parameters(1);
-    at::NoGradGuard g;
+    c10::NoGradGuard g;
     m->backbone->layers->at<model::BlockImpl>("1").mixer->D[3] = std::numeric_limits<float>::quiet_NaN();
     return pp::collect_stage(*m, nullptr);
   });

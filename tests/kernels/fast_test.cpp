@@ -5,6 +5,7 @@
 // Tolerances: errors are measured relative to the largest magnitude of the reference tensor,
 // max |fast - ref| / max |ref|: <= 1e-5 for float32 inputs, <= 1e-2 for bfloat16 inputs (the
 // output itself is rounded to bfloat16, 2^-8 relative).
+#include <c10/core/GradMode.h>
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
@@ -133,7 +134,7 @@ void gradcheck(const std::function<at::Tensor(const std::vector<at::Tensor>&)>& 
   const at::Tensor y = f(in);
   const auto analytic = torch::autograd::grad({y}, wrt, {}, false, false, true);
   const double eps = 1e-6;
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   for (size_t k = 0; k < wrt.size(); ++k) {
     at::Tensor flat = wrt[k].view({-1});  // inputs are contiguous; the gradients may not be
     for (int64_t j = 0; j < flat.numel(); ++j) {

@@ -2,6 +2,7 @@
 // ids and logits produced by Hugging Face transformers' pure-PyTorch Mamba (see
 // tests/fixtures/README.md for how they were made). The C++ model, loaded with the same
 // weights, must reproduce those logits.
+#include <c10/core/GradMode.h>
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -27,7 +28,7 @@ void check_fixture(const std::string& file) {
   const auto stored = ckpt::list_tensor_file(path, "/weights");
   size_t used = 0;
   {
-    at::NoGradGuard no_grad;
+    c10::NoGradGuard no_grad;
     for (auto& item : m->named_parameters()) {
       const std::string src = item.key() == kLmHeadFqn ? kEmbeddingFqn : item.key();
       const at::Tensor w = ckpt::read_tensor_file(path, "/weights/" + src);
@@ -39,7 +40,7 @@ void check_fixture(const std::string& file) {
   EXPECT_EQ(used, stored.size()) << "fixture holds tensors the model does not have";
   const at::Tensor ids = ckpt::read_tensor_file(path, "/input_ids");
   const at::Tensor expect = ckpt::read_tensor_file(path, "/logits");
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   const at::Tensor got = m->forward(ids);
   ASSERT_EQ(got.sizes(), expect.sizes());
   const double diff = test::max_abs_diff(got, expect);

@@ -1,3 +1,4 @@
+#include <c10/core/GradMode.h>
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -11,7 +12,7 @@ at::Tensor step_through(std::vector<MambaLM>& stages, const at::Tensor& ids) {
   std::vector<InferenceCache> caches;
   for (auto& s : stages) caches.push_back(s->make_cache(ids.size(0)));
   std::vector<at::Tensor> outs;
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   for (int64_t t = 0; t < ids.size(1); ++t) {
     at::Tensor x = ids.narrow(1, t, 1);  // (B, 1)
     for (size_t k = 0; k < stages.size(); ++k) x = stages[k]->step(x, caches[k]);
@@ -36,7 +37,7 @@ TEST(RecurrentStep, OneTokenAtATimeReproducesFullSequenceLogits) {
       const at::Tensor ids = at::randint(0, c.vocab_size, {3, 11}, at::kLong);
       at::Tensor full;
       {
-        at::NoGradGuard no_grad;
+        c10::NoGradGuard no_grad;
         full = ids;
         for (auto& s : stages) full = s->forward(full);
       }

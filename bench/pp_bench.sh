@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Pipeline benchmark: training tokens/s of a small Mamba on the CPU at PP 1, 2, 4 for GPipe and
+# 1F1B with m = 1, 4, 8 microbatches; measured bubble (fraction of the step the stages wait for
+# a peer) next to the theoretical (p-1)/(m+p-1); bytes sent per step, packed vs summed; time
+# spent saving a checkpoint as a fraction of the step time. One stage per process, 1 thread
+# each.   Usage: bench/pp_bench.sh BUILD_DIR [STEPS]
+set -euo pipefail
+BIN=${1:-build}/bin
+STEPS=${2:-12}
+T=$(mktemp -d "${TMPDIR:-/tmp}/pmamba-ppbench-XXXXXX")
+trap 'rm -rf "$T"' EXIT
+common=(--preset tiny --data selective-copy --microbatch-size 4 --steps "$STEPS" --seed 1 --threads 1 --quiet)
+run() {  # name, extra args...
+  local name=$1; shift
+  "$BIN/pmamba-train" "${common[@]}" "$@" --metrics "$T/$name.jsonl" >/dev/null 2>"$T/$name.err" || {
+    cat "$T/$name.err" >&2; exit 1; }
+}
+for pp in 1 2 4; do
+  for sched in gpipe 1f1b; do
+    for m in 1 4 8; do run "pp$pp-$sched-m$m" --pp $pp --schedule $sched --microbatches $m; done
+  done
+done
+for b in packed summed; do run "bytes-$b" --pp 2 --schedule 1f1b --microbatches 4 --boundary $b; done
+run ckpt --pp 2 --schedule 1f1b --microbatches 4 --ckpt-dir "$T/ck" --ckpt-every 2 --compression none
+python3 - "$T" "$STEPS" << 'PY'
+import json, os, statistics, sys
+d, steps = sys.argv[1], int(sys.argv[2])
+def rows(name):
+    r = [json.loads(l) for l in open(os.path.join(d, name + ".jsonl"))]
+    return r[2:]  # the first two steps warm up
+out = {"bench": "pp", "steps": steps, "threads_per_stage": 1, "cores": os.cpu_count(), "runs": []}
+print(f"{'pp':>3} {'schedule':>8} {'m':>3} {'tokens/s':>9} {'bubble':>7} {'theory':>7}")
+for pp in (1, 2, 4):
+    for sched in ("gpipe", "1f1b"):
+        for m in (1, 4, 8):
+            r = rows(f"pp{pp}-{sched}-m{m}")
+            tps = statistics.median(x["tokens_per_s"] for x in r)
+            bub = statistics.median(x["bubble"] for x in r)
+            theory = (pp - 1) / (m + pp - 1)
+            out["runs"].append({"pp": pp, "schedule": sched, "microbatches": m, "tokens_per_s": tps,
+                                "bubble_measured": bub, "bubble_theory": theory})
+            print(f"{pp:>3} {sched:>8} {m:>3} {tps:>9.0f} {bub:>7.2f} {theory:>7.2f}")
+for b in ("packed", "summed"):
+    out[f"bytes_sent_{b}"] = statistics.median(x["bytes_sent"] for x in rows(f"bytes-{b}"))
+print(f"bytes sent per step at PP 2, m 4: packed {out['bytes_sent_packed']:.0f}, summed {out['bytes_sent_summed']:.0f}")
+ck = [x for x in rows("ckpt") if "ckpt_time_s" in x]
+plain = [x["step_time_s"] for x in rows("ckpt") if "ckpt_time_s" not in x]
+out["ckpt_time_s"] = statistics.median(x["ckpt_time_s"] for x in ck)
+out["step_time_s"] = statistics.median(plain)
+out["ckpt_fraction_of_step"] = out["ckpt_time_s"] / out["step_time_s"]
+print(f"checkpoint (PP 2, uncompressed): {out['ckpt_time_s']*1e3:.1f} ms = {out['ckpt_fraction_of_step']:.2f} x a step of {out['step_time_s']*1e3:.1f} ms")
+print(json.dumps(out))
+PY
