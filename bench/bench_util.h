@@ -13,6 +13,7 @@
 #include <cstring>
 #include <fstream>
 #include <functional>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -80,15 +81,17 @@ inline size_t raw_read(const std::string& path) {
   if (fd < 0) throw std::runtime_error("cannot open " + path);
   struct stat st;
   ::fstat(fd, &st);
-  std::vector<char> buf(static_cast<size_t>(st.st_size));
+  // Uninitialised, like a tensor from at::empty: the read is the first touch of each page.
+  const size_t n = static_cast<size_t>(st.st_size);
+  std::unique_ptr<char[]> buf(new char[n ? n : 1]);
   size_t done = 0;
-  while (done < buf.size()) {
-    const ssize_t r = ::read(fd, buf.data() + done, std::min<size_t>(buf.size() - done, size_t{1} << 30));
+  while (done < n) {
+    const ssize_t r = ::read(fd, buf.get() + done, std::min<size_t>(n - done, size_t{1} << 30));
     if (r <= 0) break;
     done += static_cast<size_t>(r);
   }
   ::close(fd);
-  volatile char sink = buf.empty() ? 0 : buf[buf.size() / 2];
+  volatile char sink = n ? buf[n / 2] : 0;
   (void)sink;
   return done;
 }

@@ -6,14 +6,14 @@ set -euo pipefail
 BUILD=${1:-build}
 BIN=$BUILD/bin
 D=$BUILD/demo
-STEPS=${DEMO_STEPS:-800}
+STEPS=${DEMO_STEPS:-1600}
 STOP=$((STEPS * 3 / 4))
 rm -rf "$D"
 mkdir -p "$D"
 printf '{"d_model": 64, "n_layer": 4, "vocab_size": 16, "d_state": 16}\n' > "$D/model.json"
 TASK=(--data selective-copy --copy-tokens 4 --copy-slots 12 --task-vocab 8)
 TRAIN=(--config "$D/model.json" "${TASK[@]}" --schedule 1f1b --microbatches 4 --microbatch-size 8
-       --steps "$STEPS" --warmup 30 --lr 3e-3 --min-lr 3e-4 --weight-decay 0 --seed 1 --threads 1
+       --steps "$STEPS" --warmup 50 --lr 3e-3 --min-lr 3e-4 --weight-decay 0 --seed 1 --threads 1
        --ckpt-every $((STEPS / 8)) --keep-last 3)
 
 echo "== 1. train at PP 2 (1F1B) to step $STOP of $STEPS, a checkpoint every $((STEPS / 8)) steps"
@@ -57,8 +57,9 @@ print(f"   training accuracy (last 10 steps): {sum(r['accuracy'] for r in resume
 print(f"   throughput: {avg(train, 'tokens_per_s'):.0f} tokens/s at PP 2, {avg(resume, 'tokens_per_s'):.0f} at PP 3; "
       f"bubble {avg(train, 'bubble'):.2f} / {avg(resume, 'bubble'):.2f}")
 step = os.path.join(d, "run", open(os.path.join(d, "run", "latest")).read().strip())
-print(f"   checkpoint sizes: PP 2 {size(step)/1e6:.2f} MB (zstd:1), PP 3 {size(os.path.join(d, 'pp3'))/1e6:.2f} MB "
-      f"(two steps), PP 1 {size(os.path.join(d, 'pp1'))/1e6:.2f} MB (zstd:3)")
+pp3 = os.path.join(d, "pp3", open(os.path.join(d, "pp3", "latest")).read().strip())
+print(f"   checkpoint size (model + AdamW state): PP 2 {size(step)/1e6:.2f} MB (zstd:1), "
+      f"PP 3 {size(pp3)/1e6:.2f} MB (zstd:1), PP 1 {size(os.path.join(d, 'pp1'))/1e6:.2f} MB (zstd:3)")
 PY
 echo "$EVAL" | grep -o 'accuracy [0-9.]*' | sed 's/^/   held-out /'
 echo "   outputs in $D"
