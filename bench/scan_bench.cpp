@@ -17,11 +17,6 @@
 #include "src/model/mamba.h"
 #include "src/pp/optim.h"
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define PMAMBA_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define PMAMBA_CLONES
-#endif
 
 namespace pmamba::bench {
 

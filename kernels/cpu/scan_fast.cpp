@@ -8,12 +8,6 @@
 
 #include "kernels/cpu/vmath.h"
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-// One build runs well everywhere: AVX-512 and AVX2+FMA clones, picked at load time.
-#define PMAMBA_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define PMAMBA_CLONES
-#endif
 
 namespace pmamba::kernels::cpu {
 

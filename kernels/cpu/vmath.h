@@ -12,14 +12,21 @@
 #include <cstdint>
 #include <cstring>
 
+// Hot loops are compiled for AVX-512 and AVX2+FMA as well as the baseline; the loader picks one.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define PMAMBA_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define PMAMBA_CLONES
+#endif
+
 namespace pmamba::kernels::cpu {
 
 inline float fma_(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
 inline double fma_(double a, double b, double c) { return __builtin_fma(a, b, c); }
 
-// exp for x <= 0 (the scan's dt * A): only the lower clamp.
-inline float fast_exp_nonpos(float x) {
-  x = x > -87.3f ? x : -87.3f;
+// exp(x) for x already clamped to [-87.3, 88.3].
+inline float exp_clamped(float x) {
+  // k = round(x / ln 2) by the 1.5 * 2^23 trick (round to nearest even, vectorises everywhere).
   const float magic = 12582912.0f;
   const float kf = (x * 1.44269504088896341f + magic) - magic;
   float r = fma_(kf, -0.693145751953125f, x);
@@ -38,26 +45,13 @@ inline float fast_exp_nonpos(float x) {
   return p * scale;
 }
 
+// exp for x <= 0 (the scan's dt * A): only the lower clamp, which keeps the vector code lean.
+inline float fast_exp_nonpos(float x) { return exp_clamped(x > -87.3f ? x : -87.3f); }
+
 inline float fast_exp(float x) {
   x = x > -87.3f ? x : -87.3f;  // maxps / minps
   x = x < 88.3f ? x : 88.3f;
-  // k = round(x / ln 2) by the 1.5 * 2^23 trick (round to nearest even, vectorises everywhere).
-  const float magic = 12582912.0f;
-  const float kf = (x * 1.44269504088896341f + magic) - magic;
-  float r = fma_(kf, -0.693145751953125f, x);
-  r = fma_(kf, -1.428606765330187e-06f, r);
-  float p = 1.0f / 5040.0f;
-  p = fma_(p, r, 1.0f / 720.0f);
-  p = fma_(p, r, 1.0f / 120.0f);
-  p = fma_(p, r, 1.0f / 24.0f);
-  p = fma_(p, r, 1.0f / 6.0f);
-  p = fma_(p, r, 0.5f);
-  p = fma_(p, r, 1.0f);
-  p = fma_(p, r, 1.0f);
-  const int32_t bits = (static_cast<int32_t>(kf) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
+  return exp_clamped(x);
 }
 
 // log1p(y) for y in [0, 1]: 2 atanh(s), s = y / (2 + y) <= 1/3; terms to s^13 (< 1e-8 relative).

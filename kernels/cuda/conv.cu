@@ -3,6 +3,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include "kernels/cuda/common.cuh"
 #include "kernels/cuda/launch.h"
 
 namespace pmamba::kernels::cuda {
@@ -11,11 +12,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__device__ __forceinline__ float load(const float* p, int64_t i) { return p[i]; }
-__device__ __forceinline__ float load(const __nv_bfloat16* p, int64_t i) { return __bfloat162float(p[i]); }
-__device__ __forceinline__ void store(float* p, int64_t i, float v) { p[i] = v; }
-__device__ __forceinline__ void store(__nv_bfloat16* p, int64_t i, float v) { p[i] = __float2bfloat16(v); }
-__device__ __forceinline__ float sigmoid(float x) { return 1.f / (1.f + expf(-x)); }
 
 template <typename T>
 __device__ float preact(const ConvParams& p, const T* x, int64_t row, int64_t t, int64_t d) {
@@ -35,11 +31,6 @@ __global__ void conv_forward_kernel(ConvParams p) {
   const T* x = static_cast<const T*>(p.x);
   const float a = preact(p, x, row, t, d);
   store(static_cast<T*>(p.out), i, p.silu ? a * sigmoid(a) : a);
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
-  return v;
 }
 
 template <typename T>

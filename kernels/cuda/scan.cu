@@ -6,6 +6,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include "kernels/cuda/common.cuh"
 #include "kernels/cuda/launch.h"
 
 namespace pmamba::kernels::cuda {
@@ -15,13 +16,8 @@ namespace {
 constexpr int kMaxState = 64;
 constexpr int kThreads = 128;
 
-__device__ __forceinline__ float load(const float* p, int64_t i) { return p[i]; }
-__device__ __forceinline__ float load(const __nv_bfloat16* p, int64_t i) { return __bfloat162float(p[i]); }
-__device__ __forceinline__ void store(float* p, int64_t i, float v) { p[i] = v; }
-__device__ __forceinline__ void store(__nv_bfloat16* p, int64_t i, float v) { p[i] = __float2bfloat16(v); }
 
 __device__ __forceinline__ float softplus(float x) { return x > 20.f ? x : log1pf(expf(x)); }
-__device__ __forceinline__ float sigmoid(float x) { return 1.f / (1.f + expf(-x)); }
 
 template <typename T>
 __global__ void scan_forward_kernel(ScanParams p) {
@@ -63,11 +59,6 @@ __global__ void scan_forward_kernel(ScanParams p) {
   if (p.last_state) {
     for (int n = 0; n < N; ++n) p.last_state[(b * p.dim + d) * N + n] = h[n];
   }
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
-  return v;
 }
 
 template <typename T>

@@ -21,6 +21,9 @@ namespace pmamba::model {
 void init_parameter(const std::string& fqn, at::Tensor& param, const MambaConfig& config,
                     uint64_t seed);
 
+/// splitmix64's finaliser: a bijective 64-bit mix (also used to derive data samples).
+uint64_t mix64(uint64_t x);
+
 /// Counter-based generator (exposed for tests).
 class FqnRng {
  public:

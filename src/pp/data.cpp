@@ -6,18 +6,14 @@
 #include <fstream>
 #include <sstream>
 
+#include "src/model/init.h"
 #include "src/pp/errors.h"
 
 namespace pmamba::pp {
 
 namespace {
 
-uint64_t mix(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
+uint64_t mix(uint64_t x) { return model::mix64(x); }
 
 // A small counter-based stream per sample: draw k of sample i is mix(key(seed, i) + k).
 class SampleRng {

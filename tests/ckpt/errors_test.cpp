@@ -11,6 +11,29 @@
 namespace pmamba::ckpt {
 namespace {
 
+// Writes a float32 dataset with valid attributes into an existing shard (replacing any there) and
+// records the shard's new size in the manifest, as a tampering writer would.
+void plant_dataset(const std::string& shard, const std::string& path, const at::Tensor& data,
+                   const std::string& manifest) {
+  {
+    h5::Silence quiet;
+    h5::Handle f = h5::open_file_rw(shard);
+    if (h5::exists(f.get(), path)) H5Ldelete(f.get(), path.c_str(), H5P_DEFAULT);
+    hsize_t dims[1] = {static_cast<hsize_t>(data.numel())};
+    h5::Handle space(H5Screate_simple(1, dims, nullptr));
+    h5::Handle lcpl(H5Pcreate(H5P_LINK_CREATE));
+    H5Pset_create_intermediate_group(lcpl.get(), 1);
+    h5::Handle ds(H5Dcreate2(f.get(), path.c_str(), H5T_IEEE_F32LE, space.get(), lcpl.get(), H5P_DEFAULT, H5P_DEFAULT));
+    H5Dwrite(ds.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data.data_ptr());
+    h5::write_attr(ds.get(), "dtype", std::string("float32"));
+    h5::write_attr(ds.get(), "xxh3_64", digest_hex(tensor_digest(data)));
+  }
+  const std::string t = fs::read_file(manifest);
+  const std::string key = "\"file\":\"" + fs::basename(shard) + "\",\"bytes\":";
+  const size_t p = t.find(key) + key.size();
+  test::write_text(manifest, t.substr(0, p) + std::to_string(fs::file_size(shard)) + t.substr(t.find('}', p)));
+}
+
 class CheckpointErrors : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -103,24 +126,7 @@ TEST_F(CheckpointErrors, RejectsFqnListedTwiceInManifest) {
 }
 
 TEST_F(CheckpointErrors, RejectsFqnStoredInTwoShards) {
-  {  // stage 1 also stores a copy of layer 0's D
-    h5::Silence quiet;
-    h5::Handle f = h5::open_file_rw(shard(1));
-    const at::Tensor d = at::ones({64});
-    hsize_t dims[1] = {64};
-    h5::Handle space(H5Screate_simple(1, dims, nullptr));
-    h5::Handle lcpl(H5Pcreate(H5P_LINK_CREATE));
-    H5Pset_create_intermediate_group(lcpl.get(), 1);
-    h5::Handle ds(H5Dcreate2(f.get(), "/model/backbone/layers/0/mixer/D", H5T_IEEE_F32LE, space.get(), lcpl.get(),
-                             H5P_DEFAULT, H5P_DEFAULT));
-    H5Dwrite(ds.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, d.data_ptr());
-    h5::write_attr(ds.get(), "dtype", std::string("float32"));
-    h5::write_attr(ds.get(), "xxh3_64", digest_hex(tensor_digest(d)));
-  }
-  const std::string t = fs::read_file(manifest_);
-  const std::string key = "\"file\":\"stage-01-of-02.h5\",\"bytes\":";
-  const size_t p = t.find(key) + key.size();
-  test::write_text(manifest_, t.substr(0, p) + std::to_string(fs::file_size(shard(1))) + t.substr(t.find('}', p)));
+  plant_dataset(shard(1), "/model/backbone/layers/0/mixer/D", at::ones({64}), manifest_);  // layer 0 is stage 0's
   CheckpointReader r(root_);
   PMAMBA_EXPECT_THROW_WITH(r.read("backbone.layers.3.mixer.D", Slot::kParam), FormatError,
                            "holds 'backbone.layers.0.mixer.D' (param) which the manifest places elsewhere");
@@ -145,23 +151,7 @@ TEST_F(CheckpointErrors, RefusesAbsurdSizeBeforeAllocating) {
 }
 
 TEST_F(CheckpointErrors, ShardDatasetWithWrongShapeIsRejected) {
-  {  // replace layer 2's D in the shard by a longer vector
-    h5::Silence quiet;
-    h5::Handle f = h5::open_file_rw(shard(1));
-    H5Ldelete(f.get(), "/model/backbone/layers/2/mixer/D", H5P_DEFAULT);
-    const at::Tensor d = at::ones({1 << 20});
-    hsize_t dims[1] = {1 << 20};
-    h5::Handle space(H5Screate_simple(1, dims, nullptr));
-    h5::Handle ds(H5Dcreate2(f.get(), "/model/backbone/layers/2/mixer/D", H5T_IEEE_F32LE, space.get(), H5P_DEFAULT,
-                             H5P_DEFAULT, H5P_DEFAULT));
-    H5Dwrite(ds.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, d.data_ptr());
-    h5::write_attr(ds.get(), "dtype", std::string("float32"));
-    h5::write_attr(ds.get(), "xxh3_64", digest_hex(tensor_digest(d)));
-  }
-  const std::string t = fs::read_file(manifest_);
-  const std::string key = "\"file\":\"stage-01-of-02.h5\",\"bytes\":";
-  const size_t p = t.find(key) + key.size();
-  test::write_text(manifest_, t.substr(0, p) + std::to_string(fs::file_size(shard(1))) + t.substr(t.find('}', p)));
+  plant_dataset(shard(1), "/model/backbone/layers/2/mixer/D", at::ones({1 << 20}), manifest_);
   CheckpointReader r(root_);
   PMAMBA_EXPECT_THROW_WITH(r.read("backbone.layers.2.mixer.D", Slot::kParam), FormatError,
                            "'backbone.layers.2.mixer.D' (param) metadata disagree with the manifest");
