@@ -248,25 +248,8 @@ const std::unordered_map<std::string, DatasetInfo>& CheckpointReader::shard_data
 }
 
 void CheckpointReader::read(const std::string& fqn, Slot slot, at::Tensor& dest) {
-  h5::Silence quiet;
-  const TensorEntry& t = manifest_.resolve(fqn);
-  auto it = t.slots.find(slot);
-  if (it == t.slots.end()) {
-    throw FormatError("checkpoint '" + dir_ + "' has no " + slot_name(slot) + " for '" + fqn + "'");
-  }
-  const SlotEntry& se = it->second;
-  if (dest.sizes().vec() != se.shape || dtype_name(dest.scalar_type()) != se.dtype || !dest.is_contiguous()) {
-    throw UsageError("cannot load '" + fqn + "' (" + slot_name(slot) + ") of shape " +
-                     std::to_string(se.shape.size()) + "-d " + se.dtype + " into the given tensor");
-  }
-  ShardReader& reader = shard(t.file);
-  const DatasetInfo& info = datasets_.at(t.file).at(se.path);
-  reader.read(info, dest, pool_.get());
-  const uint64_t got = tensor_digest(dest);
-  if (got != se.digest) {
-    throw IntegrityError("digest mismatch for '" + fqn + "' (" + slot_name(slot) + ") in " + fs::join(dir_, t.file) +
-                         ": recorded " + digest_hex(se.digest) + ", data hashes to " + digest_hex(got));
-  }
+  std::vector<ReadRequest> one{{fqn, slot, dest}};
+  read_many(one);
 }
 
 void CheckpointReader::read_many(std::vector<ReadRequest>& requests) {
@@ -344,14 +327,9 @@ void CheckpointReader::read_many(std::vector<ReadRequest>& requests) {
 }
 
 at::Tensor CheckpointReader::read(const std::string& fqn, Slot slot) {
-  const TensorEntry& t = manifest_.resolve(fqn);
-  auto it = t.slots.find(slot);
-  if (it == t.slots.end()) {
-    throw FormatError("checkpoint '" + dir_ + "' has no " + slot_name(slot) + " for '" + fqn + "'");
-  }
-  at::Tensor out = at::empty(it->second.shape, at::TensorOptions().dtype(dtype_from_name(it->second.dtype)));
-  read(fqn, slot, out);
-  return out;
+  std::vector<ReadRequest> one{{fqn, slot, at::Tensor()}};
+  read_many(one);
+  return one.front().dest;
 }
 
 }  // namespace pmamba::ckpt
