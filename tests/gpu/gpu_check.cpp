@@ -18,16 +18,11 @@
 
 #include "kernels/causal_conv1d.h"
 #include "kernels/selective_scan.h"
+#include "tests/cuda_compare.h"
 
 using namespace pmamba::kernels;
 
 namespace {
-
-double rel_err(const at::Tensor& got, const at::Tensor& ref) {
-  const at::Tensor g = got.detach().to(at::kDouble).cpu(), r = ref.detach().to(at::kDouble).cpu();
-  if (!at::isfinite(g).all().item<bool>()) return INFINITY;
-  return (g - r).abs().max().item<double>() / std::max(r.abs().max().item<double>(), 1e-30);
-}
 
 double median_ms(const std::function<void()>& fn, int reps = 20) {
   for (int i = 0; i < 3; ++i) fn();
@@ -52,35 +47,14 @@ void scan_case(int64_t B, int64_t D, int64_t L, int64_t N, bool with_z, at::Scal
                                   at::randn({B, N, L}, cpu), at::randn({D}, cpu),
                                   with_z ? at::randn({B, D, L}, cpu) : at::Tensor(), at::rand({D}, cpu) * 0.5};
   const at::Tensor w = at::randn({B, D, L}, at::TensorOptions().dtype(at::kDouble));
-  auto run = [&](bool on_gpu, std::vector<at::Tensor>& grads) {
-    std::vector<at::Tensor> in;
-    for (size_t i = 0; i < base.size(); ++i) {
-      if (!base[i].defined()) {
-        in.emplace_back();
-        continue;
-      }
-      const bool param = i == 2 || i == 5 || i == 7;
-      at::Tensor t = base[i].to(param ? at::kFloat : dt);  // round to the tested dtype first
-      t = on_gpu ? t.cuda() : t.to(at::kDouble);
-      in.push_back(t.detach().requires_grad_(true));
-    }
-    ScanOptions o;
-    const at::Tensor out = selective_scan(in[0], in[1], in[2], in[3], in[4], in[5], in[6], in[7], o).out;
-    (out.to(at::kDouble) * w.to(out.device())).sum().backward();
-    for (auto& t : in) grads.push_back(t.defined() ? t.grad() : at::Tensor());
-    return out;
-  };
-  std::vector<at::Tensor> g_gpu, g_ref;
-  const at::Tensor o_gpu = run(true, g_gpu), o_ref = run(false, g_ref);
+  const pmamba::test::CudaErrors e = pmamba::test::scan_vs_reference(base, dt, w);
   const double tol = dt == at::kFloat ? 1e-4 : 2e-2;
-  double worst = rel_err(o_gpu, o_ref);
+  double worst = e.out;
   std::string where = "out";
   const char* names[] = {"du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddelta_bias"};
-  for (size_t i = 0; i < g_gpu.size(); ++i) {
-    if (!g_ref[i].defined()) continue;
-    const double e = rel_err(g_gpu[i], g_ref[i]);
-    if (e > worst) {
-      worst = e;
+  for (size_t i = 0; i < e.grads.size(); ++i) {
+    if (e.grads[i] > worst) {
+      worst = e.grads[i];
       where = names[i];
     }
   }
@@ -94,18 +68,9 @@ void scan_case(int64_t B, int64_t D, int64_t L, int64_t N, bool with_z, at::Scal
 
 void conv_case(int64_t B, int64_t D, int64_t L, int64_t K, at::ScalarType dt) {
   const at::Tensor x = at::randn({B, D, L}).to(dt), w = at::randn({D, K}), b = at::randn({D});
-  std::vector<at::Tensor> grads[2];
-  at::Tensor outs[2];
-  for (int gpu = 0; gpu < 2; ++gpu) {
-    at::Tensor xi = (gpu ? x.cuda() : x.to(at::kDouble)).detach().requires_grad_(true);
-    at::Tensor wi = (gpu ? w.cuda() : w.to(at::kDouble)).detach().requires_grad_(true);
-    at::Tensor bi = (gpu ? b.cuda() : b.to(at::kDouble)).detach().requires_grad_(true);
-    outs[gpu] = causal_conv1d(xi, wi, bi, true);
-    outs[gpu].to(at::kDouble).sum().backward();
-    grads[gpu] = {xi.grad(), wi.grad(), bi.grad()};
-  }
-  double worst = rel_err(outs[1], outs[0]);
-  for (int i = 0; i < 3; ++i) worst = std::max(worst, rel_err(grads[1][i], grads[0][i]));
+  const pmamba::test::CudaErrors e = pmamba::test::conv_vs_reference(x, w, b);
+  double worst = e.out;
+  for (const double g : e.grads) worst = std::max(worst, g);
   const bool ok = worst <= (dt == at::kFloat ? 1e-4 : 2e-2);
   failures += !ok;
   std::printf("conv   B %lld D %4lld L %5lld K %lld  %-8s  worst rel err %.2e  %s\n", static_cast<long long>(B),
