@@ -104,6 +104,31 @@ ScheduleStats check_schedule(const Schedule& sch) {
       if (s > 0 && !seen.count({Op::kSendGrad, i})) fail("stage " + std::to_string(s) + " never sends gradient " + std::to_string(i) + " (stage " + std::to_string(s - 1) + " waits for it)");
     }
   }
+  // Each link carries its messages in order: the receiver takes them in the order the sender
+  // posts them. Gloo matches messages by tag and would not mind, but NCCL has no tags and pairs
+  // sends with receives in issue order.
+  auto order = [&](int s, Op op) {
+    std::vector<int> v;
+    for (const Action& a : sch.actions[s]) {
+      if (a.op == op) v.push_back(a.mb);
+    }
+    return v;
+  };
+  auto list = [](const std::vector<int>& v) {
+    std::string out;
+    for (int x : v) out += (out.empty() ? "" : " ") + std::to_string(x);
+    return out;
+  };
+  for (int s = 0; s + 1 < p; ++s) {
+    if (order(s, Op::kSendAct) != order(s + 1, Op::kRecvAct)) {
+      fail("stage " + std::to_string(s) + " sends activations in the order " + list(order(s, Op::kSendAct)) + " but stage " +
+           std::to_string(s + 1) + " receives them in the order " + list(order(s + 1, Op::kRecvAct)));
+    }
+    if (order(s + 1, Op::kSendGrad) != order(s, Op::kRecvGrad)) {
+      fail("stage " + std::to_string(s + 1) + " sends gradients in the order " + list(order(s + 1, Op::kSendGrad)) +
+           " but stage " + std::to_string(s) + " receives them in the order " + list(order(s, Op::kRecvGrad)));
+    }
+  }
   // Simulate: sends are posted without waiting (a message appears on its channel), receives
   // block until their message is there. Any state where nobody can move is a deadlock.
   std::vector<size_t> pc(static_cast<size_t>(p), 0);

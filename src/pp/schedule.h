@@ -47,7 +47,8 @@ struct ScheduleStats {
 
 /// Checks the schedule and returns its statistics. Throws ScheduleError describing the first
 /// problem: a send without its receive (or the reverse), a forward without its backward, a
-/// backward before its forward, an action on the wrong end of the pipeline, or a deadlock.
+/// backward before its forward, an action on the wrong end of the pipeline, messages taken off
+/// a link in another order than they were sent (NCCL pairs them by order), or a deadlock.
 ScheduleStats check_schedule(const Schedule& schedule);
 
 /// One line per stage: "stage 1: R0 F0 S0 R1 F1 ...", plus the statistics.

@@ -75,6 +75,21 @@ TEST(Schedule, RejectsADeadlock) {
   PMAMBA_EXPECT_THROW_WITH(check_schedule(s), ScheduleError, "deadlock: stage 0 waits at recv_grad 0; stage 1 waits at recv_act 0");
 }
 
+TEST(Schedule, RejectsMessagesTakenOffALinkOutOfOrder) {
+  // Deadlock-free with tags (Gloo), but NCCL pairs messages by order and would hand
+  // activation 0 to the receive meant for activation 1.
+  Schedule s = make_gpipe(2, 2);
+  s.actions[1] = {{Op::kRecvAct, 1}, {Op::kRecvAct, 0}, {Op::kForward, 0}, {Op::kForward, 1},
+                  {Op::kBackward, 0}, {Op::kSendGrad, 0}, {Op::kBackward, 1}, {Op::kSendGrad, 1}};
+  PMAMBA_EXPECT_THROW_WITH(check_schedule(s), ScheduleError,
+                           "stage 0 sends activations in the order 0 1 but stage 1 receives them in the order 1 0");
+  s = make_gpipe(2, 2);
+  s.actions[0] = {{Op::kForward, 0}, {Op::kSendAct, 0}, {Op::kForward, 1}, {Op::kSendAct, 1},
+                  {Op::kRecvGrad, 1}, {Op::kRecvGrad, 0}, {Op::kBackward, 0}, {Op::kBackward, 1}};
+  PMAMBA_EXPECT_THROW_WITH(check_schedule(s), ScheduleError,
+                           "stage 1 sends gradients in the order 0 1 but stage 0 receives them in the order 1 0");
+}
+
 TEST(Schedule, RejectsBackwardWithoutForwardAndDuplicates) {
   Schedule s = make_gpipe(1, 2);
   s.actions[0] = {{Op::kBackward, 0}, {Op::kForward, 0}, {Op::kForward, 1}, {Op::kBackward, 1}};
