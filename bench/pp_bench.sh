@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Pipeline benchmark: training tokens/s of a small Mamba on the CPU at PP 1, 2, 4 for GPipe and
-# 1F1B with m = 1, 4, 8 microbatches; measured bubble (fraction of the step the stages wait for
+# 1F1B with m = 1, 4, 8 microbatches; measured bubble (fraction of the pipeline phase the stages wait for
 # a peer) next to the theoretical (p-1)/(m+p-1); bytes sent per step, packed vs summed; time
 # spent saving a checkpoint as a fraction of the step time. One stage per process, 1 thread
 # each.   Usage: bench/pp_bench.sh BUILD_DIR [STEPS]

@@ -37,6 +37,9 @@ int main(int argc, char** argv) {
   app.add_option("--copy-slots", o.data_options.copy_slots, "with --data selective-copy");
   app.add_option("--task-vocab", o.data_options.task_vocab, "with --data selective-copy / induction");
   app.add_option("--logits-out", o.logits_out, "write logits to this HDF5 file (dataset /logits)");
+  app.add_option("--device", o.device, "cpu, cuda (the local rank's GPU), cuda:N, or auto (CUDA when available)");
+  app.add_option("--backend", o.backend, "c10d backend between stages: gloo, nccl, or auto (NCCL on CUDA)")
+      ->check(CLI::IsMember({"auto", "gloo", "nccl"}));
   app.add_option("--threads", o.threads, "intra-op threads (0 = LibTorch default)")
       ->check(CLI::Range(0, 1024));
   app.add_flag("--inproc", o.inproc, "chain the stages in this process (default: one process per stage)");

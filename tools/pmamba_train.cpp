@@ -3,7 +3,7 @@
 #include "tools/tool_main.h"
 
 int main(int argc, char** argv) {
-  CLI::App app{"Train a Mamba LM with pipeline parallelism over c10d (Gloo on CPU). Without launcher "
+  CLI::App app{"Train a Mamba LM with pipeline parallelism over c10d (Gloo on CPU, NCCL on CUDA). Without launcher "
                "variables, --pp N starts N local processes; under torchrun/Slurm/mpirun each process is "
                "one stage.",
                "pmamba-train"};
@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
       "               --steps 30 --ckpt-every 10 --ckpt-dir run\n"
       "  pmamba-train --pp 3 --resume run --ckpt-dir run --steps 30        # resume at another PP degree\n"
       "  torchrun --no-python --nproc-per-node 4 build/bin/pmamba-train --pp 4 --preset small --data text:book.txt\n"
+      "           (with a CUDA LibTorch: stage k on GPU LOCAL_RANK, activations over NCCL)\n"
       "Exit codes: 0 ok, 1 a stage failed or stopped answering, 2 bad arguments or unreadable input, 3 internal error.");
   pmamba::pp::TrainOptions o;
   std::string data = "selective-copy";
@@ -46,6 +47,11 @@ int main(int argc, char** argv) {
   app.add_option("--keep-last", o.keep_last, "keep only the newest K checkpoints");
   app.add_option("--resume", o.resume, "auto (newest in --ckpt-dir, if any) or a checkpoint path");
   app.add_option("--compression", o.compression, "checkpoint compression: none, zstd or zstd:LEVEL");
+  app.add_option("--device", o.device, "cpu, cuda (the local rank's GPU), cuda:N, or auto (CUDA when available)");
+  app.add_option("--backend", o.backend, "c10d backend between stages: gloo, nccl, or auto (NCCL on CUDA)")
+      ->check(CLI::IsMember({"auto", "gloo", "nccl"}));
+  app.add_option("--autocast", o.autocast, "none, or bf16: forward matmuls in bfloat16 (weights, optimizer, loss in float32)")
+      ->check(CLI::IsMember({"none", "bf16"}));
   app.add_option("--threads", o.threads, "intra-op threads per stage (0 = LibTorch default)");
   app.add_option("--timeout", o.timeout_s, "seconds to wait for another stage before failing");
   app.add_option("--metrics", o.metrics_path, "write JSON lines of per-step metrics here");

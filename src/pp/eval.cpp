@@ -12,6 +12,7 @@
 
 #include "src/ckpt/tensor_file.h"
 #include "src/model/partition.h"
+#include "src/pp/device.h"
 #include "src/pp/errors.h"
 #include "src/pp/launch.h"
 #include "src/pp/state.h"
@@ -131,19 +132,20 @@ Prepared prepare(const EvalOptions& o) {
   return p;
 }
 
-model::MambaLM build_stage(Prepared& p, const model::StageSpec& spec, const EvalOptions& o) {
+model::MambaLM build_stage(Prepared& p, const model::StageSpec& spec, const EvalOptions& o, c10::Device device) {
   model::MambaLM stage(p.config, spec, o.boundary);
   if (p.reader) {
     load_stage(*p.reader, *stage, nullptr);
   } else {
     stage->init_parameters(o.seed);
   }
+  if (!device.is_cpu()) stage->to(device);
   return stage;
 }
 
 EvalResult finish(const at::Tensor& logits, const Prepared& p, const EvalOptions& o) {
   EvalResult r;
-  r.logits = logits.to(at::kFloat);
+  r.logits = logits.to(at::kFloat).cpu();
   r.partition = model::partition_string(p.stages);
   const int64_t len = p.ids.size(1);
   if (p.mask.defined()) {
@@ -170,9 +172,11 @@ constexpr int kTagEval = 7;
 
 EvalResult run_eval(const EvalOptions& o) {
   Prepared p = prepare(o);
+  const c10::Device device = resolve_device(o.device, 0);
+  make_current(device);
   c10::NoGradGuard no_grad;
-  at::Tensor x = p.ids;
-  for (const auto& spec : p.stages) x = build_stage(p, spec, o)->forward(x);
+  at::Tensor x = p.ids.to(device);
+  for (const auto& spec : p.stages) x = build_stage(p, spec, o, device)->forward(x);
   return finish(x, p, o);
 }
 
@@ -195,6 +199,7 @@ int eval_main(const EvalOptions& o, int argc, char** argv) {
   }
   if (!env.present) {
     prepare(o);  // fail on bad arguments before starting processes
+    resolve_backend(o.backend, resolve_device(o.device, 0));
     LaunchOptions l;
     l.ranks = o.pp;
     l.argv.assign(argv, argv + argc);
@@ -205,13 +210,17 @@ int eval_main(const EvalOptions& o, int argc, char** argv) {
     throw UsageError("--pp is " + std::to_string(o.pp) + " but the launcher started " + std::to_string(env.world) + " processes");
   }
   Prepared p = prepare(o);
-  Transport tx(env, std::chrono::milliseconds(static_cast<int64_t>(o.timeout_s * 1000)));
+  const c10::Device device = resolve_device(o.device, env.local_rank);
+  make_current(device);
+  Transport tx(env, std::chrono::milliseconds(static_cast<int64_t>(o.timeout_s * 1000)), resolve_backend(o.backend, device),
+               device);
   const model::StageSpec& spec = p.stages[static_cast<size_t>(env.rank)];
-  model::MambaLM stage = build_stage(p, spec, o);
+  model::MambaLM stage = build_stage(p, spec, o, device);
   c10::NoGradGuard no_grad;
-  at::Tensor x = p.ids;
+  at::Tensor x = p.ids.to(device);
   if (!spec.is_first()) {
-    x = at::empty(stage->boundary_shape(p.ids.size(0), p.ids.size(1)), stage->residual_dtype());
+    x = at::empty(stage->boundary_shape(p.ids.size(0), p.ids.size(1)),
+                  at::TensorOptions().dtype(stage->residual_dtype()).device(device));
     tx.recv(x, env.rank - 1, kTagEval, "the activations");
   }
   x = stage->forward(x);

@@ -30,6 +30,8 @@ struct EvalOptions {
   DataOptions data_options;
   std::string logits_out;   // HDF5 file with dataset /logits (float32, (B, L, V))
   int threads = 0;          // 0 = leave LibTorch's setting
+  std::string device = "auto";   // cpu | cuda | cuda:N | auto (see device.h)
+  std::string backend = "auto";  // gloo | nccl | auto
   bool inproc = false;      // chain the stages in this process instead of one process per stage
   double timeout_s = 120;
 };

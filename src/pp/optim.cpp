@@ -55,8 +55,8 @@ void AdamW::step(double lr) {
     if (fqn == leader_) leader_param = p;
     ParamState& s = state_.at(fqn);
     at::Tensor g = p.grad().defined() ? p.grad().to(at::kFloat) : at::zeros_like(s.exp_avg);
-    if (!s.exp_avg.defined()) s.exp_avg = at::zeros(p.sizes(), at::kFloat);
-    if (!s.exp_avg_sq.defined()) s.exp_avg_sq = at::zeros(p.sizes(), at::kFloat);
+    if (!s.exp_avg.defined()) s.exp_avg = at::zeros(p.sizes(), p.options().dtype(at::kFloat));
+    if (!s.exp_avg_sq.defined()) s.exp_avg_sq = at::zeros(p.sizes(), p.options().dtype(at::kFloat));
     s.step += 1;
     const double bc1 = 1.0 - std::pow(options_.beta1, static_cast<double>(s.step));
     const double bc2 = 1.0 - std::pow(options_.beta2, static_cast<double>(s.step));
@@ -67,6 +67,13 @@ void AdamW::step(double lr) {
     p.addcdiv_(s.exp_avg, denom, -lr / bc1);
   }
   if (follower_param.defined()) follower_param.copy_(leader_param);
+}
+
+void AdamW::to(c10::Device device) {
+  for (auto& [fqn, s] : state_) {
+    if (s.exp_avg.defined()) s.exp_avg = s.exp_avg.to(device);
+    if (s.exp_avg_sq.defined()) s.exp_avg_sq = s.exp_avg_sq.to(device);
+  }
 }
 
 }  // namespace pmamba::pp

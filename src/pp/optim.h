@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
 
 #include <cstdint>
 #include <map>
@@ -49,6 +50,8 @@ class AdamW {
   /// Every state entry (the follower of a tie has none of its own).
   const std::map<std::string, ParamState>& states() const { return state_; }
   const AdamWOptions& options() const { return options_; }
+  /// Moves the moments to `device` (after a load on the CPU, for a model on a GPU).
+  void to(c10::Device device);
 
  private:
   std::vector<std::pair<std::string, at::Tensor>> params_;

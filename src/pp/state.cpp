@@ -17,13 +17,14 @@ ckpt::StageData collect_stage(model::MambaLMImpl& m, const AdamW* optim) {
   const model::StageSpec& stage = m.stage();
   for (const auto& item : m.named_parameters()) {
     const std::string& fqn = item.key();
-    const at::Tensor p = item.value().detach();
+    // Shards are written from host memory; for a model on the CPU these are the tensors themselves.
+    const at::Tensor p = item.value().detach().cpu();
     at::Tensor exp_avg, exp_avg_sq;
     int64_t step = 0;
     if (optim) {
       const ParamState& s = optim->state(fqn);
-      exp_avg = s.exp_avg;
-      exp_avg_sq = s.exp_avg_sq;
+      if (s.exp_avg.defined()) exp_avg = s.exp_avg.cpu();
+      if (s.exp_avg_sq.defined()) exp_avg_sq = s.exp_avg_sq.cpu();
       step = s.step;
     }
     if (!exp_avg.defined()) exp_avg = at::zeros(p.sizes(), at::kFloat);
@@ -64,7 +65,8 @@ void load_stage(ckpt::CheckpointReader& reader, model::MambaLMImpl& m, AdamW* op
   std::vector<at::Tensor> steps;
   for (auto& item : m.named_parameters()) {
     at::Tensor p = item.value().detach();
-    requests.push_back({item.key(), Slot::kParam, p.is_contiguous() ? p : at::Tensor()});
+    // Read straight into a contiguous CPU parameter; anything else gets a host buffer and a copy.
+    requests.push_back({item.key(), Slot::kParam, p.is_cpu() && p.is_contiguous() ? p : at::Tensor()});
     if (optim && !optim->is_follower(item.key())) {
       requests.push_back({item.key(), Slot::kExpAvg, at::Tensor()});
       requests.push_back({item.key(), Slot::kExpAvgSq, at::Tensor()});
@@ -78,8 +80,8 @@ void load_stage(ckpt::CheckpointReader& reader, model::MambaLMImpl& m, AdamW* op
     if (r.dest.data_ptr() != item.value().data_ptr()) item.value().copy_(r.dest);
     if (optim && !optim->is_follower(item.key())) {
       ParamState& s = optim->state(item.key());
-      s.exp_avg = requests[i++].dest;
-      s.exp_avg_sq = requests[i++].dest;
+      s.exp_avg = requests[i++].dest.to(item.value().device());
+      s.exp_avg_sq = requests[i++].dest.to(item.value().device());
       s.step = requests[i++].dest.item<int64_t>();
     }
   }

@@ -17,6 +17,7 @@
 #include "src/ckpt/fs.h"
 #include "src/model/fqn.h"
 #include "src/model/mamba.h"
+#include "src/pp/device.h"
 #include "src/pp/errors.h"
 #include "src/pp/launch.h"
 #include "src/pp/schedule.h"
@@ -53,8 +54,10 @@ uint64_t fnv(const std::string& s) {
 }
 
 // Sum of squares of a float tensor in float64, element by element in storage order: the same
-// number whatever the thread count, on every stage and at PP = 1.
+// number whatever the thread count, on every stage and at PP = 1. On a GPU, the device's own
+// reduction (its order depends only on the shape, which is the same at every PP degree).
 double sum_of_squares(const at::Tensor& g) {
+  if (!g.is_cpu()) return g.detach().to(at::kDouble).pow(2).sum().item<double>();
   const at::Tensor c = g.detach().to(at::kFloat).contiguous();
   const float* p = c.data_ptr<float>();
   double s = 0;
@@ -82,6 +85,9 @@ class Rank {
 
   TrainOptions o_;
   DistEnv env_;
+  c10::Device device_{c10::kCPU};
+  std::string backend_ = "gloo";
+  c10::ScalarType autocast_ = c10::ScalarType::Undefined;
   std::unique_ptr<Transport> tx_;
   int rank_ = 0, world_ = 1;
   model::MambaConfig config_;
@@ -107,8 +113,12 @@ void Rank::setup() {
                      " processes (" + env_.source + "); pmamba runs one process per pipeline stage");
   }
   if (o_.threads > 0) at::set_num_threads(o_.threads);
+  device_ = resolve_device(o_.device, env_.local_rank);
+  backend_ = resolve_backend(o_.backend, device_);
+  make_current(device_);
+  autocast_ = parse_autocast(o_.autocast);
   const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(o_.timeout_s * 1000));
-  if (world_ > 1) tx_ = std::make_unique<Transport>(env_, timeout);
+  if (world_ > 1) tx_ = std::make_unique<Transport>(env_, timeout, backend_, device_);
 
   // Resume source: an explicit checkpoint, or with "auto" the newest one in --ckpt-dir.
   std::unique_ptr<ckpt::CheckpointReader> reader;
@@ -156,6 +166,12 @@ void Rank::setup() {
   } else {
     model_->init_parameters(o_.seed);
   }
+  // Built, initialised and loaded in host memory; moved as a whole (set_data keeps the
+  // parameter handles the optimizer holds).
+  if (!device_.is_cpu()) {
+    model_->to(device_);
+    opt_->to(device_);
+  }
   for (const auto& p : model::list_parameters(config_)) {
     if (p.tied_to.empty()) norm_order_.push_back(p.fqn);  // the tie is counted once
   }
@@ -180,9 +196,10 @@ void Rank::handshake() {
   static const char* kFields[] = {"magic", "schema version", "boundary mode", "boundary dtype", "microbatch size",
                                   "sequence length", "d_model", "config digest", "schedule", "microbatches",
                                   "pipeline stages", "partition", "data seed", "start step", "samples consumed",
-                                  "data source"};
+                                  "data source", "autocast dtype"};
+  constexpr int kN = static_cast<int>(sizeof kFields / sizeof kFields[0]);
   auto header = [&]() {
-    at::Tensor h = at::zeros({16}, at::kLong);
+    at::Tensor h = at::zeros({kN}, at::kLong);
     auto a = h.accessor<int64_t, 1>();
     a[0] = 0x706d616d6261;  // "pmamba"
     a[1] = 1;
@@ -200,11 +217,12 @@ void Rank::handshake() {
     a[13] = start_step_;
     a[14] = samples_;
     a[15] = static_cast<int64_t>(fnv(o_.data.source));
+    a[16] = static_cast<int64_t>(autocast_);
     return h;
   };
   const at::Tensor mine = header();
   auto compare = [&](const at::Tensor& theirs, int peer) {
-    for (int i = 0; i < 16; ++i) {
+    for (int i = 0; i < kN; ++i) {
       const int64_t a = mine[i].item<int64_t>(), b = theirs[i].item<int64_t>();
       if (a != b) {
         throw PipelineError("handshake with stage " + std::to_string(peer) + " failed: " + kFields[i] +
@@ -217,12 +235,12 @@ void Rank::handshake() {
   if (rank_ + 1 < world_) tx_->isend(mine, rank_ + 1, kTagHandshakeDown, "handshake");
   if (rank_ > 0) tx_->isend(mine, rank_ - 1, kTagHandshakeUp, "handshake");
   if (rank_ > 0) {
-    at::Tensor h = at::empty({16}, at::kLong);
+    at::Tensor h = at::empty({kN}, at::kLong);
     tx_->recv(h, rank_ - 1, kTagHandshakeDown, "the handshake");
     compare(h, rank_ - 1);
   }
   if (rank_ + 1 < world_) {
-    at::Tensor h = at::empty({16}, at::kLong);
+    at::Tensor h = at::empty({kN}, at::kLong);
     tx_->recv(h, rank_ + 1, kTagHandshakeUp, "the handshake");
     compare(h, rank_ + 1);
   }
@@ -252,19 +270,27 @@ void Rank::step(int64_t step) {
     batch = data_->batch(samples_, static_cast<int64_t>(m) * o_.microbatch_size);
     global_tokens = static_cast<double>(batch.mask.sum().item<int64_t>());
     if (global_tokens == 0) throw UsageError("the batch has no target positions");
+    if (!device_.is_cpu()) {
+      batch.inputs = batch.inputs.to(device_);
+      batch.targets = batch.targets.to(device_);
+      batch.mask = batch.mask.to(device_);
+    }
   }
   for (auto& p : model_->parameters()) p.mutable_grad().reset();
 
+  // The pipeline phase (the schedule's actions) is what (p - 1) / (m + p - 1) describes; the
+  // tied exchange, grad norm and optimizer after it are timed apart.
+  const double pipe_t0 = now_s();
   std::vector<at::Tensor> inputs(m), outputs(m), grads_in(m), losses(m);
   std::vector<int64_t> correct(m, 0);
   double idle = 0, bytes_sent = 0;
   const auto shape = model_->boundary_shape(o_.microbatch_size, data_->seq_len());
-  const auto bdtype = model_->residual_dtype();
+  const auto boptions = at::TensorOptions().dtype(model_->residual_dtype()).device(device_);
   for (const Action& a : schedule_.actions[static_cast<size_t>(rank_)]) {
     const int i = a.mb;
     switch (a.op) {
       case Op::kRecvAct: {
-        at::Tensor t = at::empty(shape, bdtype);
+        at::Tensor t = at::empty(shape, boptions);
         const double w = now_s();
         tx_->recv(t, rank_ - 1, act_tag(i), "activation " + std::to_string(i));
         idle += now_s() - w;
@@ -273,10 +299,13 @@ void Rank::step(int64_t step) {
       }
       case Op::kForward: {
         const at::Tensor x = first ? mb_slice(batch.inputs, i) : inputs[i];
+        // Autocast covers the forward only: backward ops follow the dtypes the forward chose.
+        AutocastGuard autocast(device_.type(), autocast_);
         at::Tensor y = model_->forward(x);
         if (last) {
           const at::Tensor mask = mb_slice(batch.mask, i).reshape({-1});
-          const at::Tensor logits = y.reshape({-1, y.size(-1)}).index({mask});  // (P, V)
+          // The loss in float32 whatever the logits' dtype (a no-op without autocast).
+          const at::Tensor logits = y.reshape({-1, y.size(-1)}).index({mask}).to(at::kFloat);  // (P, V)
           const at::Tensor target = mb_slice(batch.targets, i).reshape({-1}).index({mask});
           // Summed per microbatch, divided by the global count: PP and PP = 1 see the same loss.
           losses[i] = at::cross_entropy_loss(logits, target, {}, at::Reduction::Sum) / global_tokens;
@@ -291,7 +320,7 @@ void Rank::step(int64_t step) {
         tx_->isend(outputs[i].detach(), rank_ + 1, act_tag(i), "activation " + std::to_string(i));
         break;
       case Op::kRecvGrad: {
-        at::Tensor t = at::empty(shape, bdtype);
+        at::Tensor t = at::empty(shape, boptions);
         const double w = now_s();
         tx_->recv(t, rank_ + 1, grad_tag(i), "gradient " + std::to_string(i));
         idle += now_s() - w;
@@ -315,6 +344,7 @@ void Rank::step(int64_t step) {
     }
   }
   if (tx_) tx_->wait_sends();
+  const double pipe_time = now_s() - pipe_t0;
 
   // Tied embedding: both ends form embedding_grad + head_grad in the same order.
   if (config_.tie_embeddings) {
@@ -356,6 +386,8 @@ void Rank::step(int64_t step) {
   }
   const double lr = learning_rate(o_, step);
   opt_->step(lr);
+  // Autocast keeps bfloat16 copies of the weights for the step; they are stale now.
+  if (autocast_ != c10::ScalarType::Undefined) AutocastGuard::clear_cache();
   samples_ += static_cast<int64_t>(m) * o_.microbatch_size;
   tokens_ += static_cast<int64_t>(m) * o_.microbatch_size * data_->seq_len();
   start_step_ = step;
@@ -370,7 +402,7 @@ void Rank::step(int64_t step) {
       n_correct += correct[i];
     }
   }
-  at::Tensor shared = at::tensor({step_time > 0 ? idle / step_time : 0.0, bytes_sent}, at::kDouble);
+  at::Tensor shared = at::tensor({pipe_time > 0 ? idle / pipe_time : 0.0, bytes_sent}, at::kDouble);
   if (tx_) tx_->allreduce_sum(shared, "the metrics reduction");
   last_ckpt_s_ = 0;
   const bool save_now = !o_.ckpt_dir.empty() &&
@@ -386,6 +418,7 @@ void Rank::step(int64_t step) {
     j["grad_norm"] = grad_norm;
     j["tokens_per_s"] = static_cast<double>(m) * o_.microbatch_size * data_->seq_len() / step_time;
     j["step_time_s"] = step_time;
+    j["pipe_time_s"] = pipe_time;
     j["bubble"] = shared[0].item<double>() / world_;
     j["bytes_sent"] = shared[1].item<double>();
     if (save_now) j["ckpt_time_s"] = last_ckpt_s_;
@@ -461,10 +494,13 @@ int Rank::run_steps() {
   handshake();
   const int64_t stop = o_.stop_after > 0 ? std::min(o_.stop_after, o_.steps) : o_.steps;
   if (spec_.is_last() && !o_.quiet) {
-    std::printf("training %s: %d stage%s (partition %s, %s, %s boundary), %d x %d samples per step, %s; %s\n",
+    std::string where = device_.str();
+    if (o_.pp > 1) where += " over " + backend_;
+    if (autocast_ != c10::ScalarType::Undefined) where += ", bf16 autocast";
+    std::printf("training %s: %d stage%s (partition %s, %s, %s boundary) on %s, %d x %d samples per step, %s; %s\n",
                 o_.preset.empty() ? "model" : o_.preset.c_str(), o_.pp, o_.pp == 1 ? "" : "s",
-                model::partition_string(stages_).c_str(), o_.schedule.c_str(), o_.boundary.c_str(), o_.microbatches,
-                o_.microbatch_size, data_->describe().c_str(),
+                model::partition_string(stages_).c_str(), o_.schedule.c_str(), o_.boundary.c_str(), where.c_str(),
+                o_.microbatches, o_.microbatch_size, data_->describe().c_str(),
                 resumed_from_.empty() ? "fresh start" : ("resumed from " + resumed_from_ + " at step " + std::to_string(start_step_)).c_str());
     std::fflush(stdout);
   }
@@ -495,6 +531,8 @@ int run_train(const TrainOptions& o, int argc, char** argv) {
     // Check what can be checked before starting processes.
     if (o.preset.empty() && o.config_path.empty() && o.resume.empty()) throw UsageError("give --preset, --config or --resume");
     check_schedule(make_schedule(o.schedule, o.pp, o.microbatches));
+    resolve_backend(o.backend, resolve_device(o.device, 0));
+    parse_autocast(o.autocast);
     if (o.print_schedule) std::printf("%s", print_schedule(make_schedule(o.schedule, o.pp, o.microbatches)).c_str());
     LaunchOptions l;
     l.ranks = o.pp;

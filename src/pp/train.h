@@ -4,7 +4,8 @@
 // checkpoints committed by rank 0, and resume at any PP degree and partition.
 //
 // On CPU, PP = k and PP = 1 with the same schedule and microbatches give bitwise-identical
-// losses, gradient norms and weights (tests/pp/train_test.sh checks it).
+// losses, gradient norms and weights, in float32 and under bf16 autocast (tests/pp/train_test.sh
+// checks it). On CUDA each rank uses the device of its local rank.
 #pragma once
 
 #include <cstdint>
@@ -44,6 +45,9 @@ struct TrainOptions {
   std::string resume;       // "" | "auto" | a checkpoint path
   std::string compression = "zstd:1";
   // runtime
+  std::string device = "auto";    // cpu | cuda | cuda:N | auto (see device.h)
+  std::string backend = "auto";   // gloo | nccl | auto
+  std::string autocast = "none";  // none | bf16: forward matmuls in bfloat16, weights and optimizer in float32
   int threads = 0;
   double timeout_s = 120;
   std::string metrics_path;  // JSON lines (written by the last stage)

@@ -1,5 +1,6 @@
 // The only file that includes c10d: constructors and Work types differ between LibTorch 1.13
-// and 2.x, and their use is isolated here.
+// and 2.x, and their use is isolated here. ProcessGroupNCCL exists only in CUDA builds of
+// LibTorch (which define USE_C10D_NCCL), all of them 2.x.
 #include "src/pp/transport.h"
 
 #include <arpa/inet.h>
@@ -10,6 +11,9 @@
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#ifdef USE_C10D_NCCL
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
 
 #include <cstdlib>
 #include <atomic>
@@ -104,7 +108,17 @@ struct Transport::Impl {
   // Heartbeat: a thread with its own store connection bumps "heartbeat/<rank>" periodically.
   std::thread heart;
   std::atomic<bool> stop{false};
-  c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
+  bool failed = false;                  // a wait failed: tear the communicators down, don't drain
+  c10::Device device{c10::kCPU};       // where the backend wants its tensors
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> gloo;
+#ifdef USE_C10D_NCCL
+  // One communicator per direction. NCCL has no tags: it pairs the sends and receives between
+  // two ranks in the order they were issued, on one stream per communicator. 1F1B sends an
+  // activation down before it receives a gradient while its neighbour does the reverse, so on
+  // one shared communicator each would wait for the other. Per direction, both ends issue their
+  // messages in the same order (check_schedule proves it), so nothing can cross.
+  c10::intrusive_ptr<c10d::ProcessGroupNCCL> down, up;
+#endif
   struct Pending {
     c10::intrusive_ptr<c10d::Work> work;
     at::Tensor tensor;
@@ -112,10 +126,42 @@ struct Transport::Impl {
     std::string what;
   };
   std::deque<Pending> sends;
+
+  // The tensor as the backend wants it (on its device, contiguous).
+  at::Tensor wire(const at::Tensor& t) const { return t.to(device).contiguous(); }
+
+  c10::intrusive_ptr<c10d::Work> send(std::vector<at::Tensor>& ts, int self, int dst, int tag) {
+#ifdef USE_C10D_NCCL
+    if (down) return (dst > self ? down : up)->send(ts, dst, tag);
+#endif
+    (void)self;
+    return gloo->send(ts, dst, tag);
+  }
+  c10::intrusive_ptr<c10d::Work> recv(std::vector<at::Tensor>& ts, int self, int src, int tag) {
+#ifdef USE_C10D_NCCL
+    if (down) return (src < self ? down : up)->recv(ts, src, tag);
+#endif
+    (void)self;
+    return gloo->recv(ts, src, tag);
+  }
+  c10::intrusive_ptr<c10d::Work> allreduce(std::vector<at::Tensor>& ts) {
+#ifdef USE_C10D_NCCL
+    if (down) return down->allreduce(ts);
+#endif
+    return gloo->allreduce(ts);
+  }
 };
 
-Transport::Transport(const DistEnv& e, std::chrono::milliseconds timeout)
+Transport::Transport(const DistEnv& e, std::chrono::milliseconds timeout, const std::string& backend,
+                     c10::Device device)
     : impl_(std::make_unique<Impl>()), rank_(e.rank), world_(e.world), timeout_(timeout) {
+  if (backend != "gloo" && backend != "nccl") throw UsageError("unknown c10d backend '" + backend + "'");
+  if (backend == "nccl" && !device.is_cuda()) throw UsageError("the NCCL backend needs a CUDA device");
+#ifndef USE_C10D_NCCL
+  if (backend == "nccl") throw UsageError("this LibTorch was built without ProcessGroupNCCL");
+#endif
+  impl_->device = backend == "nccl" ? device : c10::Device(c10::kCPU);
+  std::string mismatch;
   try {
     c10d::TCPStoreOptions opts;
     opts.port = static_cast<uint16_t>(e.master_port);
@@ -125,15 +171,42 @@ Transport::Transport(const DistEnv& e, std::chrono::milliseconds timeout)
     opts.timeout = timeout;
     auto tcp = c10::make_intrusive<c10d::TCPStore>(e.master_addr, opts);
     impl_->store = c10::make_intrusive<c10d::PrefixStore>("pmamba", tcp);
-    auto options = c10d::ProcessGroupGloo::Options::create(timeout);
-    if (const char* ifname = env("GLOO_SOCKET_IFNAME")) {
-      options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
-    } else if (e.master_addr == "127.0.0.1" || e.master_addr == "localhost") {
-      options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
-    } else {
-      options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+    // Every stage must use the same backend, or the process groups below would wait for
+    // each other until the timeout; compare first through the store.
+    impl_->store->set("backend/" + std::to_string(e.rank), std::vector<uint8_t>(backend.begin(), backend.end()));
+    for (int r = 0; r < e.world && mismatch.empty(); ++r) {
+      const std::vector<uint8_t> b = impl_->store->get("backend/" + std::to_string(r));
+      if (std::string(b.begin(), b.end()) != backend) {
+        mismatch = "stage " + std::to_string(r) + " uses the " + std::string(b.begin(), b.end()) +
+                   " backend but stage " + std::to_string(e.rank) + " uses " + backend +
+                   "; all stages must be started with the same --device and --backend";
+      }
     }
-    impl_->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(impl_->store, e.rank, e.world, options);
+    if (mismatch.empty() && backend == "gloo") {
+      auto options = c10d::ProcessGroupGloo::Options::create(timeout);
+      if (const char* ifname = env("GLOO_SOCKET_IFNAME")) {
+        options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
+      } else if (e.master_addr == "127.0.0.1" || e.master_addr == "localhost") {
+        options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
+      } else {
+        options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+      }
+      impl_->gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(impl_->store, e.rank, e.world, options);
+    }
+#ifdef USE_C10D_NCCL
+    if (mismatch.empty() && backend == "nccl") {
+      auto make = [&](const char* prefix) {
+        auto options = c10d::ProcessGroupNCCL::Options::create();
+        // NCCL's watchdog aborts the process when an operation outlives this; give our own
+        // wait (same timeout, below) the chance to name the stage first.
+        options->timeout = timeout + std::chrono::seconds(60);
+        return c10::make_intrusive<c10d::ProcessGroupNCCL>(
+            c10::make_intrusive<c10d::PrefixStore>(prefix, impl_->store), e.rank, e.world, options);
+      };
+      impl_->down = make("nccl-down");
+      impl_->up = make("nccl-up");
+    }
+#endif
     c10d::TCPStoreOptions client = opts;
     client.isServer = false;
     client.numWorkers = c10::nullopt;
@@ -153,9 +226,16 @@ Transport::Transport(const DistEnv& e, std::chrono::milliseconds timeout)
       }
     });
   } catch (const std::exception& ex) {
+    impl_->stop.store(true);
+    if (impl_->heart.joinable()) impl_->heart.join();
     throw PipelineError("rendezvous of " + std::to_string(e.world) + " stages at " + e.master_addr + ":" +
                         std::to_string(e.master_port) + " failed for stage " + std::to_string(e.rank) + ": " +
                         first_line(ex.what()));
+  }
+  if (!mismatch.empty()) {
+    impl_->stop.store(true);
+    if (impl_->heart.joinable()) impl_->heart.join();
+    throw PipelineError(mismatch);
   }
 }
 
@@ -164,9 +244,24 @@ Transport::~Transport() {
   if (impl_->heart.joinable()) impl_->heart.join();
   // Sends still pending belong to a step that failed; let them go without waiting.
   impl_->sends.clear();
+#ifdef USE_C10D_NCCL
+  // After a failure NCCL kernels may wait forever for a peer that is gone: abort them.
+  for (auto& pg : {impl_->down, impl_->up}) {
+    if (!pg) continue;
+    try {
+      if (impl_->failed) {
+        pg->abort();
+      } else {
+        pg->shutdown();
+      }
+    } catch (...) {
+    }
+  }
+#endif
 }
 
 void Transport::peer_failed(int peer, const std::string& what, const std::string& detail) {
+  impl_->failed = true;
   // A peer that failed on its own reported why before it went away: pass that on.
   try {
     const std::string key = "failed/" + std::to_string(peer);
@@ -185,9 +280,9 @@ void Transport::peer_failed(int peer, const std::string& what, const std::string
 }
 
 void Transport::isend(const at::Tensor& tensor, int dst, int tag, const std::string& what) {
-  std::vector<at::Tensor> ts{tensor.contiguous()};
+  std::vector<at::Tensor> ts{impl_->wire(tensor)};
   try {
-    auto work = impl_->pg->send(ts, dst, tag);
+    auto work = impl_->send(ts, rank_, dst, tag);
     impl_->sends.push_back({work, ts[0], dst, what});
   } catch (const std::exception& ex) {
     peer_failed(dst, "sending " + what, ex.what());
@@ -195,10 +290,12 @@ void Transport::isend(const at::Tensor& tensor, int dst, int tag, const std::str
 }
 
 void Transport::recv(at::Tensor& tensor, int src, int tag, const std::string& what) {
-  std::vector<at::Tensor> ts{tensor};
+  const bool direct = tensor.device() == impl_->device && tensor.is_contiguous();
+  std::vector<at::Tensor> ts{direct ? tensor : at::empty(tensor.sizes(), tensor.options().device(impl_->device))};
   try {
-    auto work = impl_->pg->recv(ts, src, tag);
+    auto work = impl_->recv(ts, rank_, src, tag);
     if (!work->wait(timeout_)) peer_failed(src, what, "timed out");
+    if (!direct) tensor.copy_(ts[0]);
   } catch (const PipelineError&) {
     throw;
   } catch (const std::exception& ex) {
@@ -252,17 +349,22 @@ void Transport::report_failure(const std::string& message) noexcept {
 }
 
 void Transport::allreduce_sum(at::Tensor& tensor, const std::string& what) {
-  std::vector<at::Tensor> ts{tensor};
+  const bool direct = tensor.device() == impl_->device && tensor.is_contiguous();
+  std::vector<at::Tensor> ts{direct ? tensor : impl_->wire(tensor)};
   const int64_t seq = impl_->collectives++;
   std::string detail;
   try {
-    auto work = impl_->pg->allreduce(ts);
-    if (work->wait(timeout_)) return;
+    auto work = impl_->allreduce(ts);
+    if (work->wait(timeout_)) {
+      if (!direct) tensor.copy_(ts[0]);
+      return;
+    }
     detail = "timed out";
   } catch (const std::exception& ex) {
     detail = first_line(ex.what());
   }
   (void)seq;
+  impl_->failed = true;
   const std::string who = missing_peers();
   throw PipelineError((who.empty() ? std::string("a peer") : who) + " stopped answering: stage " +
                       std::to_string(rank_) + " waited during " + what + " (timeout " +

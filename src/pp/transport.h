@@ -1,10 +1,12 @@
 // Point-to-point and collective communication between pipeline stages on torch's c10d:
-// ProcessGroupGloo on CPU (ProcessGroupNCCL would slot in here for CUDA tensors), rendezvous
-// through a TCPStore. Every wait has a timeout; a peer that stops answering (timeout, closed
+// ProcessGroupGloo for CPU tensors (or CUDA tensors staged through host memory),
+// ProcessGroupNCCL for CUDA tensors when LibTorch has it; rendezvous through a TCPStore.
+// Callers pass tensors on any device: the transport moves them to where its backend wants them. Every wait has a timeout; a peer that stops answering (timeout, closed
 // connection) becomes a PipelineError naming the stage. Rank == stage (pipeline parallelism only).
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
 
 #include <chrono>
 #include <memory>
@@ -34,8 +36,10 @@ int free_port();
 class Transport {
  public:
   /// Rendezvous of `env.world` processes; throws PipelineError when it does not complete
-  /// within `timeout`.
-  Transport(const DistEnv& env, std::chrono::milliseconds timeout);
+  /// within `timeout` or when the stages disagree on the backend. `backend` is "gloo" or
+  /// "nccl" (as resolve_backend returns); NCCL carries tensors on `device`.
+  Transport(const DistEnv& env, std::chrono::milliseconds timeout, const std::string& backend = "gloo",
+            c10::Device device = c10::Device(c10::kCPU));
   ~Transport();
   Transport(const Transport&) = delete;
   Transport& operator=(const Transport&) = delete;

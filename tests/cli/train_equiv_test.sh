@@ -39,4 +39,25 @@ PY
     done
   done
 done
+# bf16 autocast: still bitwise PP = N vs PP = 1, and really in bf16 (the losses move off float32's).
+ref=$T/ref-bf16
+run "$BIN/pmamba-train" --preset tiny "${common[@]}" --schedule 1f1b --autocast bf16 --pp 1 --ckpt-dir $ref --metrics $ref.jsonl
+expect_code 0
+for boundary in packed summed; do
+  out=$T/pp$PP-bf16-$boundary
+  run "$BIN/pmamba-train" --preset tiny "${common[@]}" --schedule 1f1b --autocast bf16 --boundary $boundary --pp $PP \
+      --partition "$PART" --ckpt-dir $out --metrics $out.jsonl
+  expect_code 0
+  cmp <(python3 -c 'import json,sys; [print(json.loads(l)["loss"], json.loads(l)["grad_norm"]) for l in open(sys.argv[1])]' $ref.jsonl) \
+      <(python3 -c 'import json,sys; [print(json.loads(l)["loss"], json.loads(l)["grad_norm"]) for l in open(sys.argv[1])]' $out.jsonl) \
+      || fail "bf16 metrics differ for $out"
+  run "$BIN/pmamba-ckpt" diff $ref $out
+  expect_code 0
+done
+python3 - "$ref.jsonl" "$T/ref-tied-1f1b.jsonl" <<'PY' || fail "bf16 autocast gave the float32 losses: it did not take effect"
+import json, sys
+a = [json.loads(l)["loss"] for l in open(sys.argv[1])]
+b = [json.loads(l)["loss"] for l in open(sys.argv[2])]
+assert len(a) == len(b) == 3 and a != b, (a, b)
+PY
 finish

@@ -77,6 +77,13 @@ run "$BIN/pmamba-train" "${common[@]}" --pp 2 --schedule zb; expect_code 2
 run "$BIN/pmamba-train" "${common[@]}" --pp 9 --steps 1; expect_code 2; expect_err "more than allowed"
 run "$BIN/pmamba-train" --preset tiny --data induction --task-vocab 100 --steps 1; expect_code 2; expect_err "needs a vocabulary of 100"
 run "$BIN/pmamba-train" --preset tiny --data /nonexistent/file.txt --steps 1; expect_code 2; expect_err "cannot open data file"
+run "$BIN/pmamba-train" "${common[@]}" --pp 2 --steps 1 --device cpu --backend nccl; expect_code 2
+expect_err "--backend nccl needs --device cuda"
+run "$BIN/pmamba-train" "${common[@]}" --steps 1 --device tpu; expect_code 2; expect_err "unknown device 'tpu'"
+run "$BIN/pmamba-train" "${common[@]}" --steps 1 --autocast fp8; expect_code 2
+if ! command -v nvidia-smi >/dev/null; then  # a CPU-only machine: asking for a GPU is a clear error
+  run "$BIN/pmamba-train" "${common[@]}" --pp 2 --steps 1 --device cuda; expect_code 2; expect_err "asks for a CUDA device"
+fi
 RANK=0 WORLD_SIZE=3 MASTER_ADDR=127.0.0.1 MASTER_PORT=$(port) run "$BIN/pmamba-train" "${common[@]}" --pp 2 --steps 1
 expect_code 2; expect_err "the launcher started 3 processes"
 finish
