@@ -10,6 +10,7 @@
 
 #include "bench/bench.h"
 #include "bench/bench_util.h"
+#include "kernels/threads.h"
 #include "src/ckpt/checkpoint.h"
 #include "src/ckpt/fs.h"
 #include "src/model/fqn.h"
@@ -52,7 +53,7 @@ State make_state(const std::string& preset) {
 }  // namespace
 
 int run_ckpt_bench(const CkptBenchOptions& o) {
-  at::set_num_threads(o.threads);
+  kernels::set_threads(o.threads);
   State s = make_state(o.preset);
   // Raw I/O and torch::save move the same distinct tensors pmamba stores.
   const std::vector<at::Tensor>& distinct = s.distinct;
@@ -200,7 +201,7 @@ void write_trained_checkpoint(const std::string& root, const std::string& preset
 }
 
 int run_ckpt_load(const CkptBenchOptions& o, const std::string& what) {
-  at::set_num_threads(o.threads);
+  kernels::set_threads(o.threads);
   const model::MambaConfig config = model::preset(o.preset);
   const std::string dir = o.dir;
   double peak = 0;

@@ -3,13 +3,17 @@
 # 1F1B with m = 1, 4, 8 microbatches; measured bubble (fraction of the pipeline phase the stages wait for
 # a peer) next to the theoretical (p-1)/(m+p-1); bytes sent per step, packed vs summed; time
 # spent saving a checkpoint as a fraction of the step time. One stage per process, 1 thread
-# each.   Usage: bench/pp_bench.sh BUILD_DIR [STEPS]
+# each. A second table repeats PP 1 and 2 with a 4x wider model whose microbatch is ~50 ms of
+# compute, so that the schedule, not process scheduling, decides the bubble; there the measured
+# bubble is also set against a per-stage model of it (see bench/RESULTS.md).
+# Usage: bench/pp_bench.sh BUILD_DIR [STEPS]
 set -euo pipefail
 BIN=${1:-build}/bin
 STEPS=${2:-12}
 T=$(mktemp -d "${TMPDIR:-/tmp}/pmamba-ppbench-XXXXXX")
 trap 'rm -rf "$T"' EXIT
-common=(--preset tiny --data selective-copy --microbatch-size 4 --steps "$STEPS" --seed 1 --threads 1 --quiet)
+base=(--data selective-copy --steps "$STEPS" --seed 1 --threads 1 --quiet)
+common=(--preset tiny --microbatch-size 4 "${base[@]}")
 run() {  # name, extra args...
   local name=$1; shift
   "$BIN/pmamba-train" "${common[@]}" "$@" --metrics "$T/$name.jsonl" >/dev/null 2>"$T/$name.err" || {
@@ -18,6 +22,19 @@ run() {  # name, extra args...
 for pp in 1 2 4; do
   for sched in gpipe 1f1b; do
     for m in 1 4 8; do run "pp$pp-$sched-m$m" --pp $pp --schedule $sched --microbatches $m; done
+  done
+done
+# The wider model: 2 processes on 2 cores, so nothing is oversubscribed.
+cat > "$T/wide.json" << 'JSON'
+{"d_model": 128, "n_layer": 4, "vocab_size": 64, "d_state": 16, "tie_embeddings": true}
+JSON
+wide=(--config "$T/wide.json" --microbatch-size 16)
+for pp in 1 2; do
+  for sched in gpipe 1f1b; do
+    for m in 1 4 8; do
+      "$BIN/pmamba-train" "${base[@]}" "${wide[@]}" --pp $pp --schedule $sched --microbatches $m \
+        --metrics "$T/wide-pp$pp-$sched-m$m.jsonl" >/dev/null 2>"$T/wide.err" || { cat "$T/wide.err" >&2; exit 1; }
+    done
   done
 done
 for b in packed summed; do run "bytes-$b" --pp 2 --schedule 1f1b --microbatches 4 --boundary $b; done
@@ -40,6 +57,27 @@ for pp in (1, 2, 4):
             out["runs"].append({"pp": pp, "schedule": sched, "microbatches": m, "tokens_per_s": tps,
                                 "bubble_measured": bub, "bubble_theory": theory})
             print(f"{pp:>3} {sched:>8} {m:>3} {tps:>9.0f} {bub:>7.2f} {theory:>7.2f}")
+def stage_model(p, m, b_over_f=2.0):
+    # Per-stage average of the time each stage waits in the pipeline phase, uniform stages,
+    # backward = b_over_f x forward: the phase lasts T = (m+p-1)(f+b) on stage 0 and ends i*b
+    # earlier on stage i; each stage is busy m(f+b) of it.
+    f, b = 1.0, b_over_f
+    T = (m + p - 1) * (f + b)
+    return sum(1 - m * (f + b) / (T - i * b) for i in range(p)) / p
+print(f"wider model (d_model 128, microbatch 16 x 48 tokens):")
+print(f"{'pp':>3} {'schedule':>8} {'m':>3} {'tokens/s':>9} {'bubble':>7} {'theory':>7} {'model':>7}")
+out["wide_runs"] = []
+for pp in (1, 2):
+    for sched in ("gpipe", "1f1b"):
+        for m in (1, 4, 8):
+            r = rows(f"wide-pp{pp}-{sched}-m{m}")
+            tps = statistics.median(x["tokens_per_s"] for x in r)
+            bub = statistics.median(x["bubble"] for x in r)
+            theory = (pp - 1) / (m + pp - 1)
+            model = stage_model(pp, m)
+            out["wide_runs"].append({"pp": pp, "schedule": sched, "microbatches": m, "tokens_per_s": tps,
+                                     "bubble_measured": bub, "bubble_theory": theory, "bubble_stage_model": model})
+            print(f"{pp:>3} {sched:>8} {m:>3} {tps:>9.0f} {bub:>7.2f} {theory:>7.2f} {model:>7.2f}")
 for b in ("packed", "summed"):
     out[f"bytes_sent_{b}"] = statistics.median(x["bytes_sent"] for x in rows(f"bytes-{b}"))
 print(f"bytes sent per step at PP 2, m 4: packed {out['bytes_sent_packed']:.0f}, summed {out['bytes_sent_summed']:.0f}")

@@ -11,6 +11,7 @@
 
 #include "bench/bench.h"
 #include "bench/bench_util.h"
+#include "kernels/threads.h"
 #include "src/ckpt/checkpoint.h"
 #include "src/ckpt/fs.h"
 #include "src/model/fqn.h"
@@ -48,7 +49,7 @@ ChildResult run_child(const std::vector<std::string>& argv) {
 }  // namespace
 
 int run_reshard_bench(const ReshardBenchOptions& o) {
-  at::set_num_threads(o.threads);
+  kernels::set_threads(o.threads);
   const std::string dir = o.dir.empty() ? "bench-reshard-tmp" : o.dir;
   ckpt::fs::remove_tree(dir);
   ckpt::fs::make_dirs(dir);

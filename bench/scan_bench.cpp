@@ -14,6 +14,7 @@
 #include "bench/bench_util.h"
 #include "kernels/cpu/vmath.h"
 #include "kernels/selective_scan.h"
+#include "kernels/threads.h"
 #include "src/model/mamba.h"
 #include "src/pp/optim.h"
 
@@ -105,7 +106,7 @@ double train_tokens_per_s(const std::string& preset, kernels::Backend backend, i
 // One scan in a fresh process: its peak-RSS growth is not hidden by memory an earlier
 // measurement freed into the allocator.
 int run_scan_one(const ScanBenchOptions& o, const std::string& backend, bool bwd) {
-  at::set_num_threads(o.threads);
+  kernels::set_threads(o.threads);
   const Inputs x = make_inputs(o.batch, o.dim, o.len, o.dstate, bwd);
   const double before = rss_mb();
   double pk = 0;
@@ -115,7 +116,7 @@ int run_scan_one(const ScanBenchOptions& o, const std::string& backend, bool bwd
 }
 
 int run_scan_bench(const ScanBenchOptions& o) {
-  at::set_num_threads(o.threads);
+  kernels::set_threads(o.threads);
   const int64_t B = o.batch, D = o.dim, L = o.len, N = o.dstate;
   const double updates = static_cast<double>(B * D * L * N);
   std::fprintf(stderr, "scan B %lld D %lld L %lld N %lld, %d threads\n", static_cast<long long>(B),

@@ -1,8 +1,7 @@
-#include <c10/core/GradMode.h>
 #include "src/pp/eval.h"
 
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
+#include <c10/core/GradMode.h>
 
 #include <chrono>
 #include <cstdio>
@@ -10,6 +9,7 @@
 #include <memory>
 #include <sstream>
 
+#include "kernels/threads.h"
 #include "src/ckpt/tensor_file.h"
 #include "src/model/partition.h"
 #include "src/pp/device.h"
@@ -96,7 +96,7 @@ struct Prepared {
 };
 
 Prepared prepare(const EvalOptions& o) {
-  if (o.threads > 0) at::set_num_threads(o.threads);
+  if (o.threads > 0) kernels::set_threads(o.threads);
   const int sources = !o.preset.empty() + !o.config_path.empty() + !o.ckpt.empty();
   if (sources != 1) throw UsageError("give exactly one of --preset, --config or --ckpt");
   Prepared p;
@@ -181,7 +181,8 @@ EvalResult run_eval(const EvalOptions& o) {
 }
 
 void print_eval(const EvalResult& r, const EvalOptions& o) {
-  std::printf("stages %s  boundary %s  sequences %lld  tokens %lld\n", r.partition.c_str(), model::boundary_name(o.boundary),
+  // The partition lists layers per stage ("4" is one stage of four layers, "2,2" two of two).
+  std::printf("partition %s  boundary %s  sequences %lld  tokens %lld\n", r.partition.c_str(), model::boundary_name(o.boundary),
               static_cast<long long>(r.logits.size(0)), static_cast<long long>(r.logits.size(1)));
   if (r.predictions > 0) {
     std::printf("loss %.6f  accuracy %.4f  (%lld %s predictions)\n", r.loss, r.accuracy,

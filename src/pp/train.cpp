@@ -1,8 +1,7 @@
-#include <c10/core/GradMode.h>
 #include "src/pp/train.h"
 
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
+#include <c10/core/GradMode.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -12,6 +11,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
+#include "kernels/threads.h"
 #include "src/ckpt/checkpoint.h"
 #include "src/ckpt/errors.h"
 #include "src/ckpt/fs.h"
@@ -112,7 +112,7 @@ void Rank::setup() {
     throw UsageError("--pp is " + std::to_string(o_.pp) + " but the launcher started " + std::to_string(world_) +
                      " processes (" + env_.source + "); pmamba runs one process per pipeline stage");
   }
-  if (o_.threads > 0) at::set_num_threads(o_.threads);
+  if (o_.threads > 0) kernels::set_threads(o_.threads);
   device_ = resolve_device(o_.device, env_.local_rank);
   backend_ = resolve_backend(o_.backend, device_);
   make_current(device_);
