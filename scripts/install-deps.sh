@@ -12,6 +12,7 @@ packages=(
   libzstd-dev libxxhash-dev
   libcli11-dev nlohmann-json3-dev libgtest-dev
   python3
+  python3-torch  # torchrun, for the test that launches pmamba-train under it
 )
 
 missing=()

@@ -58,10 +58,13 @@ DistEnv dist_env_from_environment() {
     e.rank = env_int("RANK", 0);
     e.world = env_int("WORLD_SIZE", 1);
     e.local_rank = env_int("LOCAL_RANK", e.rank);
-  } else if (env("SLURM_PROCID") && env("SLURM_NTASKS")) {
+  } else if (env("SLURM_PROCID") && env("SLURM_STEP_NUM_TASKS")) {
+    // srun sets SLURM_STEP_NUM_TASKS for the tasks of a job step; a batch script's own shell
+    // has SLURM_PROCID and SLURM_NTASKS too, and a plain `pmamba-train --pp N` there must
+    // start its own stages rather than wait for N-1 processes that will never come.
     e.source = "slurm";
     e.rank = env_int("SLURM_PROCID", 0);
-    e.world = env_int("SLURM_NTASKS", 1);
+    e.world = env_int("SLURM_STEP_NUM_TASKS", 1);
     e.local_rank = env_int("SLURM_LOCALID", 0);
   } else if (env("OMPI_COMM_WORLD_RANK") && env("OMPI_COMM_WORLD_SIZE")) {
     e.source = "openmpi";
@@ -71,9 +74,17 @@ DistEnv dist_env_from_environment() {
   } else {
     return e;
   }
+  // A launcher that started one process (torchrun --nproc-per-node 1, srun -n 1) has nothing
+  // to pair it with: the process is on its own, and --pp N starts N local stages as usual.
+  if (e.world == 1 && e.rank == 0) return DistEnv{};
   e.present = true;
   if (env("MASTER_ADDR")) e.master_addr = env("MASTER_ADDR");
   e.master_port = env_int("MASTER_PORT", 29500);
+  if (e.source == "torchrun" && env("TORCHELASTIC_USE_AGENT_STORE") &&
+      std::string(env("TORCHELASTIC_USE_AGENT_STORE")) == "True") {
+    e.agent_store = true;
+    e.store_prefix = std::string("/worker/attempt_") + std::to_string(env_int("TORCHELASTIC_RESTART_COUNT", 0));
+  }
   if (e.world < 1 || e.rank >= e.world) {
     throw UsageError("launcher variables (" + e.source + ") give rank " + std::to_string(e.rank) + " of world size " +
                      std::to_string(e.world));
@@ -154,7 +165,7 @@ struct Transport::Impl {
 
 Transport::Transport(const DistEnv& e, std::chrono::milliseconds timeout, const std::string& backend,
                      c10::Device device)
-    : impl_(std::make_unique<Impl>()), rank_(e.rank), world_(e.world), timeout_(timeout) {
+    : impl_(std::make_unique<Impl>()), rank_(e.rank), world_(e.world), agent_store_(e.agent_store), timeout_(timeout) {
   if (backend != "gloo" && backend != "nccl") throw UsageError("unknown c10d backend '" + backend + "'");
   if (backend == "nccl" && !device.is_cuda()) throw UsageError("the NCCL backend needs a CUDA device");
 #ifndef USE_C10D_NCCL
@@ -165,12 +176,17 @@ Transport::Transport(const DistEnv& e, std::chrono::milliseconds timeout, const 
   try {
     c10d::TCPStoreOptions opts;
     opts.port = static_cast<uint16_t>(e.master_port);
-    opts.isServer = e.rank == 0;
+    opts.isServer = e.rank == 0 && !e.agent_store;
     opts.numWorkers = static_cast<size_t>(e.world);
-    opts.waitWorkers = true;
+    opts.waitWorkers = true;  // clients count themselves in; the server waits for all of them
     opts.timeout = timeout;
-    auto tcp = c10::make_intrusive<c10d::TCPStore>(e.master_addr, opts);
-    impl_->store = c10::make_intrusive<c10d::PrefixStore>("pmamba", tcp);
+    // pmamba's keys under the agent's attempt prefix, or at the root of our own store.
+    auto scoped = [&](c10::intrusive_ptr<c10d::Store> tcp) -> c10::intrusive_ptr<c10d::Store> {
+      if (!e.agent_store) return c10::make_intrusive<c10d::PrefixStore>("pmamba", tcp);
+      return c10::make_intrusive<c10d::PrefixStore>(
+          "pmamba", c10::make_intrusive<c10d::PrefixStore>(e.store_prefix, tcp));
+    };
+    impl_->store = scoped(c10::make_intrusive<c10d::TCPStore>(e.master_addr, opts));
     // Every stage must use the same backend, or the process groups below would wait for
     // each other until the timeout; compare first through the store.
     impl_->store->set("backend/" + std::to_string(e.rank), std::vector<uint8_t>(backend.begin(), backend.end()));
@@ -211,8 +227,7 @@ Transport::Transport(const DistEnv& e, std::chrono::milliseconds timeout, const 
     client.isServer = false;
     client.numWorkers = c10::nullopt;
     client.waitWorkers = false;
-    auto beat_store = c10::make_intrusive<c10d::PrefixStore>(
-        "pmamba", c10::make_intrusive<c10d::TCPStore>(e.master_addr, client));
+    auto beat_store = scoped(c10::make_intrusive<c10d::TCPStore>(e.master_addr, client));
     Impl* impl = impl_.get();
     const std::string key = "heartbeat/" + std::to_string(e.rank);
     impl_->heart = std::thread([impl, beat_store, key] {
@@ -220,7 +235,7 @@ Transport::Transport(const DistEnv& e, std::chrono::milliseconds timeout, const 
         try {
           beat_store->add(key, 1);
         } catch (...) {
-          return;  // the store (stage 0) is gone; the main thread will notice on its own
+          return;  // the store (stage 0's or the agent's) is gone; the main thread will notice
         }
         for (int i = 0; i < 10 && !impl->stop.load(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(kHeartbeatMs / 10));
       }
@@ -337,7 +352,8 @@ std::string Transport::missing_peers() {
     }
     return names;
   } catch (const std::exception&) {
-    return "stage 0 (its rendezvous store is unreachable)";
+    return agent_store_ ? "the torchrun agent (its rendezvous store is unreachable)"
+                        : "stage 0 (its rendezvous store is unreachable)";
   }
 }
 

@@ -16,8 +16,9 @@
 namespace pmamba::pp {
 
 /// Where this process sits, from the launcher's environment: torchrun (RANK, WORLD_SIZE,
-/// LOCAL_RANK, MASTER_ADDR, MASTER_PORT), Slurm (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID) or
-/// Open MPI (OMPI_COMM_WORLD_RANK, OMPI_COMM_WORLD_SIZE, OMPI_COMM_WORLD_LOCAL_RANK).
+/// LOCAL_RANK, MASTER_ADDR, MASTER_PORT), Slurm (SLURM_PROCID, SLURM_STEP_NUM_TASKS,
+/// SLURM_LOCALID: srun's tasks, not a batch script's shell) or Open MPI (OMPI_COMM_WORLD_RANK,
+/// OMPI_COMM_WORLD_SIZE, OMPI_COMM_WORLD_LOCAL_RANK). A launcher of one process counts as none.
 struct DistEnv {
   bool present = false;  // false: no launcher variables (a single process, or spawn our own)
   std::string source;    // "torchrun" | "slurm" | "openmpi"
@@ -26,6 +27,11 @@ struct DistEnv {
   int local_rank = 0;
   std::string master_addr = "127.0.0.1";
   int master_port = 29500;
+  // torchrun's static rendezvous already hosts a TCPStore on MASTER_PORT in its agent
+  // (TORCHELASTIC_USE_AGENT_STORE=True): every stage then connects as a client, under the
+  // key prefix of the restart attempt, instead of stage 0 hosting one.
+  bool agent_store = false;
+  std::string store_prefix;  // "/worker/attempt_N" with the agent's store
 };
 /// Throws UsageError for inconsistent or malformed variables.
 DistEnv dist_env_from_environment();
@@ -69,6 +75,7 @@ class Transport {
   struct Impl;
   std::unique_ptr<Impl> impl_;
   int rank_ = 0, world_ = 1;
+  bool agent_store_ = false;
   std::chrono::milliseconds timeout_;
 };
 

@@ -63,7 +63,7 @@ grep -q "config digest differs" "$T/cfg0.err" || fail "rank 0: $(cat "$T/cfg0.er
 # --- Slurm-style variables launch a healthy run equal to the local launcher's ---
 P=$(port)
 for r in 0 1; do
-  SLURM_PROCID=$r SLURM_NTASKS=2 SLURM_LOCALID=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$P timeout 120 \
+  SLURM_PROCID=$r SLURM_NTASKS=2 SLURM_STEP_NUM_TASKS=2 SLURM_LOCALID=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$P timeout 120 \
       "$BIN/pmamba-train" "${common[@]}" --pp 2 --steps 3 --ckpt-dir "$T/slurm" --quiet >/dev/null 2>"$T/sl$r.err" &
   eval "PID$r=$!"
 done
@@ -71,6 +71,15 @@ wait $PID0; C0=$?; wait $PID1; C1=$?
 [ $C0 -eq 0 ] && [ $C1 -eq 0 ] || { LAST_CMD="slurm launch"; fail "slurm-style ranks exited $C0 $C1: $(cat "$T/sl1.err")"; }
 run "$BIN/pmamba-train" "${common[@]}" --pp 2 --steps 3 --ckpt-dir "$T/local" --quiet; expect_code 0
 run "$BIN/pmamba-ckpt" diff "$T/slurm" "$T/local"; expect_code 0
+
+# --- inside a batch script (Slurm's allocation variables, no srun step) and under a launcher of
+# one process, --pp 2 starts its own stages ---
+SLURM_PROCID=0 SLURM_NTASKS=2 SLURM_LOCALID=0 run timeout 120 "$BIN/pmamba-train" "${common[@]}" --pp 2 --steps 3 --ckpt-dir "$T/sbatch" --quiet
+expect_code 0
+run "$BIN/pmamba-ckpt" diff "$T/sbatch" "$T/local"; expect_code 0
+RANK=0 WORLD_SIZE=1 run timeout 120 "$BIN/pmamba-train" "${common[@]}" --pp 2 --steps 3 --ckpt-dir "$T/one" --quiet
+expect_code 0
+run "$BIN/pmamba-ckpt" diff "$T/one" "$T/local"; expect_code 0
 
 # --- usage errors exit 2 before starting anything ---
 run "$BIN/pmamba-train" "${common[@]}" --pp 2 --schedule zb; expect_code 2
