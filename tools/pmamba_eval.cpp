@@ -11,7 +11,7 @@ int main(int argc, char** argv) {
       "  pmamba-eval --preset tiny --seed 7 --tokens 1,2,3,4 --logits-out a.h5\n"
       "  pmamba-eval --preset tiny --seed 7 --pp 3 --partition 0,3,1 --boundary summed "
       "--tokens 1,2,3,4 --logits-out b.h5\n"
-      "Exit codes: 0 ok, 2 bad arguments or unreadable input, 3 internal error.");
+      "Exit codes: 0 ok, 1 a stage failed or stopped answering, 2 bad arguments or unreadable input, 3 internal error.");
   pmamba::pp::EvalOptions o;
   std::string boundary = "packed";
   auto* src = app.add_option_group("model", "where the weights come from");

@@ -64,6 +64,9 @@ int main(int argc, char** argv) {
       o.data.source = (data.size() > 4 && data.compare(data.size() - 4, 4, ".bin") == 0 ? "tokens:" : "text:") + data;
     }
     o.data.seed = o.seed;
+    for (const CLI::Option* opt : app.get_options()) {
+      if (opt->count() > 0 && !opt->get_lnames().empty()) o.given.insert(opt->get_lnames().front());
+    }
     return pmamba::pp::run_train(o, argc, argv);
   });
 }

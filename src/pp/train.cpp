@@ -7,6 +7,8 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -53,6 +55,20 @@ uint64_t fnv(const std::string& s) {
   return h;
 }
 
+std::string show(const std::string& v) { return "'" + v + "'"; }
+std::string show(double v) {  // the shortest form that reads back as the same double
+  char b[32];
+  for (int digits = 6; digits <= 17; ++digits) {
+    std::snprintf(b, sizeof b, "%.*g", digits, v);
+    if (std::strtod(b, nullptr) == v) break;
+  }
+  return b;
+}
+template <typename T, typename = std::enable_if_t<std::is_integral_v<T>>>
+std::string show(T v) {
+  return std::to_string(v);
+}
+
 // Sum of squares of a float tensor in float64, element by element in storage order: the same
 // number whatever the thread count, on every stage and at PP = 1. On a GPU, the device's own
 // reduction (its order depends only on the shape, which is the same at every PP degree).
@@ -74,6 +90,7 @@ class Rank {
  private:
   int run_steps();
   void setup();
+  void restore_run_settings(const ojson& train, const std::string& dir);
   void handshake();
   void step(int64_t step);
   void save(int64_t step);
@@ -141,14 +158,7 @@ void Rank::setup() {
     start_step_ = t.value("step", int64_t{0});
     samples_ = t.value("samples_consumed", int64_t{0});
     tokens_ = t.value("tokens_consumed", int64_t{0});
-    if (t.contains("data")) o_.data = data_from_json(t.at("data"), o_.data);
-    if (t.contains("lr_schedule")) {
-      const ojson& s = t.at("lr_schedule");
-      o_.lr = s.value("lr", o_.lr);
-      o_.min_lr = s.value("min_lr", o_.min_lr);
-      o_.warmup = s.value("warmup", o_.warmup);
-      o_.steps = s.value("steps", o_.steps);
-    }
+    restore_run_settings(t, reader->dir());
     resumed_from_ = reader->dir();
   } else {
     if (o_.preset.empty() == o_.config_path.empty()) throw UsageError("give exactly one of --preset or --config");
@@ -189,45 +199,141 @@ void Rank::setup() {
   }
 }
 
+// A resumed run is the same run: what its checkpoint recorded about it (LR schedule, optimizer,
+// clipping, seed, data, global batch) is kept. An option not given takes the checkpoint's value,
+// so `--resume DIR --pp 3` alone continues the run; one given with a different value is an error
+// rather than being silently ignored or silently changing a run half-way. How the batch is
+// computed (schedule, microbatch split, autocast) defaults to the checkpoint's and may change.
+// Checkpoints from `pmamba-ckpt init` record none of this: the command line decides.
+void Rank::restore_run_settings(const ojson& t, const std::string& dir) {
+  auto keep = [&](const char* option, auto& value, const ojson& parent, const char* key) {
+    using T = std::decay_t<decltype(value)>;
+    if (!parent.is_object() || !parent.contains(key)) return;
+    const T was = parent.at(key).get<T>();
+    if (o_.given.count(option) != 0 && !(value == was)) {
+      throw UsageError("--" + std::string(option) + " " + show(value) + " differs from the run resumed from '" + dir +
+                       "' (" + show(was) + "); a resumed run keeps its settings: leave --" + option +
+                       " out, or start a new run");
+    }
+    value = was;
+  };
+  auto prefer = [&](const char* option, auto& value, const ojson& parent, const char* key) {
+    using T = std::decay_t<decltype(value)>;
+    if (o_.given.count(option) == 0 && parent.is_object() && parent.contains(key)) value = parent.at(key).get<T>();
+  };
+  const ojson none;
+  auto part = [&](const char* key) -> const ojson& { return t.contains(key) ? t.at(key) : none; };
+  keep("seed", o_.seed, t, "seed");
+  const ojson& lr = part("lr_schedule");
+  keep("lr", o_.lr, lr, "lr");
+  keep("min-lr", o_.min_lr, lr, "min_lr");
+  keep("warmup", o_.warmup, lr, "warmup");
+  keep("steps", o_.steps, lr, "steps");
+  const ojson& opt = part("optimizer");
+  keep("beta1", o_.adamw.beta1, opt, "beta1");
+  keep("beta2", o_.adamw.beta2, opt, "beta2");
+  keep("eps", o_.adamw.eps, opt, "eps");
+  keep("weight-decay", o_.adamw.weight_decay, opt, "weight_decay");
+  keep("clip", o_.clip, opt, "clip");
+  const ojson& data = part("data");
+  keep("data", o_.data.source, data, "source");
+  keep("seq-len", o_.data.seq_len, data, "seq_len");
+  keep("copy-tokens", o_.data.copy_tokens, data, "copy_tokens");
+  keep("copy-slots", o_.data.copy_slots, data, "copy_slots");
+  keep("task-vocab", o_.data.task_vocab, data, "task_vocab");
+  if (data.is_object()) o_.data.seed = data.value("seed", o_.data.seed);
+  const ojson& batch = part("batch");
+  prefer("microbatches", o_.microbatches, batch, "microbatches");
+  prefer("microbatch-size", o_.microbatch_size, batch, "microbatch_size");
+  prefer("schedule", o_.schedule, batch, "schedule");
+  prefer("autocast", o_.autocast, batch, "autocast");
+  if (batch.is_object() && batch.contains("samples_per_step")) {
+    const int64_t was = batch.at("samples_per_step").get<int64_t>();
+    const int64_t now = static_cast<int64_t>(o_.microbatches) * o_.microbatch_size;
+    if (now != was) {
+      throw UsageError("--microbatches " + std::to_string(o_.microbatches) + " x --microbatch-size " +
+                       std::to_string(o_.microbatch_size) + " = " + std::to_string(now) +
+                       " samples per step, but the run resumed from '" + dir + "' takes " + std::to_string(was) +
+                       "; a resumed run may split its batch differently, not change its size");
+    }
+  }
+}
+
 // Before step 1 each boundary exchanges what both sides believe, in both directions, so a
 // mismatch fails loudly on both sides instead of hanging or silently misreading tensors.
 void Rank::handshake() {
   if (!tx_) return;
-  static const char* kFields[] = {"magic", "schema version", "boundary mode", "boundary dtype", "microbatch size",
-                                  "sequence length", "d_model", "config digest", "schedule", "microbatches",
-                                  "pipeline stages", "partition", "data seed", "start step", "samples consumed",
-                                  "data source", "autocast dtype"};
-  constexpr int kN = static_cast<int>(sizeof kFields / sizeof kFields[0]);
+  // Every field is an int64; kReal fields carry a double's bits, kText ones a hash of a string.
+  enum Kind { kInt, kReal, kText };
+  struct Field {
+    const char* name;
+    Kind kind;
+    int64_t value;
+  };
+  auto real = [](double d) {
+    int64_t v;
+    std::memcpy(&v, &d, sizeof v);
+    return v;
+  };
+  auto text = [](const std::string& t) { return static_cast<int64_t>(fnv(t)); };
+  const std::vector<Field> fields = {
+      {"magic", kInt, 0x706d616d6261},  // "pmamba"
+      {"schema version", kInt, 2},
+      {"boundary mode", kInt, model_->boundary() == model::BoundaryMode::kPacked ? 0 : 1},
+      {"boundary dtype", kInt, static_cast<int64_t>(model_->residual_dtype())},
+      {"microbatch size", kInt, o_.microbatch_size},
+      {"sequence length", kInt, data_->seq_len()},
+      {"d_model", kInt, config_.d_model},
+      {"config digest", kText, static_cast<int64_t>(model::config_digest(config_))},
+      {"schedule", kText, text(o_.schedule)},
+      {"microbatches", kInt, o_.microbatches},
+      {"pipeline stages", kInt, o_.pp},
+      {"partition", kText, text(model::partition_string(stages_))},
+      {"data seed", kInt, static_cast<int64_t>(o_.data.seed)},
+      {"start step", kInt, start_step_},
+      {"samples consumed", kInt, samples_},
+      {"data options", kText, text(data_to_json(o_.data).dump())},
+      {"autocast dtype", kInt, static_cast<int64_t>(autocast_)},
+      {"init seed", kInt, static_cast<int64_t>(o_.seed)},
+      {"--steps", kInt, o_.steps},
+      {"--stop-after", kInt, o_.stop_after},
+      {"--lr", kReal, real(o_.lr)},
+      {"--min-lr", kReal, real(o_.min_lr)},
+      {"--warmup", kInt, o_.warmup},
+      {"--clip", kReal, real(o_.clip)},
+      {"--beta1", kReal, real(o_.adamw.beta1)},
+      {"--beta2", kReal, real(o_.adamw.beta2)},
+      {"AdamW eps", kReal, real(o_.adamw.eps)},
+      {"--weight-decay", kReal, real(o_.adamw.weight_decay)},
+      {"--ckpt-dir", kText, text(o_.ckpt_dir)},
+      {"--ckpt-every", kInt, o_.ckpt_every},
+      {"--keep-last", kInt, o_.keep_last},
+      {"--compression", kText, text(o_.compression)},
+  };
+  const int kN = static_cast<int>(fields.size());
+  auto shown = [&](const Field& f, int64_t v) {
+    if (f.kind == kText) return std::string("another value");
+    if (f.kind == kInt) return std::to_string(v);
+    double d;
+    std::memcpy(&d, &v, sizeof d);
+    return show(d);
+  };
   auto header = [&]() {
     at::Tensor h = at::zeros({kN}, at::kLong);
     auto a = h.accessor<int64_t, 1>();
-    a[0] = 0x706d616d6261;  // "pmamba"
-    a[1] = 1;
-    a[2] = model_->boundary() == model::BoundaryMode::kPacked ? 0 : 1;
-    a[3] = static_cast<int64_t>(model_->residual_dtype());
-    a[4] = o_.microbatch_size;
-    a[5] = data_->seq_len();
-    a[6] = config_.d_model;
-    a[7] = static_cast<int64_t>(model::config_digest(config_));
-    a[8] = static_cast<int64_t>(fnv(o_.schedule));
-    a[9] = o_.microbatches;
-    a[10] = o_.pp;
-    a[11] = static_cast<int64_t>(fnv(model::partition_string(stages_)));
-    a[12] = static_cast<int64_t>(o_.data.seed);
-    a[13] = start_step_;
-    a[14] = samples_;
-    a[15] = static_cast<int64_t>(fnv(o_.data.source));
-    a[16] = static_cast<int64_t>(autocast_);
+    for (int i = 0; i < kN; ++i) a[i] = fields[static_cast<size_t>(i)].value;
     return h;
   };
   const at::Tensor mine = header();
   auto compare = [&](const at::Tensor& theirs, int peer) {
     for (int i = 0; i < kN; ++i) {
+      const Field& f = fields[static_cast<size_t>(i)];
       const int64_t a = mine[i].item<int64_t>(), b = theirs[i].item<int64_t>();
       if (a != b) {
-        throw PipelineError("handshake with stage " + std::to_string(peer) + " failed: " + kFields[i] +
-                            " differs (stage " + std::to_string(rank_) + " has " + std::to_string(a) + ", stage " +
-                            std::to_string(peer) + " has " + std::to_string(b) +
+        const std::string mine_shown = f.kind == kText ? std::string("one value") : shown(f, a);
+        throw PipelineError("handshake with stage " + std::to_string(peer) + " failed: " + f.name +
+                            " differs (stage " + std::to_string(rank_) + " has " + mine_shown + ", stage " +
+                            std::to_string(peer) + " has " + shown(f, b) +
                             "); all stages must be started with the same options");
       }
     }
@@ -255,6 +361,16 @@ ojson Rank::train_state() const {
   t["tokens_consumed"] = tokens_;
   t["data"] = data_to_json(o_.data);
   t["lr_schedule"] = ojson{{"lr", o_.lr}, {"min_lr", o_.min_lr}, {"warmup", o_.warmup}, {"steps", o_.steps}};
+  t["optimizer"] = ojson{{"beta1", o_.adamw.beta1},
+                         {"beta2", o_.adamw.beta2},
+                         {"eps", o_.adamw.eps},
+                         {"weight_decay", o_.adamw.weight_decay},
+                         {"clip", o_.clip}};
+  t["batch"] = ojson{{"samples_per_step", static_cast<int64_t>(o_.microbatches) * o_.microbatch_size},
+                     {"microbatches", o_.microbatches},
+                     {"microbatch_size", o_.microbatch_size},
+                     {"schedule", o_.schedule},
+                     {"autocast", o_.autocast}};
   return t;
 }
 

@@ -4,11 +4,12 @@
 // checkpoints committed by rank 0, and resume at any PP degree and partition.
 //
 // On CPU, PP = k and PP = 1 with the same schedule and microbatches give bitwise-identical
-// losses, gradient norms and weights, in float32 and under bf16 autocast (tests/pp/train_test.sh
+// losses, gradient norms and weights, in float32 and under bf16 autocast (tests/cli/train_equiv_test.sh
 // checks it). On CUDA each rank uses the device of its local rank.
 #pragma once
 
 #include <cstdint>
+#include <set>
 #include <string>
 
 #include "src/pp/data.h"
@@ -53,6 +54,9 @@ struct TrainOptions {
   std::string metrics_path;  // JSON lines (written by the last stage)
   bool print_schedule = false;
   bool quiet = false;
+  // Long names (no dashes) of the options given on the command line. On resume the others take
+  // the checkpoint's values, and a given one that contradicts the checkpoint is an error.
+  std::set<std::string> given;
 };
 
 /// Entry point of pmamba-train. Without launcher variables and with pp > 1 it starts pp local

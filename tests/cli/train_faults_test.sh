@@ -59,6 +59,21 @@ wait $PID0; C0=$?; wait $PID1; C1=$?
 LAST_CMD="hand-launched ranks with different configs"
 [ $C0 -ne 0 ] && [ $C0 -ne 124 ] && [ $C1 -ne 0 ] && [ $C1 -ne 124 ] || fail "exit codes $C0 $C1 (124 = hung)"
 grep -q "config digest differs" "$T/cfg0.err" || fail "rank 0: $(cat "$T/cfg0.err")"
+grep -q "config digest differs" "$T/cfg1.err" || fail "rank 1: $(cat "$T/cfg1.err")"
+
+# --- a different learning rate on one rank: caught by the handshake, not trained silently ---
+P=$(port)
+for r in 0 1; do
+  lr=0.001; [ $r = 1 ] && lr=0.002
+  RANK=$r WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$P timeout 60 \
+      "$BIN/pmamba-train" "${common[@]}" --pp 2 --steps 2 --lr $lr --timeout 20 >/dev/null 2>"$T/lr$r.err" &
+  eval "PID$r=$!"
+done
+wait $PID0; C0=$?; wait $PID1; C1=$?
+LAST_CMD="hand-launched ranks with different --lr"
+[ $C0 -ne 0 ] && [ $C0 -ne 124 ] && [ $C1 -ne 0 ] && [ $C1 -ne 124 ] || fail "exit codes $C0 $C1 (124 = hung)"
+grep -q "handshake with stage 1 failed: --lr differs (stage 0 has 0.001, stage 1 has 0.002)" "$T/lr0.err" || fail "rank 0: $(cat "$T/lr0.err")"
+grep -q "handshake with stage 0 failed: --lr differs" "$T/lr1.err" || fail "rank 1: $(cat "$T/lr1.err")"
 
 # --- Slurm-style variables launch a healthy run equal to the local launcher's ---
 P=$(port)

@@ -28,6 +28,24 @@ run "$BIN/pmamba-ckpt" diff "$T/d" "$T/u"; expect_code 0
 cp -r "$T/a" "$T/auto"
 run "$BIN/pmamba-train" --preset tiny "${common[@]}" --pp 1 --resume auto --ckpt-dir "$T/auto"; expect_code 0
 run "$BIN/pmamba-ckpt" diff "$T/auto" "$T/u"; expect_code 0
+# The run's settings come back from the checkpoint: a resume that names none of them (no data,
+# seed, LR schedule or batch options) continues the same run.
+run "$BIN/pmamba-train" --pp 3 --resume "$T/a" --ckpt-dir "$T/bare" --quiet --timeout 60; expect_code 0
+run "$BIN/pmamba-ckpt" diff "$T/bare" "$T/u"; expect_code 0
+# A given option that contradicts the run is refused before anything runs; the batch may be split
+# differently (same samples per step) but not resized.
+run "$BIN/pmamba-train" --pp 1 --resume "$T/a" --ckpt-dir "$T/e" --lr 0.01
+expect_code 2; expect_err "--lr 0.01 differs from the run resumed from"
+run "$BIN/pmamba-train" --pp 1 --resume "$T/a" --ckpt-dir "$T/e" --steps 20
+expect_code 2; expect_err "--steps 20 differs"
+run "$BIN/pmamba-train" --pp 1 --resume "$T/a" --ckpt-dir "$T/e" --copy-tokens 5
+expect_code 2; expect_err "--copy-tokens 5 differs"
+run "$BIN/pmamba-train" --pp 1 --resume "$T/a" --ckpt-dir "$T/e" --microbatches 4
+expect_code 2; expect_err "samples per step"
+[ -e "$T/e" ] && fail "a refused resume wrote '$T/e'"
+run "$BIN/pmamba-train" --pp 2 --resume "$T/a" --ckpt-dir "$T/split" --microbatches 6 --microbatch-size 1 --quiet
+expect_code 0
+[ "$(cat "$T/split/latest")" = "step-00000008" ] || fail "the re-split resume did not reach step 8"
 # A resumed run refuses a model other than the checkpoint's.
 run "$BIN/pmamba-train" "${common[@]}" --preset small --pp 1 --resume "$T/a" --ckpt-dir "$T/e"
 expect_code 2; expect_err "different model"
