@@ -105,9 +105,9 @@ class Stream : public DataSource {
  public:
   Stream(const DataOptions& o, std::vector<int64_t> tokens, int64_t vocab, std::string what)
       : o_(o), tokens_(std::move(tokens)), vocab_(vocab), len_(o.seq_len > 0 ? o.seq_len : 128), what_(std::move(what)) {
-    if (static_cast<int64_t>(tokens_.size()) < len_ + 2) {
-      throw UsageError(what_ + " holds " + std::to_string(tokens_.size()) + " tokens, fewer than --seq-len + 2 = " +
-                       std::to_string(len_ + 2));
+    if (static_cast<int64_t>(tokens_.size()) < len_ + 1) {
+      throw UsageError(what_ + " holds " + std::to_string(tokens_.size()) + " tokens, fewer than --seq-len + 1 = " +
+                       std::to_string(len_ + 1));
     }
   }
   int64_t seq_len() const override { return len_; }
@@ -119,7 +119,8 @@ class Stream : public DataSource {
  protected:
   void sample(int64_t index, int64_t* x, int64_t* y, bool* mask) const override {
     SampleRng rng(o_.seed, index);
-    const int64_t start = rng.below(static_cast<int64_t>(tokens_.size()) - len_ - 1);
+    // Windows of len + 1 tokens (inputs and the shifted targets); the last starts at size - len - 1.
+    const int64_t start = rng.below(static_cast<int64_t>(tokens_.size()) - len_);
     for (int64_t t = 0; t < len_; ++t) {
       x[t] = tokens_[static_cast<size_t>(start + t)];
       y[t] = tokens_[static_cast<size_t>(start + t + 1)];

@@ -70,6 +70,7 @@ int launch_local(const LaunchOptions& o) {
       ::setenv("WORLD_SIZE", std::to_string(o.ranks).c_str(), 1);
       ::setenv("MASTER_ADDR", "127.0.0.1", 1);
       ::setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
+      ::setenv("PMAMBA_LOCAL_LAUNCH", "1", 1);
       std::vector<char*> args;
       args.push_back(const_cast<char*>(exe.c_str()));
       for (size_t i = 1; i < o.argv.size(); ++i) args.push_back(const_cast<char*>(o.argv[i].c_str()));

@@ -606,7 +606,10 @@ void Rank::log(const ojson& j) {
 
 int Rank::run_steps() {
   setup();
-  if (o_.print_schedule && rank_ == 0) std::printf("%s", print_schedule(schedule_).c_str());
+  // Under the local launcher, which printed it before starting the stages, not again.
+  if (o_.print_schedule && rank_ == 0 && !std::getenv("PMAMBA_LOCAL_LAUNCH")) {
+    std::printf("%s", print_schedule(schedule_).c_str());
+  }
   handshake();
   const int64_t stop = o_.stop_after > 0 ? std::min(o_.stop_after, o_.steps) : o_.steps;
   if (spec_.is_last() && !o_.quiet) {

@@ -255,6 +255,22 @@ Transport::Transport(const DistEnv& e, std::chrono::milliseconds timeout, const 
 }
 
 Transport::~Transport() {
+  // After a failure the other stages read heartbeats and failure reports from the store to name
+  // the stage that stopped answering; when stage 0 serves that store, its exit would make them
+  // blame stage 0. Keep serving until every other stage has reported its own failure (a dead
+  // one never will: at most a few heartbeats).
+  if (impl_->failed && rank_ == 0 && !agent_store_ && world_ > 1) {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(8 * kHeartbeatMs);
+    try {
+      while (std::chrono::steady_clock::now() < until) {
+        bool all = true;
+        for (int r = 1; r < world_ && all; ++r) all = impl_->store->check({"failed/" + std::to_string(r)});
+        if (all) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(kHeartbeatMs / 5));
+      }
+    } catch (...) {
+    }
+  }
   impl_->stop.store(true);
   if (impl_->heart.joinable()) impl_->heart.join();
   // Sends still pending belong to a step that failed; let them go without waiting.
@@ -288,6 +304,13 @@ void Transport::peer_failed(int peer, const std::string& what, const std::string
   } catch (const PipelineError&) {
     throw;
   } catch (const std::exception&) {
+    // The store is gone too: whoever serves it (stage 0, or torchrun's agent) went first, and
+    // the peer may only have followed it.
+    if (!agent_store_ && peer != 0) {
+      throw PipelineError("stage 0 stopped answering (its rendezvous store is unreachable) and so did stage " +
+                          std::to_string(peer) + ": stage " + std::to_string(rank_) + " waited for " + what + ": " +
+                          first_line(detail));
+    }
   }
   throw PipelineError("stage " + std::to_string(peer) + " stopped answering: stage " + std::to_string(rank_) +
                       " waited for " + what + " (timeout " + std::to_string(timeout_.count() / 1000.0).substr(0, 5) +
@@ -358,6 +381,7 @@ std::string Transport::missing_peers() {
 }
 
 void Transport::report_failure(const std::string& message) noexcept {
+  impl_->failed = true;
   try {
     impl_->store->set("failed/" + std::to_string(rank_), std::vector<uint8_t>(message.begin(), message.end()));
   } catch (...) {
@@ -393,14 +417,33 @@ void Transport::barrier(const std::string& what) {
 }
 
 std::string Transport::broadcast_string(const std::string& key, const std::string& value) {
+  std::string detail = "timed out";
   try {
     if (rank_ == 0) impl_->store->set(key, std::vector<uint8_t>(value.begin(), value.end()));
-    const std::vector<uint8_t> got = impl_->store->get(key);
-    return std::string(got.begin(), got.end());
+    // Polled rather than one blocking get, so that a stage 0 which gave up (and said why in
+    // the store) is reported at once, with its reason, instead of after the timeout.
+    const auto until = std::chrono::steady_clock::now() + timeout_;
+    while (std::chrono::steady_clock::now() < until) {
+      if (impl_->store->check({key})) {
+        const std::vector<uint8_t> got = impl_->store->get(key);
+        return std::string(got.begin(), got.end());
+      }
+      if (impl_->store->check({"failed/0"})) {
+        impl_->failed = true;
+        const std::vector<uint8_t> msg = impl_->store->get("failed/0");
+        throw PipelineError("stage 0 gave up while stage " + std::to_string(rank_) + " waited for '" + key +
+                            "'; it reported: " + first_line(std::string(msg.begin(), msg.end())));
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  } catch (const PipelineError&) {
+    throw;
   } catch (const std::exception& ex) {
-    throw PipelineError("stage " + std::to_string(rank_) + ": store exchange of '" + key + "' failed: " +
-                        first_line(ex.what()));
+    detail = first_line(ex.what());
   }
+  impl_->failed = true;
+  throw PipelineError("stage " + std::to_string(rank_) + ": store exchange of '" + key + "' with stage 0 failed: " +
+                      detail);
 }
 
 }  // namespace pmamba::pp

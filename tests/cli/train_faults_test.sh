@@ -13,24 +13,67 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 "$BIN/pmamba-train" "${common[@]}" --pp 3 --steps 100000 --ckpt-every 2 --ckpt-dir "$T/k" --timeout 20 \
     >"$T/kill.out" 2>"$T/kill.err" &
 LAUNCHER=$!
+# Whatever goes wrong below, no trainer outlives the test (and the test never waits on a
+# 100000-step run): a watchdog kills the launcher and its stages after 90 s.
+stop_run() { pkill -9 -P "$LAUNCHER" 2>/dev/null; kill -9 "$LAUNCHER" 2>/dev/null; }
+( sleep 90 >/dev/null 2>&1; stop_run ) >/dev/null 2>&1 &
+WATCHDOG=$!
 for _ in $(seq 1 600); do [ -f "$T/k/latest" ] && break; sleep 0.1; done
-[ -f "$T/k/latest" ] || fail "no checkpoint was committed before the kill"
 VICTIM=""
 for pid in $(pgrep -P $LAUNCHER); do
   if tr '\0' '\n' < /proc/$pid/environ | grep -qx RANK=1; then VICTIM=$pid; fi
 done
-[ -n "$VICTIM" ] || fail "could not find stage 1's process"
-START=$(date +%s)
-kill -9 "$VICTIM"
-wait $LAUNCHER
-CODE=$?
-ELAPSED=$(( $(date +%s) - START ))
 LAST_CMD="pmamba-train --pp 3 with stage 1 killed"
-[ "$CODE" -ne 0 ] || fail "the run exited 0 after a stage was killed"
-[ "$ELAPSED" -le 20 ] || fail "the other stages took ${ELAPSED}s (> the 20 s timeout) to exit"
-grep -q "stage 1 stopped answering" "$T/kill.err" || fail "no error names stage 1: $(tail -5 "$T/kill.err")"
-grep -q "stage [02] stopped answering" "$T/kill.err" && fail "a surviving stage was blamed: $(tail -5 "$T/kill.err")"
+if [ ! -f "$T/k/latest" ] || [ -z "$VICTIM" ]; then
+  fail "no checkpoint was committed within 60 s, or stage 1's process was not found"
+  stop_run
+else
+  START=$(date +%s)
+  kill -9 "$VICTIM"
+  wait $LAUNCHER
+  CODE=$?
+  ELAPSED=$(( $(date +%s) - START ))
+  [ "$CODE" -ne 0 ] || fail "the run exited 0 after a stage was killed"
+  [ "$ELAPSED" -le 20 ] || fail "the other stages took ${ELAPSED}s (> the 20 s timeout) to exit"
+  grep -q "stage 1 stopped answering" "$T/kill.err" || fail "no error names stage 1: $(tail -5 "$T/kill.err")"
+  grep -q "stage [02] stopped answering" "$T/kill.err" && fail "a surviving stage was blamed: $(tail -5 "$T/kill.err")"
+fi
+kill "$WATCHDOG" 2>/dev/null
 run "$BIN/pmamba-ckpt" verify "$T/k"; expect_code 0
+
+# --- stage 0 (which serves the rendezvous store) killed: it is the stage named, never stage 2 ---
+"$BIN/pmamba-train" "${common[@]}" --pp 3 --steps 100000 --ckpt-every 2 --ckpt-dir "$T/k0" --timeout 20 \
+    >"$T/kill0.out" 2>"$T/kill0.err" &
+LAUNCHER=$!
+( sleep 90 >/dev/null 2>&1; stop_run ) >/dev/null 2>&1 &
+WATCHDOG=$!
+for _ in $(seq 1 600); do [ -f "$T/k0/latest" ] && break; sleep 0.1; done
+VICTIM=""
+for pid in $(pgrep -P $LAUNCHER); do
+  if tr '\0' '\n' < /proc/$pid/environ | grep -qx RANK=0; then VICTIM=$pid; fi
+done
+LAST_CMD="pmamba-train --pp 3 with stage 0 killed"
+if [ ! -f "$T/k0/latest" ] || [ -z "$VICTIM" ]; then
+  fail "no checkpoint was committed within 60 s, or stage 0's process was not found"
+  stop_run
+else
+  kill -9 "$VICTIM"
+  wait $LAUNCHER
+  CODE=$?
+  [ "$CODE" -ne 0 ] || fail "the run exited 0 after stage 0 was killed"
+  grep -Eq "^\[stage 1\].*stage 0( \([^)]*\))? stopped answering" "$T/kill0.err" || fail "stage 1 does not name stage 0: $(tail -5 "$T/kill0.err")"
+  grep -q "stage 2 stopped answering" "$T/kill0.err" && fail "the surviving stage 2 was blamed: $(tail -5 "$T/kill0.err")"
+fi
+kill "$WATCHDOG" 2>/dev/null
+run "$BIN/pmamba-ckpt" verify "$T/k0"; expect_code 0
+
+# --- stage 0 fails on its own (the checkpoint root is a file): the others report its reason ---
+touch "$T/notadir"
+run timeout 60 "$BIN/pmamba-train" "${common[@]}" --pp 3 --steps 4 --ckpt-every 2 --ckpt-dir "$T/notadir" --timeout 20
+[ "$CODE" -ne 0 ] && [ "$CODE" -ne 124 ] || fail "exit code $CODE (124 = hung)"
+for r in 1 2; do
+  expect_err "[stage $r] pmamba-train: stage 0 gave up while stage $r waited for 'ckpt/2'; it reported: cannot write a checkpoint"
+done
 
 # --- ranks started by hand with torchrun's variables, one with another boundary mode ---
 P=$(port)
@@ -95,6 +138,11 @@ run "$BIN/pmamba-ckpt" diff "$T/sbatch" "$T/local"; expect_code 0
 RANK=0 WORLD_SIZE=1 run timeout 120 "$BIN/pmamba-train" "${common[@]}" --pp 2 --steps 3 --ckpt-dir "$T/one" --quiet
 expect_code 0
 run "$BIN/pmamba-ckpt" diff "$T/one" "$T/local"; expect_code 0
+
+# --- --print-schedule prints the action lists once, not once more per stage ---
+run "$BIN/pmamba-train" "${common[@]}" --pp 2 --steps 1 --print-schedule --quiet; expect_code 0
+[ "$(grep -c '^schedule 1f1b: 2 stages' "$T/out")" = 1 ] || fail "the schedule was not printed exactly once"
+expect_out "stage 1 (peak activations"
 
 # --- usage errors exit 2 before starting anything ---
 run "$BIN/pmamba-train" "${common[@]}" --pp 2 --schedule zb; expect_code 2
