@@ -45,18 +45,6 @@ d, steps = sys.argv[1], int(sys.argv[2])
 def rows(name):
     r = [json.loads(l) for l in open(os.path.join(d, name + ".jsonl"))]
     return r[2:]  # the first two steps warm up
-out = {"bench": "pp", "steps": steps, "threads_per_stage": 1, "cores": os.cpu_count(), "runs": []}
-print(f"{'pp':>3} {'schedule':>8} {'m':>3} {'tokens/s':>9} {'bubble':>7} {'theory':>7}")
-for pp in (1, 2, 4):
-    for sched in ("gpipe", "1f1b"):
-        for m in (1, 4, 8):
-            r = rows(f"pp{pp}-{sched}-m{m}")
-            tps = statistics.median(x["tokens_per_s"] for x in r)
-            bub = statistics.median(x["bubble"] for x in r)
-            theory = (pp - 1) / (m + pp - 1)
-            out["runs"].append({"pp": pp, "schedule": sched, "microbatches": m, "tokens_per_s": tps,
-                                "bubble_measured": bub, "bubble_theory": theory})
-            print(f"{pp:>3} {sched:>8} {m:>3} {tps:>9.0f} {bub:>7.2f} {theory:>7.2f}")
 def stage_model(p, m, b_over_f=2.0):
     # Per-stage average of the time each stage waits in the pipeline phase, uniform stages,
     # backward = b_over_f x forward: the phase lasts T = (m+p-1)(f+b) on stage 0 and ends i*b
@@ -64,20 +52,25 @@ def stage_model(p, m, b_over_f=2.0):
     f, b = 1.0, b_over_f
     T = (m + p - 1) * (f + b)
     return sum(1 - m * (f + b) / (T - i * b) for i in range(p)) / p
-print(f"wider model (d_model 128, microbatch 16 x 48 tokens):")
-print(f"{'pp':>3} {'schedule':>8} {'m':>3} {'tokens/s':>9} {'bubble':>7} {'theory':>7} {'model':>7}")
-out["wide_runs"] = []
-for pp in (1, 2):
-    for sched in ("gpipe", "1f1b"):
-        for m in (1, 4, 8):
-            r = rows(f"wide-pp{pp}-{sched}-m{m}")
-            tps = statistics.median(x["tokens_per_s"] for x in r)
-            bub = statistics.median(x["bubble"] for x in r)
-            theory = (pp - 1) / (m + pp - 1)
-            model = stage_model(pp, m)
-            out["wide_runs"].append({"pp": pp, "schedule": sched, "microbatches": m, "tokens_per_s": tps,
-                                     "bubble_measured": bub, "bubble_theory": theory, "bubble_stage_model": model})
-            print(f"{pp:>3} {sched:>8} {m:>3} {tps:>9.0f} {bub:>7.2f} {theory:>7.2f} {model:>7.2f}")
+def table(prefix, degrees):
+    print(f"{'pp':>3} {'schedule':>8} {'m':>3} {'tokens/s':>9} {'bubble':>7} {'theory':>7} {'model':>7}")
+    runs = []
+    for pp in degrees:
+        for sched in ("gpipe", "1f1b"):
+            for m in (1, 4, 8):
+                r = rows(f"{prefix}pp{pp}-{sched}-m{m}")
+                run = {"pp": pp, "schedule": sched, "microbatches": m,
+                       "tokens_per_s": statistics.median(x["tokens_per_s"] for x in r),
+                       "bubble_measured": statistics.median(x["bubble"] for x in r),
+                       "bubble_theory": (pp - 1) / (m + pp - 1), "bubble_stage_model": stage_model(pp, m)}
+                runs.append(run)
+                print(f"{pp:>3} {sched:>8} {m:>3} {run['tokens_per_s']:>9.0f} {run['bubble_measured']:>7.2f} "
+                      f"{run['bubble_theory']:>7.2f} {run['bubble_stage_model']:>7.2f}")
+    return runs
+out = {"bench": "pp", "steps": steps, "threads_per_stage": 1, "cores": os.cpu_count()}
+out["runs"] = table("", (1, 2, 4))
+print("wider model (d_model 128, microbatch 16 x 48 tokens):")
+out["wide_runs"] = table("wide-", (1, 2))
 for b in ("packed", "summed"):
     out[f"bytes_sent_{b}"] = statistics.median(x["bytes_sent"] for x in rows(f"bytes-{b}"))
 print(f"bytes sent per step at PP 2, m 4: packed {out['bytes_sent_packed']:.0f}, summed {out['bytes_sent_summed']:.0f}")

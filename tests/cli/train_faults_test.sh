@@ -9,62 +9,49 @@ source "$(dirname "$0")/lib.sh"
 common=(--preset tiny --data selective-copy --copy-tokens 4 --copy-slots 12 --microbatches 4 --microbatch-size 2 --seed 3)
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# --- a rank killed mid-run ---
-"$BIN/pmamba-train" "${common[@]}" --pp 3 --steps 100000 --ckpt-every 2 --ckpt-dir "$T/k" --timeout 20 \
-    >"$T/kill.out" 2>"$T/kill.err" &
-LAUNCHER=$!
-# Whatever goes wrong below, no trainer outlives the test (and the test never waits on a
+# Starts a 3-stage run checkpointing every 2 steps, kills stage $1 with SIGKILL once a
+# checkpoint is committed, waits for the others; sets CODE and ELAPSED, stderr in $T/$2.err.
+# Whatever goes wrong, no trainer outlives the test (and the test never waits on a
 # 100000-step run): a watchdog kills the launcher and its stages after 90 s.
-stop_run() { pkill -9 -P "$LAUNCHER" 2>/dev/null; kill -9 "$LAUNCHER" 2>/dev/null; }
-( sleep 90 >/dev/null 2>&1; stop_run ) >/dev/null 2>&1 &
-WATCHDOG=$!
-for _ in $(seq 1 600); do [ -f "$T/k/latest" ] && break; sleep 0.1; done
-VICTIM=""
-for pid in $(pgrep -P $LAUNCHER); do
-  if tr '\0' '\n' < /proc/$pid/environ | grep -qx RANK=1; then VICTIM=$pid; fi
-done
-LAST_CMD="pmamba-train --pp 3 with stage 1 killed"
-if [ ! -f "$T/k/latest" ] || [ -z "$VICTIM" ]; then
-  fail "no checkpoint was committed within 60 s, or stage 1's process was not found"
-  stop_run
-else
-  START=$(date +%s)
-  kill -9 "$VICTIM"
-  wait $LAUNCHER
-  CODE=$?
-  ELAPSED=$(( $(date +%s) - START ))
-  [ "$CODE" -ne 0 ] || fail "the run exited 0 after a stage was killed"
-  [ "$ELAPSED" -le 20 ] || fail "the other stages took ${ELAPSED}s (> the 20 s timeout) to exit"
-  grep -q "stage 1 stopped answering" "$T/kill.err" || fail "no error names stage 1: $(tail -5 "$T/kill.err")"
-  grep -q "stage [02] stopped answering" "$T/kill.err" && fail "a surviving stage was blamed: $(tail -5 "$T/kill.err")"
-fi
-kill "$WATCHDOG" 2>/dev/null
+kill_stage_mid_run() {
+  local victim_rank=$1 name=$2
+  "$BIN/pmamba-train" "${common[@]}" --pp 3 --steps 100000 --ckpt-every 2 --ckpt-dir "$T/$name" --timeout 20 \
+      >"$T/$name.out" 2>"$T/$name.err" &
+  LAUNCHER=$!
+  ( sleep 90 >/dev/null 2>&1; pkill -9 -P "$LAUNCHER"; kill -9 "$LAUNCHER" ) >/dev/null 2>&1 &
+  local watchdog=$! victim=""
+  for _ in $(seq 1 600); do [ -f "$T/$name/latest" ] && break; sleep 0.1; done
+  for pid in $(pgrep -P $LAUNCHER); do
+    if tr '\0' '\n' < /proc/$pid/environ | grep -qx "RANK=$victim_rank"; then victim=$pid; fi
+  done
+  LAST_CMD="pmamba-train --pp 3 with stage $victim_rank killed"
+  if [ ! -f "$T/$name/latest" ] || [ -z "$victim" ]; then
+    fail "no checkpoint was committed within 60 s, or stage $victim_rank's process was not found"
+    pkill -9 -P "$LAUNCHER"; kill -9 "$LAUNCHER"; wait $LAUNCHER
+    CODE=0; ELAPSED=0
+  else
+    local start; start=$(date +%s)
+    kill -9 "$victim"
+    wait $LAUNCHER
+    CODE=$?
+    ELAPSED=$(( $(date +%s) - start ))
+  fi
+  kill "$watchdog" 2>/dev/null
+}
+
+# --- a rank killed mid-run ---
+kill_stage_mid_run 1 k
+[ "$CODE" -ne 0 ] || fail "the run exited 0 after a stage was killed"
+[ "$ELAPSED" -le 20 ] || fail "the other stages took ${ELAPSED}s (> the 20 s timeout) to exit"
+grep -q "stage 1 stopped answering" "$T/k.err" || fail "no error names stage 1: $(tail -5 "$T/k.err")"
+grep -q "stage [02] stopped answering" "$T/k.err" && fail "a surviving stage was blamed: $(tail -5 "$T/k.err")"
 run "$BIN/pmamba-ckpt" verify "$T/k"; expect_code 0
 
 # --- stage 0 (which serves the rendezvous store) killed: it is the stage named, never stage 2 ---
-"$BIN/pmamba-train" "${common[@]}" --pp 3 --steps 100000 --ckpt-every 2 --ckpt-dir "$T/k0" --timeout 20 \
-    >"$T/kill0.out" 2>"$T/kill0.err" &
-LAUNCHER=$!
-( sleep 90 >/dev/null 2>&1; stop_run ) >/dev/null 2>&1 &
-WATCHDOG=$!
-for _ in $(seq 1 600); do [ -f "$T/k0/latest" ] && break; sleep 0.1; done
-VICTIM=""
-for pid in $(pgrep -P $LAUNCHER); do
-  if tr '\0' '\n' < /proc/$pid/environ | grep -qx RANK=0; then VICTIM=$pid; fi
-done
-LAST_CMD="pmamba-train --pp 3 with stage 0 killed"
-if [ ! -f "$T/k0/latest" ] || [ -z "$VICTIM" ]; then
-  fail "no checkpoint was committed within 60 s, or stage 0's process was not found"
-  stop_run
-else
-  kill -9 "$VICTIM"
-  wait $LAUNCHER
-  CODE=$?
-  [ "$CODE" -ne 0 ] || fail "the run exited 0 after stage 0 was killed"
-  grep -Eq "^\[stage 1\].*stage 0( \([^)]*\))? stopped answering" "$T/kill0.err" || fail "stage 1 does not name stage 0: $(tail -5 "$T/kill0.err")"
-  grep -q "stage 2 stopped answering" "$T/kill0.err" && fail "the surviving stage 2 was blamed: $(tail -5 "$T/kill0.err")"
-fi
-kill "$WATCHDOG" 2>/dev/null
+kill_stage_mid_run 0 k0
+[ "$CODE" -ne 0 ] || fail "the run exited 0 after stage 0 was killed"
+grep -Eq "^\[stage 1\].*stage 0( \([^)]*\))? stopped answering" "$T/k0.err" || fail "stage 1 does not name stage 0: $(tail -5 "$T/k0.err")"
+grep -q "stage 2 stopped answering" "$T/k0.err" && fail "the surviving stage 2 was blamed: $(tail -5 "$T/k0.err")"
 run "$BIN/pmamba-ckpt" verify "$T/k0"; expect_code 0
 
 # --- stage 0 fails on its own (the checkpoint root is a file): the others report its reason ---
