@@ -14,6 +14,7 @@
 #include "src/model/partition.h"
 #include "src/pp/device.h"
 #include "src/pp/errors.h"
+#include "src/pp/handshake.h"
 #include "src/pp/launch.h"
 #include "src/pp/state.h"
 #include "src/pp/transport.h"
@@ -167,6 +168,34 @@ EvalResult finish(const at::Tensor& logits, const Prepared& p, const EvalOptions
 }
 
 constexpr int kTagEval = 7;
+constexpr int kTagHandshakeDown = 1 << 24, kTagHandshakeUp = (1 << 24) + 1;
+
+// What every stage of one evaluation must agree on: hand-launched ranks given another model,
+// checkpoint, layout or input fail here, naming the difference, instead of in a tensor size
+// mismatch or with a wrong loss.
+void eval_handshake(Transport& tx, const Prepared& p, const EvalOptions& o, const model::MambaLM& stage) {
+  using F = HeaderField;
+  const at::Tensor ids = p.ids.contiguous();
+  const std::string input_bytes(static_cast<const char*>(ids.data_ptr()), ids.numel() * ids.element_size());
+  const at::Tensor targets = p.targets.defined() ? p.targets.contiguous() : at::zeros({0}, at::kLong);
+  const std::string target_bytes(static_cast<const char*>(targets.data_ptr()), targets.numel() * targets.element_size());
+  exchange_headers(tx,
+                   {F::integer("magic", 0x706d616d6265),  // "pmambe"
+                    F::integer("schema version", 1),
+                    F::integer("boundary mode", o.boundary == model::BoundaryMode::kPacked ? 0 : 1),
+                    F::integer("boundary dtype", static_cast<int64_t>(stage->residual_dtype())),
+                    F::integer("sequences", p.ids.size(0)),
+                    F::integer("sequence length", p.ids.size(1)),
+                    F::integer("d_model", p.config.d_model),
+                    F::integer("config digest", static_cast<int64_t>(model::config_digest(p.config))),
+                    F::integer("pipeline stages", o.pp),
+                    F::text("partition", model::partition_string(p.stages)),
+                    F::integer("checkpoint step", p.reader ? p.reader->manifest().step : -1),
+                    F::integer("init seed", p.reader ? 0 : static_cast<int64_t>(o.seed)),
+                    F::text("input tokens", input_bytes),
+                    F::text("targets", target_bytes)},
+                   kTagHandshakeDown, kTagHandshakeUp);
+}
 
 }  // namespace
 
@@ -216,22 +245,28 @@ int eval_main(const EvalOptions& o, int argc, char** argv) {
   Transport tx(env, std::chrono::milliseconds(static_cast<int64_t>(o.timeout_s * 1000)), resolve_backend(o.backend, device),
                device);
   const model::StageSpec& spec = p.stages[static_cast<size_t>(env.rank)];
-  model::MambaLM stage = build_stage(p, spec, o, device);
-  c10::NoGradGuard no_grad;
-  at::Tensor x = p.ids.to(device);
-  if (!spec.is_first()) {
-    x = at::empty(stage->boundary_shape(p.ids.size(0), p.ids.size(1)),
-                  at::TensorOptions().dtype(stage->residual_dtype()).device(device));
-    tx.recv(x, env.rank - 1, kTagEval, "the activations");
+  try {
+    model::MambaLM stage = build_stage(p, spec, o, device);
+    eval_handshake(tx, p, o, stage);
+    c10::NoGradGuard no_grad;
+    at::Tensor x = p.ids.to(device);
+    if (!spec.is_first()) {
+      x = at::empty(stage->boundary_shape(p.ids.size(0), p.ids.size(1)),
+                    at::TensorOptions().dtype(stage->residual_dtype()).device(device));
+      tx.recv(x, env.rank - 1, kTagEval, "the activations");
+    }
+    x = stage->forward(x);
+    if (!spec.is_last()) {
+      tx.isend(x, env.rank + 1, kTagEval, "the activations");
+      tx.wait_sends();
+    } else {
+      print_eval(finish(x, p, o), o);
+    }
+    tx.barrier("the end of evaluation");
+  } catch (const std::exception& e) {
+    tx.report_failure(e.what());  // so the other stages say why, not just that this one went away
+    throw;
   }
-  x = stage->forward(x);
-  if (!spec.is_last()) {
-    tx.isend(x, env.rank + 1, kTagEval, "the activations");
-    tx.wait_sends();
-  } else {
-    print_eval(finish(x, p, o), o);
-  }
-  tx.barrier("the end of evaluation");
   return 0;
 }
 

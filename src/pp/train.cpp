@@ -8,7 +8,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -21,6 +20,7 @@
 #include "src/model/mamba.h"
 #include "src/pp/device.h"
 #include "src/pp/errors.h"
+#include "src/pp/handshake.h"
 #include "src/pp/launch.h"
 #include "src/pp/schedule.h"
 #include "src/pp/state.h"
@@ -49,21 +49,8 @@ double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-uint64_t fnv(const std::string& s) {
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
-  return h;
-}
-
 std::string show(const std::string& v) { return "'" + v + "'"; }
-std::string show(double v) {  // the shortest form that reads back as the same double
-  char b[32];
-  for (int digits = 6; digits <= 17; ++digits) {
-    std::snprintf(b, sizeof b, "%.*g", digits, v);
-    if (std::strtod(b, nullptr) == v) break;
-  }
-  return b;
-}
+std::string show(double v) { return format_real(v); }
 template <typename T, typename = std::enable_if_t<std::is_integral_v<T>>>
 std::string show(T v) {
   return std::to_string(v);
@@ -263,94 +250,41 @@ void Rank::restore_run_settings(const ojson& t, const std::string& dir) {
 // mismatch fails loudly on both sides instead of hanging or silently misreading tensors.
 void Rank::handshake() {
   if (!tx_) return;
-  // Every field is an int64; kReal fields carry a double's bits, kText ones a hash of a string.
-  enum Kind { kInt, kReal, kText };
-  struct Field {
-    const char* name;
-    Kind kind;
-    int64_t value;
-  };
-  auto real = [](double d) {
-    int64_t v;
-    std::memcpy(&v, &d, sizeof v);
-    return v;
-  };
-  auto text = [](const std::string& t) { return static_cast<int64_t>(fnv(t)); };
-  const std::vector<Field> fields = {
-      {"magic", kInt, 0x706d616d6261},  // "pmamba"
-      {"schema version", kInt, 2},
-      {"boundary mode", kInt, model_->boundary() == model::BoundaryMode::kPacked ? 0 : 1},
-      {"boundary dtype", kInt, static_cast<int64_t>(model_->residual_dtype())},
-      {"microbatch size", kInt, o_.microbatch_size},
-      {"sequence length", kInt, data_->seq_len()},
-      {"d_model", kInt, config_.d_model},
-      {"config digest", kText, static_cast<int64_t>(model::config_digest(config_))},
-      {"schedule", kText, text(o_.schedule)},
-      {"microbatches", kInt, o_.microbatches},
-      {"pipeline stages", kInt, o_.pp},
-      {"partition", kText, text(model::partition_string(stages_))},
-      {"data seed", kInt, static_cast<int64_t>(o_.data.seed)},
-      {"start step", kInt, start_step_},
-      {"samples consumed", kInt, samples_},
-      {"data options", kText, text(data_to_json(o_.data).dump())},
-      {"autocast dtype", kInt, static_cast<int64_t>(autocast_)},
-      {"init seed", kInt, static_cast<int64_t>(o_.seed)},
-      {"--steps", kInt, o_.steps},
-      {"--stop-after", kInt, o_.stop_after},
-      {"--lr", kReal, real(o_.lr)},
-      {"--min-lr", kReal, real(o_.min_lr)},
-      {"--warmup", kInt, o_.warmup},
-      {"--clip", kReal, real(o_.clip)},
-      {"--beta1", kReal, real(o_.adamw.beta1)},
-      {"--beta2", kReal, real(o_.adamw.beta2)},
-      {"AdamW eps", kReal, real(o_.adamw.eps)},
-      {"--weight-decay", kReal, real(o_.adamw.weight_decay)},
-      {"--ckpt-dir", kText, text(o_.ckpt_dir)},
-      {"--ckpt-every", kInt, o_.ckpt_every},
-      {"--keep-last", kInt, o_.keep_last},
-      {"--compression", kText, text(o_.compression)},
-  };
-  const int kN = static_cast<int>(fields.size());
-  auto shown = [&](const Field& f, int64_t v) {
-    if (f.kind == kText) return std::string("another value");
-    if (f.kind == kInt) return std::to_string(v);
-    double d;
-    std::memcpy(&d, &v, sizeof d);
-    return show(d);
-  };
-  auto header = [&]() {
-    at::Tensor h = at::zeros({kN}, at::kLong);
-    auto a = h.accessor<int64_t, 1>();
-    for (int i = 0; i < kN; ++i) a[i] = fields[static_cast<size_t>(i)].value;
-    return h;
-  };
-  const at::Tensor mine = header();
-  auto compare = [&](const at::Tensor& theirs, int peer) {
-    for (int i = 0; i < kN; ++i) {
-      const Field& f = fields[static_cast<size_t>(i)];
-      const int64_t a = mine[i].item<int64_t>(), b = theirs[i].item<int64_t>();
-      if (a != b) {
-        const std::string mine_shown = f.kind == kText ? std::string("one value") : shown(f, a);
-        throw PipelineError("handshake with stage " + std::to_string(peer) + " failed: " + f.name +
-                            " differs (stage " + std::to_string(rank_) + " has " + mine_shown + ", stage " +
-                            std::to_string(peer) + " has " + shown(f, b) +
-                            "); all stages must be started with the same options");
-      }
-    }
-  };
-  if (rank_ + 1 < world_) tx_->isend(mine, rank_ + 1, kTagHandshakeDown, "handshake");
-  if (rank_ > 0) tx_->isend(mine, rank_ - 1, kTagHandshakeUp, "handshake");
-  if (rank_ > 0) {
-    at::Tensor h = at::empty({kN}, at::kLong);
-    tx_->recv(h, rank_ - 1, kTagHandshakeDown, "the handshake");
-    compare(h, rank_ - 1);
-  }
-  if (rank_ + 1 < world_) {
-    at::Tensor h = at::empty({kN}, at::kLong);
-    tx_->recv(h, rank_ + 1, kTagHandshakeUp, "the handshake");
-    compare(h, rank_ + 1);
-  }
-  tx_->wait_sends();
+  using F = HeaderField;
+  exchange_headers(*tx_,
+                   {F::integer("magic", 0x706d616d6261),  // "pmamba"
+                    F::integer("schema version", 2),
+                    F::integer("boundary mode", model_->boundary() == model::BoundaryMode::kPacked ? 0 : 1),
+                    F::integer("boundary dtype", static_cast<int64_t>(model_->residual_dtype())),
+                    F::integer("microbatch size", o_.microbatch_size),
+                    F::integer("sequence length", data_->seq_len()),
+                    F::integer("d_model", config_.d_model),
+                    F::integer("config digest", static_cast<int64_t>(model::config_digest(config_))),
+                    F::text("schedule", o_.schedule),
+                    F::integer("microbatches", o_.microbatches),
+                    F::integer("pipeline stages", o_.pp),
+                    F::text("partition", model::partition_string(stages_)),
+                    F::integer("data seed", static_cast<int64_t>(o_.data.seed)),
+                    F::integer("start step", start_step_),
+                    F::integer("samples consumed", samples_),
+                    F::text("data options", data_to_json(o_.data).dump()),
+                    F::integer("autocast dtype", static_cast<int64_t>(autocast_)),
+                    F::integer("init seed", static_cast<int64_t>(o_.seed)),
+                    F::integer("--steps", o_.steps),
+                    F::integer("--stop-after", o_.stop_after),
+                    F::real("--lr", o_.lr),
+                    F::real("--min-lr", o_.min_lr),
+                    F::integer("--warmup", o_.warmup),
+                    F::real("--clip", o_.clip),
+                    F::real("--beta1", o_.adamw.beta1),
+                    F::real("--beta2", o_.adamw.beta2),
+                    F::real("AdamW eps", o_.adamw.eps),
+                    F::real("--weight-decay", o_.adamw.weight_decay),
+                    F::text("--ckpt-dir", o_.ckpt_dir),
+                    F::integer("--ckpt-every", o_.ckpt_every),
+                    F::integer("--keep-last", o_.keep_last),
+                    F::text("--compression", o_.compression)},
+                   kTagHandshakeDown, kTagHandshakeUp);
 }
 
 ojson Rank::train_state() const {

@@ -25,6 +25,27 @@ run "$BIN/pmamba-eval" --preset tiny --tokens-file "$T/toks.txt" --pp 2
 expect_code 0
 expect_out "sequences 2  tokens 3"
 
+# On a task: the same loss and accuracy in one process and as 3 processes.
+run "$BIN/pmamba-eval" --preset tiny --seed 7 --data selective-copy --samples 16 --pp 1
+expect_code 0; ONE=$(grep '^loss' "$T/out")
+run "$BIN/pmamba-eval" --preset tiny --seed 7 --data selective-copy --samples 16 --pp 3 --partition 2,0,2
+expect_code 0; THREE=$(sed 's/^\[stage [0-9]*\] //' "$T/out" | grep '^loss')
+[ -n "$ONE" ] && [ "$ONE" = "$THREE" ] || fail "PP 1 and PP 3 disagree: '$ONE' vs '$THREE'"
+
+# Hand-launched ranks that disagree fail the handshake on both sides (and never hang).
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+for r in 0 1; do
+  toks=1,2,3,4; [ $r = 1 ] && toks=1,2,3,5
+  RANK=$r WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port timeout 60 \
+      "$BIN/pmamba-eval" --preset tiny --seed 7 --pp 2 --tokens $toks --timeout 20 >/dev/null 2>"$T/hs$r.err" &
+  eval "PID$r=$!"
+done
+wait $PID0; C0=$?; wait $PID1; C1=$?
+LAST_CMD="hand-launched pmamba-eval ranks with different --tokens"
+[ $C0 -ne 0 ] && [ $C0 -ne 124 ] && [ $C1 -ne 0 ] && [ $C1 -ne 124 ] || fail "exit codes $C0 $C1 (124 = hung)"
+grep -q "handshake with stage 1 failed: input tokens differs" "$T/hs0.err" || fail "rank 0: $(cat "$T/hs0.err")"
+grep -q "handshake with stage 0 failed: input tokens differs" "$T/hs1.err" || fail "rank 1: $(cat "$T/hs1.err")"
+
 # Bad arguments: exit 2, one line on stderr naming the problem.
 run "$BIN/pmamba-eval" --preset tiny --pp 3 --partition 1,1,1 --tokens 1,2
 expect_code 2; expect_err_line "sums to 3 layers but the model has n_layer = 4"
