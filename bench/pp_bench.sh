@@ -71,6 +71,20 @@ out = {"bench": "pp", "steps": steps, "threads_per_stage": 1, "cores": os.cpu_co
 out["runs"] = table("", (1, 2, 4))
 print("wider model (d_model 128, microbatch 16 x 48 tokens):")
 out["wide_runs"] = table("wide-", (1, 2))
+def live(sched, p, m, s):
+    # Microbatches whose activations a stage holds at once (the schedule checker's count).
+    return m if sched == "gpipe" else min(m, p - s)
+print("activation high-water mark per stage (MB, median over steps; live microbatches in brackets):")
+out["act_peak"] = []
+for prefix, pp in (("", 4), ("wide-", 2)):
+    for sched in ("gpipe", "1f1b"):
+        r = rows(f"{prefix}pp{pp}-{sched}-m8")
+        peaks = [statistics.median(x["act_peak_bytes"][s] for x in r) for s in range(pp)]
+        counts = [live(sched, pp, 8, s) for s in range(pp)]
+        out["act_peak"].append({"model": prefix or "tiny-", "pp": pp, "schedule": sched, "microbatches": 8,
+                                "peak_bytes": peaks, "live_microbatches": counts})
+        cells = "  ".join(f"{b / 1e6:6.2f} [{c}]" for b, c in zip(peaks, counts))
+        print(f"  {(prefix or 'tiny-')[:-1]:>5} PP {pp} {sched:>5} m 8: {cells}")
 for b in ("packed", "summed"):
     out[f"bytes_sent_{b}"] = statistics.median(x["bytes_sent"] for x in rows(f"bytes-{b}"))
 print(f"bytes sent per step at PP 2, m 4: packed {out['bytes_sent_packed']:.0f}, summed {out['bytes_sent_summed']:.0f}")

@@ -4,6 +4,7 @@
 
 #include <ATen/autocast_mode.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <malloc.h>
 #include <torch/cuda.h>
 #include <torch/version.h>
 
@@ -89,6 +90,12 @@ std::string resolve_backend(const std::string& name, const c10::Device& device) 
   if (!device.is_cuda()) throw UsageError("--backend nccl needs --device cuda (NCCL moves CUDA tensors only)");
   if (!have_nccl()) throw UsageError("--backend nccl: this LibTorch was built without ProcessGroupNCCL");
   return name;
+}
+
+int64_t memory_in_use(const c10::Device& device) {
+  if (!device.is_cpu()) return -1;
+  const struct mallinfo2 m = ::mallinfo2();
+  return static_cast<int64_t>(m.uordblks + m.hblkhd);
 }
 
 c10::ScalarType parse_autocast(const std::string& name) {

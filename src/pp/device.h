@@ -6,6 +6,7 @@
 #include <c10/core/Device.h>
 #include <c10/core/ScalarType.h>
 
+#include <cstdint>
 #include <string>
 
 namespace pmamba::pp {
@@ -27,6 +28,11 @@ bool have_nccl();
 /// several ranks share one GPU, which NCCL refuses). Throws UsageError for NCCL on the CPU or
 /// without NCCL support.
 std::string resolve_backend(const std::string& name, const c10::Device& device);
+
+/// Bytes of host heap this process has allocated and not freed (glibc's mallinfo2: in-use
+/// chunks plus mmap'd blocks), which is where LibTorch's CPU tensors live; -1 on other devices
+/// (not measured there). For high-water marks over a phase, as differences.
+int64_t memory_in_use(const c10::Device& device);
 
 /// "none" | "bf16"; returns the lower-precision dtype, or Undefined for none.
 c10::ScalarType parse_autocast(const std::string& name);

@@ -4,6 +4,7 @@
 #include <c10/core/GradMode.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -336,7 +337,22 @@ void Rank::step(int64_t step) {
   double idle = 0, bytes_sent = 0;
   const auto shape = model_->boundary_shape(o_.microbatch_size, data_->seq_len());
   const auto boptions = at::TensorOptions().dtype(model_->residual_dtype()).device(device_);
+  // Activation high-water mark of this stage over the pipeline phase, measured: memory in use
+  // above the phase's start after each action, less the parameter gradients (the first
+  // backward allocates them, the same under every schedule). What the schedule's live
+  // microbatch count predicts, in bytes.
+  const int64_t mem0 = memory_in_use(device_);
+  int64_t act_peak = 0;
+  auto sample_memory = [&]() {
+    if (mem0 < 0) return;
+    int64_t grads = 0;
+    for (const auto& p : model_->parameters()) {
+      if (p.grad().defined()) grads += static_cast<int64_t>(p.grad().nbytes());
+    }
+    act_peak = std::max(act_peak, memory_in_use(device_) - mem0 - grads);
+  };
   for (const Action& a : schedule_.actions[static_cast<size_t>(rank_)]) {
+    sample_memory();
     const int i = a.mb;
     switch (a.op) {
       case Op::kRecvAct: {
@@ -393,6 +409,7 @@ void Rank::step(int64_t step) {
         break;
     }
   }
+  sample_memory();
   if (tx_) tx_->wait_sends();
   const double pipe_time = now_s() - pipe_t0;
 
@@ -452,7 +469,10 @@ void Rank::step(int64_t step) {
       n_correct += correct[i];
     }
   }
-  at::Tensor shared = at::tensor({pipe_time > 0 ? idle / pipe_time : 0.0, bytes_sent}, at::kDouble);
+  at::Tensor shared = at::zeros({2 + world_}, at::kDouble);  // bubble, bytes sent, then each stage's peak
+  shared[0] = pipe_time > 0 ? idle / pipe_time : 0.0;
+  shared[1] = bytes_sent;
+  shared[2 + rank_] = static_cast<double>(mem0 < 0 ? -1 : act_peak);
   if (tx_) tx_->allreduce_sum(shared, "the metrics reduction");
   last_ckpt_s_ = 0;
   const bool save_now = !o_.ckpt_dir.empty() &&
@@ -471,6 +491,9 @@ void Rank::step(int64_t step) {
     j["pipe_time_s"] = pipe_time;
     j["bubble"] = shared[0].item<double>() / world_;
     j["bytes_sent"] = shared[1].item<double>();
+    std::vector<int64_t> peaks;
+    for (int r = 0; r < world_; ++r) peaks.push_back(static_cast<int64_t>(shared[2 + r].item<double>()));
+    if (*std::min_element(peaks.begin(), peaks.end()) >= 0) j["act_peak_bytes"] = peaks;
     if (save_now) j["ckpt_time_s"] = last_ckpt_s_;
     log(j);
   }

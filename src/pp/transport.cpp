@@ -260,12 +260,24 @@ Transport::~Transport() {
   // blame stage 0. Keep serving until every other stage has reported its own failure (a dead
   // one never will: at most a few heartbeats).
   if (impl_->failed && rank_ == 0 && !agent_store_ && world_ > 1) {
-    const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(8 * kHeartbeatMs);
+    using Clock = std::chrono::steady_clock;
+    const auto until = Clock::now() + std::chrono::milliseconds(8 * kHeartbeatMs);
+    std::vector<int64_t> beat(static_cast<size_t>(world_), -1);
+    std::vector<Clock::time_point> moved(static_cast<size_t>(world_), Clock::now());
     try {
-      while (std::chrono::steady_clock::now() < until) {
-        bool all = true;
-        for (int r = 1; r < world_ && all; ++r) all = impl_->store->check({"failed/" + std::to_string(r)});
-        if (all) break;
+      while (Clock::now() < until) {
+        bool waiting = false;
+        for (int r = 1; r < world_; ++r) {
+          if (impl_->store->check({"failed/" + std::to_string(r)})) continue;  // reported
+          const int64_t b = impl_->store->add("heartbeat/" + std::to_string(r), 0);
+          if (b != beat[r]) {
+            beat[r] = b;
+            moved[r] = Clock::now();
+          }
+          // Still beating (a dead stage stops within a few heartbeats): it may yet ask.
+          if (Clock::now() - moved[r] < std::chrono::milliseconds(3 * kHeartbeatMs)) waiting = true;
+        }
+        if (!waiting) break;
         std::this_thread::sleep_for(std::chrono::milliseconds(kHeartbeatMs / 5));
       }
     } catch (...) {

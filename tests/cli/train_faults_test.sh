@@ -35,6 +35,8 @@ kill_stage_mid_run() {
     wait $LAUNCHER
     CODE=$?
     ELAPSED=$(( $(date +%s) - start ))
+    echo "stage $victim_rank killed: the run exited $CODE after ${ELAPSED}s; its last lines:"
+    tail -3 "$T/$name.err"
   fi
   kill "$watchdog" 2>/dev/null
 }
