@@ -33,21 +33,37 @@ struct Child {
   int code = 0;
 };
 
-void emit(int stage, std::string& buf, FILE* to, bool flush_all, bool& bar_drawn) {
+void emit(int stage, std::string& buf, FILE* to, bool flush_all, ProgressBar& bar) {
   size_t nl;
   while ((nl = buf.find('\n')) != std::string::npos || (flush_all && !buf.empty())) {
     const std::string line = nl == std::string::npos ? buf : buf.substr(0, nl);
     buf.erase(0, nl == std::string::npos ? buf.size() : nl + 1);
-    if (bar_drawn) {
-      std::fprintf(stderr, "\r\033[K");
-      bar_drawn = false;
-    }
+    bar.clear();
     std::fprintf(to, "[stage %d] %s\n", stage, line.c_str());
   }
   std::fflush(to);
 }
 
 }  // namespace
+
+ProgressBar::~ProgressBar() {
+  if (drawn_) std::fprintf(stderr, "\n");
+}
+
+void ProgressBar::draw(double done, double total) {
+  const int width = 40, fill = std::clamp(static_cast<int>(width * done / std::max(total, 1.0)), 0, width);
+  std::fprintf(stderr, "\r\033[K[%s%s] step %.0f/%.0f", std::string(fill, '#').c_str(),
+               std::string(width - fill, '.').c_str(), done, total);
+  std::fflush(stderr);
+  drawn_ = true;
+}
+
+void ProgressBar::clear() {
+  if (!drawn_) return;
+  std::fprintf(stderr, "\r\033[K");
+  std::fflush(stderr);
+  drawn_ = false;
+}
 
 int launch_local(const LaunchOptions& o) {
   const int port = free_port();
@@ -87,7 +103,7 @@ int launch_local(const LaunchOptions& o) {
   }
   int first_failure = 0;
   auto failed_at = std::chrono::steady_clock::time_point::max();
-  bool bar_drawn = false;
+  ProgressBar bar;
   const std::regex step_re(R"(^step (\d+)/(\d+))");
   int open_fds = 2 * o.ranks, alive = o.ranks;
   while (open_fds > 0 || alive > 0) {
@@ -112,7 +128,7 @@ int launch_local(const LaunchOptions& o) {
       const ssize_t n = ::read(fds[i].fd, buf, sizeof buf);
       std::string& acc = is_err ? kids[r].err_buf : kids[r].out_buf;
       if (n <= 0) {
-        emit(r, acc, is_err ? stderr : stdout, true, bar_drawn);
+        emit(r, acc, is_err ? stderr : stdout, true, bar);
         ::close(fds[i].fd);
         (is_err ? kids[r].err : kids[r].out) = -1;
         --open_fds;
@@ -125,16 +141,10 @@ int launch_local(const LaunchOptions& o) {
         std::string last = nl == std::string::npos ? "" : acc.substr(0, nl);
         const size_t prev = last.rfind('\n');
         last = prev == std::string::npos ? last : last.substr(prev + 1);
-        emit(r, acc, stdout, false, bar_drawn);
-        if (std::regex_search(last, m, step_re)) {
-          const double done = std::stod(m[1]), total = std::stod(m[2]);
-          const int width = 40, fill = static_cast<int>(width * done / std::max(total, 1.0));
-          std::fprintf(stderr, "\r\033[K[%s%s] step %.0f/%.0f", std::string(fill, '#').c_str(),
-                       std::string(width - fill, '.').c_str(), done, total);
-          bar_drawn = true;
-        }
+        emit(r, acc, stdout, false, bar);
+        if (std::regex_search(last, m, step_re)) bar.draw(std::stod(m[1]), std::stod(m[2]));
       } else {
-        emit(r, acc, is_err ? stderr : stdout, false, bar_drawn);
+        emit(r, acc, is_err ? stderr : stdout, false, bar);
       }
     }
     for (int r = 0; r < o.ranks; ++r) {
@@ -161,7 +171,6 @@ int launch_local(const LaunchOptions& o) {
       failed_at = std::chrono::steady_clock::time_point::max();
     }
   }
-  if (bar_drawn) std::fprintf(stderr, "\n");
   return first_failure;
 }
 

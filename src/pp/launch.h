@@ -22,6 +22,21 @@ struct LaunchOptions {
 /// rank killed by a signal). Throws PipelineError when a rank cannot be started.
 int launch_local(const LaunchOptions& options);
 
+/// A one-line progress bar on stderr ("[####....] step 3/10") redrawn in place. clear() erases
+/// it before a line is printed, so output and bar never share a line; the destructor ends it.
+class ProgressBar {
+ public:
+  ProgressBar() = default;
+  ProgressBar(const ProgressBar&) = delete;
+  ProgressBar& operator=(const ProgressBar&) = delete;
+  ~ProgressBar();
+  void draw(double done, double total);
+  void clear();
+
+ private:
+  bool drawn_ = false;
+};
+
 /// Path of the running executable.
 std::string self_exe();
 

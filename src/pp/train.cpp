@@ -106,6 +106,7 @@ class Rank {
   int64_t start_step_ = 0, samples_ = 0, tokens_ = 0;
   std::string resumed_from_;
   std::unique_ptr<std::ofstream> metrics_;
+  std::unique_ptr<ProgressBar> bar_;  // a single process on a terminal (the local launcher draws its own)
   double last_ckpt_s_ = 0;
 };
 
@@ -552,6 +553,7 @@ void Rank::log(const ojson& j) {
   }
   if (o_.quiet) return;
   const int64_t total = o_.stop_after > 0 ? std::min(o_.stop_after, o_.steps) : o_.steps;
+  if (bar_) bar_->clear();
   std::printf("step %lld/%lld  loss %.4f  acc %.3f  lr %.2e  gnorm %.3f  %.0f tok/s  %.3f s  bubble %.2f%s\n",
               static_cast<long long>(j["step"].get<int64_t>()), static_cast<long long>(total), j["loss"].get<double>(),
               j["accuracy"].get<double>(), j["lr"].get<double>(), j["grad_norm"].get<double>(),
@@ -559,6 +561,7 @@ void Rank::log(const ojson& j) {
               j.contains("ckpt_time_s") ? ("  ckpt " + std::to_string(j["ckpt_time_s"].get<double>()).substr(0, 5) + " s").c_str()
                                         : "");
   std::fflush(stdout);
+  if (bar_) bar_->draw(static_cast<double>(j["step"].get<int64_t>()), static_cast<double>(total));
 }
 
 int Rank::run_steps() {
@@ -568,6 +571,7 @@ int Rank::run_steps() {
     std::printf("%s", print_schedule(schedule_).c_str());
   }
   handshake();
+  if (world_ == 1 && !o_.quiet && ::isatty(2) && !std::getenv("PMAMBA_LOCAL_LAUNCH")) bar_ = std::make_unique<ProgressBar>();
   const int64_t stop = o_.stop_after > 0 ? std::min(o_.stop_after, o_.steps) : o_.steps;
   if (spec_.is_last() && !o_.quiet) {
     std::string where = device_.str();
