@@ -32,6 +32,15 @@ run "$BIN/pmamba-ckpt" diff "$T/auto" "$T/u"; expect_code 0
 # seed, LR schedule or batch options) continues the same run.
 run "$BIN/pmamba-train" --pp 3 --resume "$T/a" --ckpt-dir "$T/bare" --quiet --timeout 60; expect_code 0
 run "$BIN/pmamba-ckpt" diff "$T/bare" "$T/u"; expect_code 0
+python3 - "$T/bare" "$T/u" <<'PY' || fail "the resumed run's training state differs from the uninterrupted run's"
+import json, os, sys
+def train(root):
+    step = open(os.path.join(root, "latest")).read().strip()
+    return json.load(open(os.path.join(root, step, "manifest.json")))["train"]
+a, b = train(sys.argv[1]), train(sys.argv[2])
+assert a == b, (a, b)
+assert a["step"] == 8 and a["seed"] == 11 and a["lr_schedule"]["warmup"] == 2 and a["batch"]["samples_per_step"] == 6, a
+PY
 # A given option that contradicts the run is refused before anything runs; the batch may be split
 # differently (same samples per step) but not resized.
 run "$BIN/pmamba-train" --pp 1 --resume "$T/a" --ckpt-dir "$T/e" --lr 0.01
