@@ -37,7 +37,6 @@ cmake -S . -B "$B" -DCMAKE_BUILD_TYPE=Release -DPMAMBA_WITH_CUDA=ON \
   -Dc10_LIBRARY="$CACHE/torch/lib/libc10.so" -DCMAKE_CUDA_COMPILER="$CUDA/bin/nvcc" \
   -DCMAKE_EXE_LINKER_FLAGS="-Wl,-rpath-link,${LIBS%:*}"
 cmake --build "$B" -j "$(nproc)"
-# cli.train_torchrun is left out: the torchrun here is Debian's (torch 1.13), whose agent serves
-# a TCPStore that a LibTorch 2.x client cannot talk to (it pings first; 1.13 resets the
-# connection). Under torchrun, pmamba needs the torchrun of the torch it was built with.
-cd "$B" && ctest --output-on-failure -j "$(nproc)" --timeout 1500 -E '^cli\.train_torchrun$'
+# cli.train_torchrun skips here: the torchrun on this machine is Debian's (torch 1.13), whose
+# agent serves a TCPStore that a LibTorch 2.x client cannot talk to.
+cd "$B" && ctest --output-on-failure -j "$(nproc)" --timeout 1500

@@ -1,4 +1,6 @@
 // pmamba-train: train a Mamba LM with pipeline parallelism, or resume at any PP degree.
+#include <torch/version.h>
+
 #include "src/pp/train.h"
 #include "tools/tool_main.h"
 
@@ -15,6 +17,8 @@ int main(int argc, char** argv) {
       "  torchrun --no-python --nproc-per-node 4 build/bin/pmamba-train --pp 4 --preset small --data text:book.txt\n"
       "           (with a CUDA LibTorch: stage k on GPU LOCAL_RANK, activations over NCCL)\n"
       "Exit codes: 0 ok, 1 a stage failed or stopped answering, 2 bad arguments or unreadable input, 3 internal error.");
+  // The LibTorch version matters under torchrun: its store must speak the same protocol.
+  app.set_version_flag("--version", "pmamba-train (LibTorch " TORCH_VERSION ")");
   pmamba::pp::TrainOptions o;
   std::string data = "selective-copy";
   auto* model = app.add_option_group("model");

@@ -31,6 +31,8 @@ inline int run_tool(CLI::App& app, int argc, char** argv, const std::function<in
     return app.exit(e);
   } catch (const CLI::CallForAllHelp& e) {
     return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
   } catch (const CLI::ParseError& e) {
     std::cerr << name << ": " << first_line(e.what()) << " (see " << name << " --help)\n";
     return 2;

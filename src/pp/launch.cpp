@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <map>
@@ -87,6 +88,10 @@ int launch_local(const LaunchOptions& o) {
       ::setenv("MASTER_ADDR", "127.0.0.1", 1);
       ::setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
       ::setenv("PMAMBA_LOCAL_LAUNCH", "1", 1);
+      // Started under a launcher of one process (torchrun --nproc-per-node 1): these stages
+      // meet at our own store, not the agent's.
+      ::unsetenv("TORCHELASTIC_USE_AGENT_STORE");
+      ::unsetenv("TORCHELASTIC_RESTART_COUNT");
       std::vector<char*> args;
       args.push_back(const_cast<char*>(exe.c_str()));
       for (size_t i = 1; i < o.argv.size(); ++i) args.push_back(const_cast<char*>(o.argv[i].c_str()));

@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <memory>
+#include <type_traits>
 #include <nlohmann/json.hpp>
 
 #include "kernels/threads.h"
@@ -122,7 +123,6 @@ void Rank::setup() {
   device_ = resolve_device(o_.device, env_.local_rank);
   backend_ = resolve_backend(o_.backend, device_);
   make_current(device_);
-  autocast_ = parse_autocast(o_.autocast);
   const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(o_.timeout_s * 1000));
   if (world_ > 1) tx_ = std::make_unique<Transport>(env_, timeout, backend_, device_);
 
@@ -154,6 +154,7 @@ void Rank::setup() {
     config_ = o_.preset.empty() ? model::config_from_file(o_.config_path) : model::preset(o_.preset);
     o_.data.seed = o_.data.seed ? o_.data.seed : o_.seed;
   }
+  autocast_ = parse_autocast(o_.autocast);  // after the resume, which may have supplied it
   stages_ = model::make_stages(config_.n_layer, o_.pp, o_.partition);
   spec_ = stages_[static_cast<size_t>(rank_)];
   model_ = model::MambaLM(config_, spec_, model::parse_boundary(o_.boundary));
@@ -566,8 +567,8 @@ void Rank::log(const ojson& j) {
 
 int Rank::run_steps() {
   setup();
-  // Under the local launcher, which printed it before starting the stages, not again.
-  if (o_.print_schedule && rank_ == 0 && !std::getenv("PMAMBA_LOCAL_LAUNCH")) {
+  // The local launcher printed it before starting the stages, unless a resume may change it.
+  if (o_.print_schedule && rank_ == 0 && (!std::getenv("PMAMBA_LOCAL_LAUNCH") || !o_.resume.empty())) {
     std::printf("%s", print_schedule(schedule_).c_str());
   }
   handshake();
@@ -613,7 +614,7 @@ int run_train(const TrainOptions& o, int argc, char** argv) {
     check_schedule(make_schedule(o.schedule, o.pp, o.microbatches));
     resolve_backend(o.backend, resolve_device(o.device, 0));
     parse_autocast(o.autocast);
-    if (o.print_schedule) std::printf("%s", print_schedule(make_schedule(o.schedule, o.pp, o.microbatches)).c_str());
+    if (o.print_schedule && o.resume.empty()) std::printf("%s", print_schedule(make_schedule(o.schedule, o.pp, o.microbatches)).c_str());
     LaunchOptions l;
     l.ranks = o.pp;
     l.argv.assign(argv, argv + argc);

@@ -15,9 +15,10 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
-#include <cstdlib>
 #include <atomic>
+#include <cstdlib>
 #include <deque>
+#include <mutex>
 #include <thread>
 
 #include "src/pp/errors.h"
@@ -120,6 +121,12 @@ struct Transport::Impl {
   std::thread heart;
   std::atomic<bool> stop{false};
   bool failed = false;                  // a wait failed: tear the communicators down, don't drain
+  // A failure another stage reported in the store, seen by the heartbeat thread, which also
+  // aborts the send or receive the main thread is blocked in (`waiting`) so it stops at once.
+  std::mutex mu;
+  std::string report;                   // "stage K gave up; it reported: ..."
+  std::atomic<bool> reported{false};
+  c10d::Work* waiting = nullptr;
   c10::Device device{c10::kCPU};       // where the backend wants its tensors
   c10::intrusive_ptr<c10d::ProcessGroupGloo> gloo;
 #ifdef USE_C10D_NCCL
@@ -230,10 +237,26 @@ Transport::Transport(const DistEnv& e, std::chrono::milliseconds timeout, const 
     auto beat_store = scoped(c10::make_intrusive<c10d::TCPStore>(e.master_addr, client));
     Impl* impl = impl_.get();
     const std::string key = "heartbeat/" + std::to_string(e.rank);
-    impl_->heart = std::thread([impl, beat_store, key] {
+    const int rank = e.rank, world = e.world;
+    impl_->heart = std::thread([impl, beat_store, key, rank, world] {
       while (!impl->stop.load()) {
         try {
           beat_store->add(key, 1);
+          for (int r = 0; r < world && !impl->reported.load(); ++r) {
+            const std::string fkey = "failed/" + std::to_string(r);
+            if (r == rank || !beat_store->check({fkey})) continue;
+            const std::vector<uint8_t> msg = beat_store->get(fkey);
+            std::lock_guard<std::mutex> lock(impl->mu);
+            impl->report = "stage " + std::to_string(r) + " gave up; it reported: " +
+                           first_line(std::string(msg.begin(), msg.end()));
+            impl->reported.store(true);
+            if (impl->waiting) {
+              try {
+                impl->waiting->abort();
+              } catch (...) {  // collectives cannot be aborted; their waits are sliced instead
+              }
+            }
+          }
         } catch (...) {
           return;  // the store (stage 0's or the agent's) is gone; the main thread will notice
         }
@@ -262,9 +285,9 @@ Transport::~Transport() {
   if (impl_->failed && rank_ == 0 && !agent_store_ && world_ > 1) {
     using Clock = std::chrono::steady_clock;
     const auto until = Clock::now() + std::chrono::milliseconds(8 * kHeartbeatMs);
-    std::vector<int64_t> beat(static_cast<size_t>(world_), -1);
-    std::vector<Clock::time_point> moved(static_cast<size_t>(world_), Clock::now());
     try {
+      std::vector<int64_t> beat(static_cast<size_t>(world_), -1);
+      std::vector<Clock::time_point> moved(static_cast<size_t>(world_), Clock::now());
       while (Clock::now() < until) {
         bool waiting = false;
         for (int r = 1; r < world_; ++r) {
@@ -344,7 +367,7 @@ void Transport::recv(at::Tensor& tensor, int src, int tag, const std::string& wh
   std::vector<at::Tensor> ts{direct ? tensor : at::empty(tensor.sizes(), tensor.options().device(impl_->device))};
   try {
     auto work = impl_->recv(ts, rank_, src, tag);
-    if (!work->wait(timeout_)) peer_failed(src, what, "timed out");
+    if (!await(*work, what, false)) peer_failed(src, what, "timed out");
     if (!direct) tensor.copy_(ts[0]);
   } catch (const PipelineError&) {
     throw;
@@ -353,12 +376,63 @@ void Transport::recv(at::Tensor& tensor, int src, int tag, const std::string& wh
   }
 }
 
+// Waits for `work` up to the timeout. A failure another stage reports stops the wait within a
+// heartbeat, with that stage's reason: the heartbeat thread aborts a pending send or receive,
+// and a collective (which cannot be aborted) is waited for in heartbeat-long slices. Otherwise
+// a stage blocked on a live peer would learn of a failure elsewhere only at its own timeout, or
+// when the store's host exits, and blame the wrong stage. Returns false on timeout; throws what
+// the work threw, or PipelineError with the report.
+bool Transport::await(c10d::Work& work, const std::string& what, bool sliced) {
+  auto reported = [&]() {
+    if (!impl_->reported.load()) return;
+    impl_->failed = true;
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    throw PipelineError(impl_->report + " (stage " + std::to_string(rank_) + " was waiting for " + what + ")");
+  };
+  if (!impl_->gloo) return work.wait(timeout_);
+  reported();
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    impl_->waiting = &work;
+  }
+  struct Clear {
+    Impl* impl;
+    ~Clear() {
+      std::lock_guard<std::mutex> lock(impl->mu);
+      impl->waiting = nullptr;
+    }
+  } clear{impl_.get()};
+  if (!sliced) {
+    bool done = false;
+    try {
+      done = work.wait(timeout_);
+    } catch (const std::exception&) {
+      reported();
+      throw;
+    }
+    reported();
+    return done;
+  }
+  using Clock = std::chrono::steady_clock;
+  const auto until = Clock::now() + timeout_;
+  while (true) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now());
+    if (left.count() <= 0) return false;
+    try {
+      if (work.wait(std::min(left, std::chrono::milliseconds(kHeartbeatMs)))) return true;
+    } catch (const std::exception&) {
+      if (work.isCompleted()) throw;  // the operation failed; a slice that ran out leaves it pending
+    }
+    reported();
+  }
+}
+
 void Transport::wait_sends() {
   while (!impl_->sends.empty()) {
     Impl::Pending p = impl_->sends.front();
     impl_->sends.pop_front();
     try {
-      if (!p.work->wait(timeout_)) peer_failed(p.peer, "sending " + p.what, "timed out");
+      if (!await(*p.work, "sending " + p.what, false)) peer_failed(p.peer, "sending " + p.what, "timed out");
     } catch (const PipelineError&) {
       throw;
     } catch (const std::exception& ex) {
@@ -407,11 +481,13 @@ void Transport::allreduce_sum(at::Tensor& tensor, const std::string& what) {
   std::string detail;
   try {
     auto work = impl_->allreduce(ts);
-    if (work->wait(timeout_)) {
+    if (await(*work, what, true)) {
       if (!direct) tensor.copy_(ts[0]);
       return;
     }
     detail = "timed out";
+  } catch (const PipelineError&) {
+    throw;  // another stage's report, already naming who gave up
   } catch (const std::exception& ex) {
     detail = first_line(ex.what());
   }
@@ -454,8 +530,13 @@ std::string Transport::broadcast_string(const std::string& key, const std::strin
     detail = first_line(ex.what());
   }
   impl_->failed = true;
-  throw PipelineError("stage " + std::to_string(rank_) + ": store exchange of '" + key + "' with stage 0 failed: " +
-                      detail);
+  if (detail == "timed out") {
+    throw PipelineError("stage 0 did not publish '" + key + "' within the timeout: stage " + std::to_string(rank_) +
+                        " gave up waiting");
+  }
+  throw PipelineError(std::string(agent_store_ ? "the torchrun agent" : "stage 0") +
+                      " stopped answering (its rendezvous store is unreachable): stage " + std::to_string(rank_) +
+                      " waited for '" + key + "': " + detail);
 }
 
 }  // namespace pmamba::pp

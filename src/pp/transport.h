@@ -13,6 +13,10 @@
 #include <string>
 #include <vector>
 
+namespace c10d {
+class Work;
+}  // namespace c10d
+
 namespace pmamba::pp {
 
 /// Where this process sits, from the launcher's environment: torchrun (RANK, WORLD_SIZE,
@@ -71,6 +75,7 @@ class Transport {
 
  private:
   [[noreturn]] void peer_failed(int peer, const std::string& what, const std::string& detail);
+  bool await(c10d::Work& work, const std::string& what, bool sliced);
   std::string missing_peers();
   struct Impl;
   std::unique_ptr<Impl> impl_;

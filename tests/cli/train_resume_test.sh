@@ -41,6 +41,11 @@ a, b = train(sys.argv[1]), train(sys.argv[2])
 assert a == b, (a, b)
 assert a["step"] == 8 and a["seed"] == 11 and a["lr_schedule"]["warmup"] == 2 and a["batch"]["samples_per_step"] == 6, a
 PY
+# The same for a bf16-autocast run: the bare resume keeps computing under autocast.
+run "$BIN/pmamba-train" --preset tiny "${common[@]}" --pp 2 --autocast bf16 --ckpt-dir "$T/ub"; expect_code 0
+run "$BIN/pmamba-train" --preset tiny "${common[@]}" --pp 2 --autocast bf16 --stop-after 4 --ckpt-dir "$T/ab"; expect_code 0
+run "$BIN/pmamba-train" --pp 3 --resume "$T/ab" --ckpt-dir "$T/bb" --quiet --timeout 60; expect_code 0
+run "$BIN/pmamba-ckpt" diff "$T/bb" "$T/ub"; expect_code 0
 # A given option that contradicts the run is refused before anything runs; the batch may be split
 # differently (same samples per step) but not resized.
 run "$BIN/pmamba-train" --pp 1 --resume "$T/a" --ckpt-dir "$T/e" --lr 0.01
