@@ -7,7 +7,6 @@ set -u
 BIN=$1
 source "$(dirname "$0")/lib.sh"
 common=(--preset tiny --data selective-copy --copy-tokens 4 --copy-slots 12 --microbatches 4 --microbatch-size 2 --seed 3)
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # Starts a 3-stage run checkpointing every 2 steps, kills stage $1 with SIGKILL once a
 # checkpoint is committed, waits for the others; sets CODE and ELAPSED, stderr in $T/$2.err.
@@ -65,50 +64,26 @@ for r in 1 2; do
 done
 
 # --- ranks started by hand with torchrun's variables, one with another boundary mode ---
-P=$(port)
-for r in 0 1; do
-  b=packed; [ $r = 1 ] && b=summed
-  RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$P timeout 60 \
-      "$BIN/pmamba-train" "${common[@]}" --pp 2 --steps 2 --boundary $b --timeout 20 >"$T/hs$r.out" 2>"$T/hs$r.err" &
-  eval "PID$r=$!"
-done
-wait $PID0; C0=$?; wait $PID1; C1=$?
-LAST_CMD="hand-launched ranks with different --boundary"
-[ $C0 -ne 0 ] && [ $C0 -ne 124 ] || fail "rank 0 exited $C0 (124 = hung)"
-[ $C1 -ne 0 ] && [ $C1 -ne 124 ] || fail "rank 1 exited $C1 (124 = hung)"
+RANK0_ARGS="--boundary packed" RANK1_ARGS="--boundary summed" \
+    mismatched_ranks hs "$BIN/pmamba-train" "${common[@]}" --pp 2 --steps 2 --timeout 20
 grep -q "handshake with stage 1 failed: boundary mode differs" "$T/hs0.err" || fail "rank 0: $(cat "$T/hs0.err")"
 grep -q "handshake with stage 0 failed: boundary mode differs" "$T/hs1.err" || fail "rank 1: $(cat "$T/hs1.err")"
 
 # --- a different model config on one rank ---
-P=$(port)
 printf '{"d_model": 32, "n_layer": 4, "vocab_size": 64, "d_state": 4}' > "$T/other.json"
-RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$P timeout 60 "$BIN/pmamba-train" "${common[@]}" --pp 2 --steps 2 --timeout 20 >/dev/null 2>"$T/cfg0.err" &
-PID0=$!
-RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$P timeout 60 "$BIN/pmamba-train" --config "$T/other.json" --data selective-copy \
-    --copy-tokens 4 --copy-slots 12 --microbatches 4 --microbatch-size 2 --seed 3 --pp 2 --steps 2 --timeout 20 >/dev/null 2>"$T/cfg1.err" &
-PID1=$!
-wait $PID0; C0=$?; wait $PID1; C1=$?
-LAST_CMD="hand-launched ranks with different configs"
-[ $C0 -ne 0 ] && [ $C0 -ne 124 ] && [ $C1 -ne 0 ] && [ $C1 -ne 124 ] || fail "exit codes $C0 $C1 (124 = hung)"
+RANK0_ARGS="--preset tiny" RANK1_ARGS="--config $T/other.json" \
+    mismatched_ranks cfg "$BIN/pmamba-train" "${common[@]:2}" --pp 2 --steps 2 --timeout 20
 grep -q "config digest differs" "$T/cfg0.err" || fail "rank 0: $(cat "$T/cfg0.err")"
 grep -q "config digest differs" "$T/cfg1.err" || fail "rank 1: $(cat "$T/cfg1.err")"
 
 # --- a different learning rate on one rank: caught by the handshake, not trained silently ---
-P=$(port)
-for r in 0 1; do
-  lr=0.001; [ $r = 1 ] && lr=0.002
-  RANK=$r WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$P timeout 60 \
-      "$BIN/pmamba-train" "${common[@]}" --pp 2 --steps 2 --lr $lr --timeout 20 >/dev/null 2>"$T/lr$r.err" &
-  eval "PID$r=$!"
-done
-wait $PID0; C0=$?; wait $PID1; C1=$?
-LAST_CMD="hand-launched ranks with different --lr"
-[ $C0 -ne 0 ] && [ $C0 -ne 124 ] && [ $C1 -ne 0 ] && [ $C1 -ne 124 ] || fail "exit codes $C0 $C1 (124 = hung)"
+RANK0_ARGS="--lr 0.001" RANK1_ARGS="--lr 0.002" \
+    mismatched_ranks lr "$BIN/pmamba-train" "${common[@]}" --pp 2 --steps 2 --timeout 20
 grep -q "handshake with stage 1 failed: --lr differs (stage 0 has 0.001, stage 1 has 0.002)" "$T/lr0.err" || fail "rank 0: $(cat "$T/lr0.err")"
 grep -q "handshake with stage 0 failed: --lr differs" "$T/lr1.err" || fail "rank 1: $(cat "$T/lr1.err")"
 
 # --- Slurm-style variables launch a healthy run equal to the local launcher's ---
-P=$(port)
+P=$(free_port)
 for r in 0 1; do
   SLURM_PROCID=$r SLURM_NTASKS=2 SLURM_STEP_NUM_TASKS=2 SLURM_LOCALID=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$P timeout 120 \
       "$BIN/pmamba-train" "${common[@]}" --pp 2 --steps 3 --ckpt-dir "$T/slurm" --quiet >/dev/null 2>"$T/sl$r.err" &

@@ -17,7 +17,7 @@ if [ "$theirs" != "$ours" ]; then
 fi
 common=(--preset tiny --data selective-copy --copy-tokens 4 --copy-slots 12 --microbatches 4 --microbatch-size 2
         --seed 5 --steps 4 --ckpt-every 2 --threads 1 --timeout 30 --quiet)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
 # --redirects/--tee/--log_dir: Debian's torchrun 1.13 on Python 3.11 crashes with its default
 # redirects ("0"), which Python 3.11's Flag enum no longer lists; 2 sends stderr to a file and
 # tees it to the console.
