@@ -54,7 +54,7 @@ void exchange_headers(Transport& tx, const std::vector<HeaderField>& fields, int
   auto compare = [&](const at::Tensor& theirs, int peer) {
     for (int64_t i = 0; i < n; ++i) {
       const HeaderField& f = fields[static_cast<size_t>(i)];
-      const int64_t a = mine[i].item<int64_t>(), b = theirs[i].item<int64_t>();
+      const int64_t a = f.value, b = theirs[i].item<int64_t>();
       if (a == b) continue;
       throw PipelineError("handshake with stage " + std::to_string(peer) + " failed: " + f.name + " differs (stage " +
                           std::to_string(tx.rank()) + " has " + shown(f, a, "one value") + ", stage " +

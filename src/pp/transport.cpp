@@ -50,6 +50,12 @@ std::string first_line(const std::string& s) {
   return nl == std::string::npos ? s : s.substr(0, nl);
 }
 
+// How a stage says that another one gave up on its own and why (from its failure report).
+PipelineError gave_up(int stage, int waiter, const std::string& what, const std::string& report) {
+  return PipelineError("stage " + std::to_string(stage) + " gave up while stage " + std::to_string(waiter) +
+                       " waited for " + what + "; it reported: " + report);
+}
+
 }  // namespace
 
 DistEnv dist_env_from_environment() {
@@ -124,7 +130,8 @@ struct Transport::Impl {
   // A failure another stage reported in the store, seen by the heartbeat thread, which also
   // aborts the send or receive the main thread is blocked in (`waiting`) so it stops at once.
   std::mutex mu;
-  std::string report;                   // "stage K gave up; it reported: ..."
+  int report_stage = -1;                // who reported, and its message (first line)
+  std::string report;
   std::atomic<bool> reported{false};
   c10d::Work* waiting = nullptr;
   c10::Device device{c10::kCPU};       // where the backend wants its tensors
@@ -247,13 +254,13 @@ Transport::Transport(const DistEnv& e, std::chrono::milliseconds timeout, const 
             if (r == rank || !beat_store->check({fkey})) continue;
             const std::vector<uint8_t> msg = beat_store->get(fkey);
             std::lock_guard<std::mutex> lock(impl->mu);
-            impl->report = "stage " + std::to_string(r) + " gave up; it reported: " +
-                           first_line(std::string(msg.begin(), msg.end()));
+            impl->report_stage = r;
+            impl->report = first_line(std::string(msg.begin(), msg.end()));
             impl->reported.store(true);
             if (impl->waiting) {
               try {
-                impl->waiting->abort();
-              } catch (...) {  // collectives cannot be aborted; their waits are sliced instead
+                impl->waiting->abort();  // only sends and receives wait here; collectives are sliced
+              } catch (...) {
               }
             }
           }
@@ -333,8 +340,7 @@ void Transport::peer_failed(int peer, const std::string& what, const std::string
     const std::string key = "failed/" + std::to_string(peer);
     if (impl_->store->check({key})) {
       const std::vector<uint8_t> msg = impl_->store->get(key);
-      throw PipelineError("stage " + std::to_string(peer) + " gave up while stage " + std::to_string(rank_) +
-                          " waited for " + what + "; it reported: " + first_line(std::string(msg.begin(), msg.end())));
+      throw gave_up(peer, rank_, what, first_line(std::string(msg.begin(), msg.end())));
     }
   } catch (const PipelineError&) {
     throw;
@@ -387,22 +393,22 @@ bool Transport::await(c10d::Work& work, const std::string& what, bool sliced) {
     if (!impl_->reported.load()) return;
     impl_->failed = true;
     std::lock_guard<std::mutex> lock(impl_->mu);
-    throw PipelineError(impl_->report + " (stage " + std::to_string(rank_) + " was waiting for " + what + ")");
+    throw gave_up(impl_->report_stage, rank_, what, impl_->report);
   };
   if (!impl_->gloo) return work.wait(timeout_);
   reported();
-  {
-    std::lock_guard<std::mutex> lock(impl_->mu);
-    impl_->waiting = &work;
-  }
-  struct Clear {
-    Impl* impl;
-    ~Clear() {
-      std::lock_guard<std::mutex> lock(impl->mu);
-      impl->waiting = nullptr;
-    }
-  } clear{impl_.get()};
   if (!sliced) {
+    {
+      std::lock_guard<std::mutex> lock(impl_->mu);
+      impl_->waiting = &work;
+    }
+    struct Clear {
+      Impl* impl;
+      ~Clear() {
+        std::lock_guard<std::mutex> lock(impl->mu);
+        impl->waiting = nullptr;
+      }
+    } clear{impl_.get()};
     bool done = false;
     try {
       done = work.wait(timeout_);
@@ -508,19 +514,18 @@ std::string Transport::broadcast_string(const std::string& key, const std::strin
   std::string detail = "timed out";
   try {
     if (rank_ == 0) impl_->store->set(key, std::vector<uint8_t>(value.begin(), value.end()));
-    // Polled rather than one blocking get, so that a stage 0 which gave up (and said why in
-    // the store) is reported at once, with its reason, instead of after the timeout.
+    // Polled rather than one blocking get, so that a stage which gave up (its report, seen by
+    // the heartbeat thread) is named at once, with its reason, instead of after the timeout.
     const auto until = std::chrono::steady_clock::now() + timeout_;
     while (std::chrono::steady_clock::now() < until) {
       if (impl_->store->check({key})) {
         const std::vector<uint8_t> got = impl_->store->get(key);
         return std::string(got.begin(), got.end());
       }
-      if (impl_->store->check({"failed/0"})) {
+      if (impl_->reported.load()) {
         impl_->failed = true;
-        const std::vector<uint8_t> msg = impl_->store->get("failed/0");
-        throw PipelineError("stage 0 gave up while stage " + std::to_string(rank_) + " waited for '" + key +
-                            "'; it reported: " + first_line(std::string(msg.begin(), msg.end())));
+        std::lock_guard<std::mutex> lock(impl_->mu);
+        throw gave_up(impl_->report_stage, rank_, "'" + key + "'", impl_->report);
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }

@@ -67,7 +67,8 @@ done
 RANK0_ARGS="--boundary packed" RANK1_ARGS="--boundary summed" \
     mismatched_ranks hs "$BIN/pmamba-train" "${common[@]}" --pp 2 --steps 2 --timeout 20
 # Each side names the field: from its own comparison, or from the other side's report when
-# that reached it first ("stage 1 gave up; it reported: handshake with stage 0 failed: ...").
+# that reached it first ("stage 1 gave up while stage 0 waited for the handshake; it reported:
+# handshake with stage 0 failed: ...").
 for r in 0 1; do
   grep -q "handshake with stage [01] failed: boundary mode differs" "$T/hs$r.err" || fail "rank $r: $(cat "$T/hs$r.err")"
 done
