@@ -105,7 +105,7 @@ int run_ckpt_bench(const CkptBenchOptions& o) {
         const std::string root = dir + "/pm-" + comp;
         ckpt::fs::remove_tree(root);
         secs = timed([&] {
-          ckpt::save_checkpoint(root, r, s.config, stages, pp::initial_train_state(1), so,
+          ckpt::save_checkpoint(root, r, s.config, stages, pp::initial_train_state(1, r), so,
                                 [&](const model::StageSpec&) { return pp::collect_stage(*s.model, s.optim.get()); });
         }, &pk);
         record("pmamba_save_" + comp, secs, pk, before);
@@ -181,7 +181,7 @@ void write_trained_checkpoint(const std::string& root, const std::string& preset
   ckpt::SaveOptions so;
   so.write.compression = ckpt::Compression::parse(compression);
   so.write.threads = threads;
-  ckpt::save_checkpoint(root, 1000, s.config, stages, pp::initial_train_state(1), so, [&](const model::StageSpec& spec) {
+  ckpt::save_checkpoint(root, 1000, s.config, stages, pp::initial_train_state(1, 1000), so, [&](const model::StageSpec& spec) {
     // Slice the whole-model state down to what this stage owns.
     ckpt::StageData all = pp::collect_stage(*s.model, s.optim.get());
     ckpt::StageData mine;

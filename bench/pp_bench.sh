@@ -43,7 +43,7 @@ python3 - "$T" "$STEPS" << 'PY'
 import json, os, statistics, sys
 d, steps = sys.argv[1], int(sys.argv[2])
 def rows(name):
-    r = [json.loads(l) for l in open(os.path.join(d, name + ".jsonl"))]
+    r = [j for j in map(json.loads, open(os.path.join(d, name + ".jsonl"))) if "loss" in j]
     return r[2:]  # the first two steps warm up
 def stage_model(p, m, b_over_f=2.0):
     # Per-stage average of the time each stage waits in the pipeline phase, uniform stages,

@@ -46,8 +46,8 @@ python3 - "$D" "$STEPS" "$V3" "$V1" "$D3" "$D1" <<'PY'
 import json, os, sys
 d, steps = sys.argv[1], int(sys.argv[2])
 v3, v1, d3, d1 = sys.argv[3:7]
-train = [json.loads(l) for l in open(os.path.join(d, "train.jsonl"))]
-resume = [json.loads(l) for l in open(os.path.join(d, "resume.jsonl"))]
+train = [j for j in map(json.loads, open(os.path.join(d, "train.jsonl"))) if "loss" in j]
+resume = [j for j in map(json.loads, open(os.path.join(d, "resume.jsonl"))) if "loss" in j]
 def avg(rows, k):
     rows = rows[len(rows) // 2:]
     return sum(r[k] for r in rows) / len(rows)

@@ -30,8 +30,8 @@ train() {  # name, args...: run pmamba-train, metrics in $T/name.jsonl, checkpoi
 compare() {  # a b: prints max relative loss difference and whether losses/grad norms are bitwise equal
   python3 - "$T/$1.jsonl" "$T/$2.jsonl" <<'PY'
 import json, sys
-a = [json.loads(l) for l in open(sys.argv[1])]
-b = [json.loads(l) for l in open(sys.argv[2])]
+a = [j for j in map(json.loads, open(sys.argv[1])) if "loss" in j]
+b = [j for j in map(json.loads, open(sys.argv[2])) if "loss" in j]
 assert len(a) == len(b), (len(a), len(b))
 rel = max(abs(x["loss"] - y["loss"]) / abs(y["loss"]) for x, y in zip(a, b))
 same = all(x["loss"] == y["loss"] and x["grad_norm"] == y["grad_norm"] for x, y in zip(a, b))

@@ -43,6 +43,12 @@ inline void remove_tree(const std::string& path) {
   if (path.size() > 8) std::system(("rm -rf '" + path + "'").c_str());
 }
 
+/// Path of a committed test fixture (tests/fixtures/NAME); PMAMBA_SOURCE_DIR may override the tree.
+inline std::string fixture(const std::string& name) {
+  const char* src = std::getenv("PMAMBA_SOURCE_DIR");
+  return std::string(src ? src : PMAMBA_TEST_SOURCE_DIR) + "/tests/fixtures/" + name;
+}
+
 /// Asserts that `stmt` throws `type` whose what() contains `needle`.
 #define PMAMBA_EXPECT_THROW_WITH(stmt, type, needle)                                   \
   do {                                                                                 \

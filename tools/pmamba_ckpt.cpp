@@ -17,13 +17,14 @@ int main(int argc, char** argv) {
   pmamba::pp::InitOptions init;
   bool init_json = false;
   auto* init_cmd = app.add_subcommand("init", "write a committed seed checkpoint (step 0, zeroed optimizer state)");
-  init_cmd->footer("Example:\n  pmamba-ckpt init c --preset tiny --seed 3 --pp 2 --compression zstd");
+  init_cmd->footer("Example:\n  pmamba-ckpt init c --preset tiny --seed 3 --pp 2 --compression zstd\n"
+                   "OUT must be a new or empty directory; the checkpoint starts a run of its own.");
   init_cmd->add_option("out", init.out, "checkpoint root directory")->required();
   auto* src = init_cmd->add_option_group("model");
   src->add_option("--preset", init.preset, "model preset (tiny, small, mamba-130m, ...)");
   src->add_option("--config", init.config_path, "model config JSON file");
   src->require_option(1);
-  init_cmd->add_option("--seed", init.seed, "initialisation seed");
+  pmamba::tools::add_u64_option(*init_cmd, "--seed", init.seed, "initialisation seed");
   init_cmd->add_option("--pp", init.pp, "number of stages (shards)")->check(CLI::Range(1, 4096));
   init_cmd->add_option("--partition", init.partition, "layers per stage, e.g. 3,5,4");
   init_cmd->add_option("--compression", init.compression, "none, zstd or zstd:LEVEL (default zstd)");
@@ -58,6 +59,7 @@ int main(int argc, char** argv) {
   auto* atol = diff_cmd->add_option("--atol", dopt.atol, "absolute tolerance (tolerance mode)");
   auto* rtol = diff_cmd->add_option("--rtol", dopt.rtol, "relative tolerance (tolerance mode)");
   diff_cmd->add_flag("--params-only", dopt.params_only, "skip optimizer state");
+  diff_cmd->add_flag("--decode", dopt.decode, "read and compare every tensor's bytes (default: equal digests count as equal)");
   diff_cmd->add_flag("--verbose", verbose, "also list equal tensors");
   diff_cmd->add_flag("--json", json, "one JSON object");
 

@@ -1,10 +1,13 @@
 // pmamba-train: train a Mamba LM with pipeline parallelism, or resume at any PP degree.
 #include <torch/version.h>
 
+#include "src/pp/signals.h"
 #include "src/pp/train.h"
 #include "tools/tool_main.h"
 
 int main(int argc, char** argv) {
+  // Before any other thread exists: the stop signals are taken by one thread of their own.
+  pmamba::pp::install_stop_signals("pmamba-train");
   CLI::App app{"Train a Mamba LM with pipeline parallelism over c10d (Gloo on CPU, NCCL on CUDA). Without launcher "
                "variables, --pp N starts N local processes; under torchrun/Slurm/mpirun each process is "
                "one stage.",
@@ -16,7 +19,9 @@ int main(int argc, char** argv) {
       "  pmamba-train --pp 3 --resume run --ckpt-dir run --steps 30        # resume at another PP degree\n"
       "  torchrun --no-python --nproc-per-node 4 build/bin/pmamba-train --pp 4 --preset small --data text:book.txt\n"
       "           (with a CUDA LibTorch: stage k on GPU LOCAL_RANK, activations over NCCL)\n"
-      "Exit codes: 0 ok, 1 a stage failed or stopped answering, 2 bad arguments or unreadable input, 3 internal error.");
+      "SIGTERM, SIGINT or SIGUSR1 stop the run after the step in progress, commit it and exit 0; a second one exits 1 at once.\n"
+      "Exit codes: 0 ok (or stopped by a signal), 1 a stage failed or stopped answering, 2 bad arguments, unreadable input\n"
+      "or a checkpoint that cannot be written, 3 internal error.");
   // The LibTorch version matters under torchrun: its store must speak the same protocol.
   app.set_version_flag("--version", "pmamba-train (LibTorch " TORCH_VERSION ")");
   pmamba::pp::TrainOptions o;
@@ -25,7 +30,7 @@ int main(int argc, char** argv) {
   model->add_option("--preset", o.preset, "model preset (tiny, small, mamba-130m, ...)");
   model->add_option("--config", o.config_path, "model config JSON file");
   model->require_option(0, 1);
-  app.add_option("--seed", o.seed, "initialisation and data seed");
+  pmamba::tools::add_u64_option(app, "--seed", o.seed, "initialisation and data seed");
   app.add_option("--boundary", o.boundary, "stage boundary: packed or summed")->check(CLI::IsMember({"packed", "summed"}));
   app.add_option("--pp", o.pp, "pipeline stages (processes)")->check(CLI::Range(1, 4096));
   app.add_option("--partition", o.partition, "layers per stage, e.g. 3,5,4 (default balanced)");
@@ -49,7 +54,8 @@ int main(int argc, char** argv) {
   app.add_option("--ckpt-dir", o.ckpt_dir, "checkpoint root");
   app.add_option("--ckpt-every", o.ckpt_every, "checkpoint every K steps (and at the end)");
   app.add_option("--keep-last", o.keep_last, "keep only the newest K checkpoints");
-  app.add_option("--resume", o.resume, "auto (newest in --ckpt-dir, if any) or a checkpoint path");
+  app.add_option("--resume", o.resume, "auto (newest in --ckpt-dir, if any) or a checkpoint path (then --ckpt-dir defaults to its root)");
+  app.add_flag("--overwrite", o.overwrite, "a new run may replace the checkpoints of another run in --ckpt-dir (deleted after its first commit)");
   app.add_option("--compression", o.compression, "checkpoint compression: none, zstd or zstd:LEVEL");
   app.add_option("--device", o.device, "cpu, cuda (the local rank's GPU), cuda:N, or auto (CUDA when available)");
   app.add_option("--backend", o.backend, "c10d backend between stages: gloo, nccl, or auto (NCCL on CUDA)")

@@ -1,6 +1,8 @@
-// pmamba-ckpt diff: compares two checkpoints FQN by FQN, whatever their PP layouts. Tensors
-// whose digests match are equal without being read; the others are read (one at a time) and
-// described: max abs / rel difference, max ULP distance, first differing index, counts.
+// pmamba-ckpt diff: compares two checkpoints FQN by FQN, whatever their PP layouts. By default
+// tensors whose recorded digests match count as equal without being read (the report says so);
+// the others are read (one at a time) and described: max abs / rel difference, max ULP
+// distance, first differing index, counts. With `decode` every tensor is read (and its digest
+// checked) and compared byte by byte.
 #pragma once
 
 #include <cstdint>
@@ -15,6 +17,7 @@ struct DiffOptions {
   double atol = 0;
   double rtol = 0;
   bool params_only = false;  // skip optimizer state
+  bool decode = false;       // read and compare every tensor, not only those whose digests differ
   int threads = 0;
 };
 
@@ -40,12 +43,16 @@ struct DiffReport {
   bool config_equal = true;
   std::vector<std::string> only_in_a, only_in_b;  // "fqn" or "fqn:slot"
   std::vector<TensorDiff> tensors;                // every compared slot
-  int64_t equal_by_digest = 0;
+  int64_t equal_by_digest = 0;   // equal digests, not read
+  int64_t decoded = 0;           // compared from decoded bytes
+  bool decode = false;           // how it compared: every tensor decoded, or digests first
   std::vector<std::string> train_differences;     // informational
   bool equal() const;
 };
 
-/// Throws FormatError when either side is not a readable committed checkpoint.
+/// Throws FormatError when either side is not a readable committed checkpoint (or, with
+/// `decode`, a tensor's bytes do not match its digest), UsageError for a negative or
+/// non-finite tolerance.
 DiffReport diff_checkpoints(const std::string& a, const std::string& b, const DiffOptions& options);
 
 /// Human-readable: one line per differing tensor plus a verdict; JSON: one object.

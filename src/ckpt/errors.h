@@ -38,4 +38,17 @@ class UsageError : public Error {
   explicit UsageError(const std::string& what) : Error(what) {}
 };
 
+/// Another process is writing into the checkpoint root (it holds the root's lock).
+class LockedError : public UsageError {
+ public:
+  explicit LockedError(const std::string& what) : UsageError(what) {}
+};
+
+/// The machine lacks what a request needs: memory for a tensor or a model, room on a disk,
+/// a thread. Messages say how much is needed and how much there is.
+class ResourceError : public Error {
+ public:
+  explicit ResourceError(const std::string& what) : Error(what) {}
+};
+
 }  // namespace pmamba::ckpt

@@ -6,16 +6,26 @@
 
 namespace pmamba::ckpt {
 
-void fault_point(const char* point, int stage) {
+namespace {
+
+// True when PMAMBA_FAULT is `point` or `point@index` (any index matches a spec without one).
+bool matches(const char* point, int index) {
   const char* env = std::getenv("PMAMBA_FAULT");
-  if (!env || !*env) return;
+  if (!env || !*env) return false;
   const std::string spec = env;
   const size_t at = spec.find('@');
-  const std::string name = spec.substr(0, at);
-  if (name != point) return;
-  if (at != std::string::npos && stage >= 0 && std::atoi(spec.c_str() + at + 1) != stage) return;
+  if (spec.substr(0, at) != point) return false;
+  return at == std::string::npos || index < 0 || std::atoi(spec.c_str() + at + 1) == index;
+}
+
+}  // namespace
+
+void fault_point(const char* point, int stage) {
+  if (!matches(point, stage)) return;
   ::kill(::getpid(), SIGKILL);
   ::pause();
 }
+
+bool fault_injected(const char* point, int index) { return matches(point, index); }
 
 }  // namespace pmamba::ckpt

@@ -1,8 +1,16 @@
-// Fault injection for the crash-safety tests. When the environment variable PMAMBA_FAULT is
-// "<point>" or "<point>@<stage>", the process kills itself with SIGKILL on reaching that
-// point (in that stage's writer). Points, in commit order:
+// Fault injection for the crash-safety and failure tests. PMAMBA_FAULT holds one spec,
+// "<point>" or "<point>@<n>" (n: the stage of a writer, or the index of a thread).
+//
+// Kill points (fault_point): the process kills itself with SIGKILL on reaching the point.
+// In commit order:
 //   shard-partial   shard-written   shard-synced   shard-renamed
 //   manifest-written   manifest-renamed   dir-renamed   latest-written   latest-renamed   pruned
+//
+// Failure points (fault_injected): the caller fails the way the real call would.
+//   thread@N   creating thread N (0-based) of a pool fails with EAGAIN
+//   flock      flock fails with ENOLCK, as on a filesystem without locks
+//   step-dir   creating a step directory fails (the committing stage fails on its own)
+//   latest-write  writing `latest` fails after the step directory was renamed (disk full there)
 #pragma once
 
 #include <string>
@@ -11,5 +19,8 @@ namespace pmamba::ckpt {
 
 /// Kills the process if PMAMBA_FAULT names this point (and stage, when given).
 void fault_point(const char* point, int stage = -1);
+
+/// True when PMAMBA_FAULT names this failure point (and index, when the spec has one).
+bool fault_injected(const char* point, int index = -1);
 
 }  // namespace pmamba::ckpt

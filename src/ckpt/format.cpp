@@ -3,7 +3,11 @@
 #include <ATen/ATen.h>
 #include <xxhash.h>
 
+#include <sys/random.h>
+
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 
 #include "src/ckpt/errors.h"
 
@@ -74,6 +78,41 @@ at::ScalarType dtype_from_name(const std::string& name) {
 }
 
 size_t dtype_size(at::ScalarType t) { return c10::elementSize(t); }
+
+int64_t checked_numel(const std::vector<int64_t>& shape, const std::string& what) {
+  int64_t numel = 1;
+  for (int64_t d : shape) {
+    if (d < 0 || (d > 0 && numel > (int64_t{1} << 50) / d)) {
+      std::string s = "[";
+      for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+      throw FormatError(what + " declares an absurd shape " + s + "]");
+    }
+    numel *= d;
+  }
+  return numel;
+}
+
+std::string new_run_id() {
+  unsigned char bytes[16];
+  size_t got = 0;
+  while (got < sizeof bytes) {
+    const ssize_t n = ::getrandom(bytes + got, sizeof bytes - got, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) throw IoError(std::string("cannot draw a run id from getrandom: ") + std::strerror(errno));
+    got += static_cast<size_t>(n);
+  }
+  char hex[33];
+  for (int i = 0; i < 16; ++i) std::snprintf(hex + 2 * i, 3, "%02x", bytes[i]);
+  return std::string(hex, 32);
+}
+
+bool is_run_id(const std::string& s) {
+  if (s.size() != 32) return false;
+  for (char c : s) {
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  }
+  return true;
+}
 
 uint64_t bytes_digest(const void* data, size_t n) { return XXH3_64bits(data, n); }
 

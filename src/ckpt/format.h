@@ -13,11 +13,15 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace pmamba::ckpt {
 
 inline constexpr const char* kFormatName = "pmamba-ckpt";
-inline constexpr int64_t kFormatVersion = 1;
+// Version 2: string attributes are fixed-length (they live in the checksummed object header,
+// not in HDF5's unchecksummed global heap); the manifest carries the run id and a digest of
+// its training state. Version 1 checkpoints are still read.
+inline constexpr int64_t kFormatVersion = 2;
 inline constexpr const char* kManifestName = "manifest.json";
 inline constexpr const char* kLatestName = "latest";
 inline constexpr uint32_t kZstdFilterId = 32015;  // registered HDF5 id (hdf5plugin's Zstd)
@@ -25,6 +29,21 @@ inline constexpr uint32_t kZstdFilterId = 32015;  // registered HDF5 id (hdf5plu
 /// Optimizer-state slots stored per parameter.
 enum class Slot { kParam, kExpAvg, kExpAvgSq, kStep };
 const char* slot_name(Slot slot);  // "param", "exp_avg", "exp_avg_sq", "step"
+
+/// One stored dataset of a checkpoint: where it lives and what it holds. The manifest lists one
+/// per (FQN, slot); scanning a shard finds one per HDF5 dataset; the checker (check.h) compares
+/// the two, so both sides describe a dataset with the same fields.
+struct StoredDataset {
+  std::string path;          // HDF5 path inside the shard: "/model/backbone/embedding/weight"
+  std::string fqn;           // "backbone.embedding.weight"
+  Slot slot = Slot::kParam;
+  std::vector<int64_t> shape;
+  std::string dtype;         // logical dtype
+  uint64_t digest = 0;       // xxh3-64 of the decoded bytes
+  int64_t stored_bytes = 0;  // bytes on disk
+  int64_t raw_bytes = 0;     // element count x dtype size
+  bool compressed = false;   // zstd filter present (known from a shard scan; not in the manifest)
+};
 
 /// "step-00000100"
 std::string step_dir_name(int64_t step);
@@ -41,6 +60,14 @@ std::string dataset_path(const std::string& fqn, Slot slot);
 std::string dtype_name(at::ScalarType t);  // throws UsageError for unsupported types
 at::ScalarType dtype_from_name(const std::string& name);  // throws FormatError
 size_t dtype_size(at::ScalarType t);
+
+/// Element count of `shape`, refusing negative dimensions and counts beyond 2^50 (no tensor
+/// pmamba stores comes near) before anything is sized from them. `what` names the tensor.
+int64_t checked_numel(const std::vector<int64_t>& shape, const std::string& what);
+
+/// A fresh random 128-bit run id, 32 lowercase hex digits.
+std::string new_run_id();
+bool is_run_id(const std::string& s);
 
 /// xxh3-64 of the tensor's contiguous little-endian bytes.
 uint64_t tensor_digest(const at::Tensor& t);

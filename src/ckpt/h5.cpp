@@ -1,5 +1,6 @@
 #include "src/ckpt/h5.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <memory>
 
@@ -221,9 +222,13 @@ void require_scalar(hid_t attr, const std::string& name) {
 }  // namespace
 
 void write_attr(hid_t obj, const std::string& name, const std::string& value) {
-  Handle t = vlen_string_type();
-  const char* p = value.c_str();
-  write_scalar_attr(obj, name, t.get(), t.get(), &p);
+  Handle t(check(H5Tcopy(H5T_C_S1), "H5Tcopy"));
+  check_status(H5Tset_size(t.get(), std::max<size_t>(1, value.size())), "H5Tset_size");
+  check_status(H5Tset_strpad(t.get(), H5T_STR_NULLPAD), "H5Tset_strpad");
+  check_status(H5Tset_cset(t.get(), H5T_CSET_UTF8), "H5Tset_cset");
+  std::string padded = value;
+  if (padded.empty()) padded.push_back('\0');
+  write_scalar_attr(obj, name, t.get(), t.get(), padded.data());
 }
 
 void write_attr(hid_t obj, const std::string& name, int64_t value) {
@@ -240,14 +245,21 @@ bool has_attr(hid_t obj, const std::string& name) {
   return there > 0;
 }
 
-std::string read_attr_string(hid_t obj, const std::string& name) {
+std::string read_attr_string(hid_t obj, const std::string& name, bool allow_variable) {
   Handle attr = open_attr(obj, name);
   require_scalar(attr.get(), name);
   Handle ftype(check(H5Aget_type(attr.get()), "H5Aget_type"));
   if (H5Tget_class(ftype.get()) != H5T_STRING) {
     throw FormatError("attribute '" + name + "' is not a string");
   }
-  if (H5Tis_variable_str(ftype.get()) > 0) {
+  const htri_t variable = H5Tis_variable_str(ftype.get());
+  if (variable < 0) throw FormatError("attribute '" + name + "' has an unreadable string type: " + error_stack());
+  if (variable > 0 && !allow_variable) {
+    throw FormatError("attribute '" + name +
+                      "' is a variable-length string; this format version stores fixed-length strings only "
+                      "(a variable-length string's bytes live in HDF5's unchecksummed global heap)");
+  }
+  if (variable > 0) {
     Handle mem = vlen_string_type();
     char* p = nullptr;
     check_status(H5Aread(attr.get(), mem.get(), &p), "cannot read attribute '" + name + "'");
@@ -260,8 +272,10 @@ std::string read_attr_string(hid_t obj, const std::string& name) {
   if (size == 0 || size > (size_t{64} << 20)) {
     throw FormatError("attribute '" + name + "' declares an absurd string size " + std::to_string(size));
   }
-  Handle mem(check(H5Tcopy(H5T_C_S1), "H5Tcopy"));
-  check_status(H5Tset_size(mem.get(), size), "H5Tset_size");
+  // Read as the stored type (its character set) but NUL-padded, so no conversion drops the
+  // last character to make room for a terminator.
+  Handle mem(check(H5Tcopy(ftype.get()), "H5Tcopy"));
+  check_status(H5Tset_strpad(mem.get(), H5T_STR_NULLPAD), "H5Tset_strpad");
   std::string buf(size, '\0');
   check_status(H5Aread(attr.get(), mem.get(), buf.data()), "cannot read attribute '" + name + "'");
   const size_t nul = buf.find('\0');
@@ -284,6 +298,10 @@ int64_t read_attr_int(hid_t obj, const std::string& name) {
 uint64_t read_attr_u64(hid_t obj, const std::string& name) {
   Handle attr = open_attr(obj, name);
   require_scalar(attr.get(), name);
+  Handle ftype(check(H5Aget_type(attr.get()), "H5Aget_type"));
+  if (H5Tget_class(ftype.get()) != H5T_INTEGER) {
+    throw FormatError("attribute '" + name + "' is not an integer");
+  }
   uint64_t v = 0;
   check_status(H5Aread(attr.get(), H5T_NATIVE_UINT64, &v), "cannot read attribute '" + name + "'");
   return v;

@@ -64,11 +64,17 @@ Handle open_group(hid_t loc, const std::string& path);
 Handle open_dataset(hid_t loc, const std::string& path);
 bool exists(hid_t loc, const std::string& path);  // every component of path exists
 
+/// Strings are written as fixed-length UTF-8 (NUL-padded): they live in the object header,
+/// which HDF5 checksums, unlike variable-length strings, whose bytes sit in the global heap.
 void write_attr(hid_t obj, const std::string& name, const std::string& value);
 void write_attr(hid_t obj, const std::string& name, int64_t value);
 void write_attr_u64(hid_t obj, const std::string& name, uint64_t value);
 bool has_attr(hid_t obj, const std::string& name);
-std::string read_attr_string(hid_t obj, const std::string& name);
+/// Reads a scalar string attribute. A variable-length one is refused (FormatError) before its
+/// bytes are touched unless `allow_variable`: HDF5 dereferences its global-heap entry without
+/// checking it, so only files whose heaps were checked (ShardReader, version 1) or trusted
+/// fixtures may allow it.
+std::string read_attr_string(hid_t obj, const std::string& name, bool allow_variable = false);
 int64_t read_attr_int(hid_t obj, const std::string& name);
 uint64_t read_attr_u64(hid_t obj, const std::string& name);
 

@@ -67,6 +67,7 @@ void print_info(const std::string& path, std::ostream& out, bool json) {
     j["checkpoint"] = dir;
     j["step"] = m.step;
     j["format_version"] = m.format_version;
+    j["run_id"] = m.run_id;
     j["config"] = ojson::parse(model::config_to_json_string(m.config));
     j["parameters"] = params;
     j["tensors"] = m.tensors.size() - static_cast<size_t>(aliases);
@@ -95,6 +96,7 @@ void print_info(const std::string& path, std::ostream& out, bool json) {
   const auto& c = m.config;
   out << "checkpoint  " << dir << "\n";
   out << "step        " << m.step << "  (format_version " << m.format_version << ")\n";
+  out << "run         " << (m.run_id.empty() ? "(none: version 1)" : m.run_id) << "\n";
   out << "model       d_model " << c.d_model << ", n_layer " << c.n_layer << ", vocab " << c.vocab_size << " (padded "
       << c.padded_vocab() << "), d_state " << c.d_state << ", d_conv " << c.d_conv << ", expand " << c.expand
       << ", dt_rank " << c.dt_rank_value() << (c.tie_embeddings ? ", tied embeddings" : ", untied") << "\n";
@@ -127,7 +129,7 @@ void print_ls(const std::string& path, std::ostream& out, bool json, bool all) {
   for (const auto& t : m.tensors) {
     if (!t.alias_of.empty()) {
       const TensorEntry& target = m.resolve(t.fqn);
-      const SlotEntry& p = target.slots.at(Slot::kParam);
+      const StoredDataset& p = target.slots.at(Slot::kParam);
       rows.push_back(ojson{{"fqn", t.fqn}, {"slot", "param"}, {"shape", p.shape}, {"dtype", p.dtype}, {"stage", t.stage},
                            {"stored_bytes", 0}, {"xxh3_64", digest_hex(t.alias_digests.at(Slot::kParam))},
                            {"alias_of", t.alias_of}});
@@ -136,7 +138,7 @@ void print_ls(const std::string& path, std::ostream& out, bool json, bool all) {
     for (Slot s : slots) {
       auto it = t.slots.find(s);
       if (it == t.slots.end() || (!all && s != Slot::kParam)) continue;
-      const SlotEntry& e = it->second;
+      const StoredDataset& e = it->second;
       rows.push_back(ojson{{"fqn", t.fqn}, {"slot", slot_name(s)}, {"shape", e.shape}, {"dtype", e.dtype},
                            {"stage", t.stage}, {"stored_bytes", e.stored_bytes}, {"xxh3_64", digest_hex(e.digest)}});
     }

@@ -3,6 +3,7 @@
 #include <set>
 #include <unordered_map>
 
+#include "src/ckpt/check.h"
 #include "src/ckpt/errors.h"
 #include "src/ckpt/fs.h"
 #include "src/ckpt/shard.h"
@@ -57,121 +58,33 @@ int64_t Manifest::total_raw_bytes() const {
 
 namespace {
 
-const Slot kOptimSlots[] = {Slot::kExpAvg, Slot::kExpAvgSq, Slot::kStep};
 const Slot kAllSlots[] = {Slot::kParam, Slot::kExpAvg, Slot::kExpAvgSq, Slot::kStep};
-
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
-
-bool is_float_dtype(const std::string& d) {
-  return d == "float32" || d == "bfloat16" || d == "float16" || d == "float64";
-}
 
 }  // namespace
 
-void validate_manifest(const Manifest& m, const std::string& where) {
-  const auto fail = [&](const std::string& what) { throw FormatError(where + ": " + what); };
-  const int n = static_cast<int>(m.stages.size());
-  if (n < 1) fail("layout lists no stages");
-  int64_t next = 0;
-  for (int i = 0; i < n; ++i) {
-    const StageEntry& s = m.stages[static_cast<size_t>(i)];
-    if (s.stage != i) fail("layout stage " + std::to_string(i) + " is numbered " + std::to_string(s.stage));
-    if (s.layer_begin != next || s.layer_end < s.layer_begin) {
-      fail("stage " + std::to_string(i) + " holds layers [" + std::to_string(s.layer_begin) + ", " +
-           std::to_string(s.layer_end) + ") but should start at layer " + std::to_string(next));
-    }
-    if (s.file != shard_file_name(i, n)) {
-      fail("stage " + std::to_string(i) + " file is '" + s.file + "', expected '" + shard_file_name(i, n) + "'");
-    }
-    next = s.layer_end;
-  }
-  if (next != m.config.n_layer) {
-    fail("layout covers " + std::to_string(next) + " layers but the config has n_layer = " +
-         std::to_string(m.config.n_layer));
-  }
-  const std::vector<model::StageSpec> specs = m.stage_specs();
-  const std::vector<model::ParamInfo> params = model::list_parameters(m.config);
-  std::set<std::string> known;
-  for (const auto& p : params) known.insert(p.fqn);
-  std::set<std::string> seen;
-  for (const auto& t : m.tensors) {
-    if (!known.count(t.fqn)) fail("unknown tensor '" + t.fqn + "' (not a parameter of this config)");
-    if (!seen.insert(t.fqn).second) fail("tensor '" + t.fqn + "' is listed twice");
-  }
-  for (const auto& p : params) {
-    const TensorEntry* t = m.find(p.fqn);
-    const int owner = model::owner_stage(p, specs);
-    if (!t) fail("checkpoint lacks '" + p.fqn + "' (expected in " + shard_file_name(owner, n) + ")");
-    if (t->stage != owner) {
-      fail("'" + p.fqn + "' is stored by stage " + std::to_string(t->stage) + " but stage " +
-           std::to_string(owner) + " owns it in this layout");
-    }
-    if (t->file != shard_file_name(owner, n)) fail("'" + p.fqn + "' names file '" + t->file + "'");
-    if (!p.tied_to.empty()) {
-      if (t->alias_of != p.tied_to) {
-        fail("'" + p.fqn + "' is tied to '" + p.tied_to + "' but is not stored as its alias");
-      }
-      if (!t->alias_digests.count(Slot::kParam)) fail("alias '" + p.fqn + "' has no digest");
-      continue;
-    }
-    if (!t->alias_of.empty()) fail("'" + p.fqn + "' is stored as an alias but the config does not tie it");
-    auto slot = t->slots.find(Slot::kParam);
-    if (slot == t->slots.end()) fail("'" + p.fqn + "' has no parameter data");
-    if (slot->second.shape != p.shape) {
-      fail("'" + p.fqn + "' has shape " + shape_str(slot->second.shape) + " but the config expects " +
-           shape_str(p.shape));
-    }
-    if (!is_float_dtype(slot->second.dtype)) fail("'" + p.fqn + "' has dtype " + slot->second.dtype);
-    if (m.has_optimizer) {
-      for (Slot s : kOptimSlots) {
-        auto it = t->slots.find(s);
-        if (it == t->slots.end()) fail("'" + p.fqn + "' lacks optimizer state '" + slot_name(s) + "'");
-        const std::vector<int64_t> expect = s == Slot::kStep ? std::vector<int64_t>{} : p.shape;
-        if (it->second.shape != expect) {
-          fail("optimizer state '" + std::string(slot_name(s)) + "' of '" + p.fqn + "' has shape " +
-               shape_str(it->second.shape) + " but should have " + shape_str(expect));
-        }
-        const bool ok = s == Slot::kStep ? it->second.dtype == "int64" : it->second.dtype == "float32";
-        if (!ok) fail("optimizer state '" + std::string(slot_name(s)) + "' of '" + p.fqn + "' has dtype " + it->second.dtype);
-      }
-    } else if (t->slots.size() != 1) {
-      fail("'" + p.fqn + "' carries optimizer state but has_optimizer is false");
-    }
-  }
+uint64_t train_digest(const ojson& train) {
+  const std::string text = train.dump();
+  return bytes_digest(text.data(), text.size());
 }
 
-Manifest build_manifest(const std::string& dir, const model::MambaConfig& config,
-                        const std::vector<model::StageSpec>& stages, int64_t step,
-                        const Compression& compression, bool has_optimizer, const ojson& train) {
+Manifest build_manifest(const std::string& dir, const std::string& run_id, const model::MambaConfig& config,
+                        const std::vector<model::StageSpec>& stages, int64_t step, const Compression& compression,
+                        bool has_optimizer, const ojson& train) {
   Manifest m;
+  m.run_id = run_id;
   m.step = step;
   m.config = config;
   m.compression = compression;
   m.has_optimizer = has_optimizer;
   m.train = train;
-  const std::string config_json = model::config_to_json_string(config);
   std::unordered_map<std::string, TensorEntry> found;
   for (const auto& spec : stages) {
     const std::string file = shard_file_name(spec.stage, spec.num_stages);
     const std::string path = fs::join(dir, file);
-    ShardReader shard(path);
-    const ShardHeader& h = shard.header();
-    if (h.stage != spec.stage || h.num_stages != spec.num_stages || h.layer_begin != spec.layer_begin ||
-        h.layer_end != spec.layer_end) {
-      throw FormatError("shard '" + path + "' describes stage " + std::to_string(h.stage) + " of " +
-                        std::to_string(h.num_stages) + " with layers [" + std::to_string(h.layer_begin) + ", " +
-                        std::to_string(h.layer_end) + "), not the layout being committed");
-    }
-    if (h.step != step) {
-      throw FormatError("shard '" + path + "' is for step " + std::to_string(h.step) + ", not " + std::to_string(step));
-    }
-    if (h.config_json != config_json) throw FormatError("shard '" + path + "' was written for a different config");
+    if (!fs::is_file(path)) throw FormatError("shard '" + path + "' is missing");
     m.stages.push_back(StageEntry{spec.stage, spec.layer_begin, spec.layer_end, file, fs::file_size(path)});
-    for (const auto& d : shard.scan()) {
+    ShardReader shard(path);
+    for (auto& d : shard.scan()) {
       auto [it, inserted] = found.try_emplace(d.fqn);
       TensorEntry& t = it->second;
       if (inserted) {
@@ -181,7 +94,8 @@ Manifest build_manifest(const std::string& dir, const model::MambaConfig& config
       } else if (t.file != file) {
         throw FormatError("'" + d.fqn + "' is stored twice: in " + t.file + " and in " + file);
       }
-      t.slots[d.slot] = SlotEntry{d.path, d.shape, d.dtype, d.digest, d.stored_bytes, d.raw_bytes};
+      d.compressed = false;  // the manifest does not record it; check_shard compares it with the compression
+      t.slots[d.slot] = std::move(d);
     }
     for (const auto& a : shard.aliases()) {
       auto [it, inserted] = found.try_emplace(a.fqn);
@@ -195,33 +109,27 @@ Manifest build_manifest(const std::string& dir, const model::MambaConfig& config
   }
   for (const auto& p : model::list_parameters(config)) {
     auto it = found.find(p.fqn);
-    if (it == found.end()) continue;  // validate_manifest names what is missing
+    if (it == found.end()) continue;  // check_manifest names what is missing
     m.tensors.push_back(std::move(it->second));
     found.erase(it);
   }
   if (!found.empty()) {
     throw FormatError("shard '" + found.begin()->second.file + "' holds unknown tensor '" + found.begin()->first + "'");
   }
-  validate_manifest(m, "checkpoint '" + dir + "'");
-  // The tie must have held when the stages wrote their copies.
-  for (const auto& t : m.tensors) {
-    if (t.alias_of.empty()) continue;
-    const TensorEntry& target = m.resolve(t.fqn);
-    for (const auto& [slot, digest] : t.alias_digests) {
-      auto s = target.slots.find(slot);
-      if (s == target.slots.end() || s->second.digest != digest) {
-        throw FormatError("tied copies differ: '" + t.fqn + "' (" + slot_name(slot) + ", stage " +
-                          std::to_string(t.stage) + ") does not equal '" + t.alias_of + "' (stage " +
-                          std::to_string(target.stage) + ")");
-      }
-    }
+  // What is committed passes every check a reader will make, so a checkpoint that commits loads.
+  Problems problems(Problems::Mode::kThrow, "checkpoint '" + dir + "': ");
+  check_manifest(m, problems);
+  for (const auto& s : m.stages) {
+    CheckedShard shard;
+    check_shard(m, s, dir, problems, shard);
   }
+  check_ties(m, problems);
   return m;
 }
 
 namespace {
 
-ojson slot_json(const SlotEntry& s) {
+ojson slot_json(const StoredDataset& s) {
   return ojson{{"path", s.path}, {"shape", s.shape}, {"dtype", s.dtype}, {"xxh3_64", digest_hex(s.digest)},
                {"stored_bytes", s.stored_bytes}, {"raw_bytes", s.raw_bytes}};
 }
@@ -232,6 +140,7 @@ std::string manifest_to_json(const Manifest& m) {
   ojson j;
   j["format"] = kFormatName;
   j["format_version"] = m.format_version;
+  if (m.format_version >= 2) j["run_id"] = m.run_id;
   j["step"] = m.step;
   j["config"] = ojson::parse(model::config_to_json_string(m.config));
   j["compression"] = m.compression.str();
@@ -269,6 +178,7 @@ std::string manifest_to_json(const Manifest& m) {
   }
   j["tensors"] = tensors;
   j["train"] = m.train;
+  if (m.format_version >= 2) j["train_xxh3_64"] = digest_hex(train_digest(m.train));
   // One line per top-level key and per tensor: small, diffable, still valid JSON.
   std::string out = "{\n";
   bool first_key = true;
@@ -322,102 +232,208 @@ Slot slot_of(const std::string& name) {
   for (Slot s : kAllSlots) {
     if (name == slot_name(s)) return s;
   }
-  throw FormatError("unknown state slot '" + name + "'");
+  throw FormatError("unknown state slot '" + fs::printable(name) + "'");
+}
+
+// Typed access to manifest fields: a wrong type, or a fractional number where an integer
+// belongs (shape 64.5, format_version 1.5), is an error rather than a silent conversion.
+const ojson& field(const ojson& j, const std::string& key, const std::string& where) {
+  if (!j.is_object()) throw FormatError(where + " is not a JSON object");
+  auto it = j.find(key);
+  if (it == j.end()) throw FormatError(where + " lacks '" + key + "'");
+  return *it;
+}
+
+int64_t as_int(const ojson& v, const std::string& what) {
+  if (!v.is_number_integer() || (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))) {
+    throw FormatError(what + " must be an integer, found " + fs::printable(v.dump()));
+  }
+  return v.get<int64_t>();
+}
+
+std::string as_string(const ojson& v, const std::string& what) {
+  if (!v.is_string()) throw FormatError(what + " must be a string, found " + fs::printable(v.dump()));
+  return v.get<std::string>();
+}
+
+int64_t int_field(const ojson& j, const std::string& key, const std::string& where) {
+  return as_int(field(j, key, where), where + "." + key);
+}
+
+std::string string_field(const ojson& j, const std::string& key, const std::string& where) {
+  return as_string(field(j, key, where), where + "." + key);
+}
+
+StoredDataset parse_slot(const ojson& x, const std::string& fqn, Slot s) {
+  const std::string where = "tensors['" + fs::printable(fqn) + "']." + slot_name(s);
+  StoredDataset d;
+  d.fqn = fqn;
+  d.slot = s;
+  d.path = string_field(x, "path", where);
+  const ojson& shape = field(x, "shape", where);
+  if (!shape.is_array() || shape.size() > 32) throw FormatError(where + ".shape must be an array of at most 32 integers");
+  for (const auto& dim : shape) d.shape.push_back(as_int(dim, where + ".shape"));
+  d.dtype = string_field(x, "dtype", where);
+  const at::ScalarType type = dtype_from_name(d.dtype);
+  d.digest = parse_digest_hex(string_field(x, "xxh3_64", where));
+  d.stored_bytes = int_field(x, "stored_bytes", where);
+  d.raw_bytes = int_field(x, "raw_bytes", where);
+  if (d.path != dataset_path(fqn, s)) {
+    throw FormatError(where + ".path is '" + fs::printable(d.path) + "', expected '" + dataset_path(fqn, s) + "'");
+  }
+  const int64_t numel = checked_numel(d.shape, "'" + fs::printable(fqn) + "'");
+  if (d.raw_bytes != numel * static_cast<int64_t>(dtype_size(type))) {
+    throw FormatError(where + ".raw_bytes " + std::to_string(d.raw_bytes) + " disagrees with its shape and dtype");
+  }
+  if (d.stored_bytes < 0) throw FormatError(where + ".stored_bytes is negative");
+  return d;
+}
+
+// The structure of the manifest (everything but the checks of check.h). Throws FormatError.
+Manifest parse_manifest(const std::string& text, const std::string& where) {
+  const ojson j = parse_strict(text, where);
+  Manifest m;
+  if (!j.is_object() || !j.contains("format") || !j.at("format").is_string() || j.at("format") != kFormatName) {
+    throw FormatError("not a pmamba checkpoint manifest (format != \"" + std::string(kFormatName) + "\")");
+  }
+  m.format_version = int_field(j, "format_version", "manifest");
+  if (m.format_version > kFormatVersion) {
+    throw FormatError("format_version " + std::to_string(m.format_version) + " is newer than this pmamba supports (" +
+                      std::to_string(kFormatVersion) + ")");
+  }
+  if (m.format_version < 1) throw FormatError("invalid format_version " + std::to_string(m.format_version));
+  if (m.format_version >= 2) m.run_id = string_field(j, "run_id", "manifest");
+  m.step = int_field(j, "step", "manifest");
+  if (m.step < 0) throw FormatError("step " + std::to_string(m.step) + " is negative");
+  try {
+    m.config = model::config_from_json(nlohmann::json::parse(field(j, "config", "manifest").dump()));
+  } catch (const model::ConfigError& e) {
+    throw FormatError(std::string("bad config: ") + e.what());
+  }
+  try {
+    m.compression = Compression::parse(string_field(j, "compression", "manifest"));
+  } catch (const UsageError& e) {
+    throw FormatError(e.what());
+  }
+  const ojson& opt = field(j, "has_optimizer", "manifest");
+  if (!opt.is_boolean()) throw FormatError("manifest.has_optimizer must be true or false, found " + fs::printable(opt.dump()));
+  m.has_optimizer = opt.get<bool>();
+  const ojson& layout = field(j, "layout", "manifest");
+  const ojson& stages = field(layout, "stages", "layout");
+  if (!stages.is_array() || stages.empty() || stages.size() > 4096) {
+    throw FormatError("layout.stages must be an array of 1 to 4096 stages");
+  }
+  for (const auto& st : stages) {
+    StageEntry e;
+    const std::string w = "layout.stages[" + std::to_string(m.stages.size()) + "]";
+    const int64_t stage = int_field(st, "stage", w);
+    if (stage < 0 || stage >= 4096) throw FormatError(w + ".stage " + std::to_string(stage) + " is out of range");
+    e.stage = static_cast<int>(stage);
+    const ojson& layers = field(st, "layers", w);
+    if (!layers.is_array() || layers.size() != 2) throw FormatError(w + ".layers must be [begin, end]");
+    e.layer_begin = as_int(layers.at(0), w + ".layers");
+    e.layer_end = as_int(layers.at(1), w + ".layers");
+    e.file = string_field(st, "file", w);
+    e.bytes = int_field(st, "bytes", w);
+    m.stages.push_back(e);
+  }
+  const int64_t num_stages = int_field(layout, "num_stages", "layout");
+  if (num_stages != static_cast<int64_t>(m.stages.size())) {
+    throw FormatError("layout.num_stages is " + std::to_string(num_stages) + " but layout.stages lists " +
+                      std::to_string(m.stages.size()));
+  }
+  const ojson& partition = field(layout, "partition", "layout");
+  if (!partition.is_array() || partition.size() != m.stages.size()) {
+    throw FormatError("layout.partition must list the layers of each of the " + std::to_string(m.stages.size()) + " stages");
+  }
+  for (size_t i = 0; i < m.stages.size(); ++i) {
+    const int64_t n = as_int(partition.at(i), "layout.partition");
+    if (n != m.stages[i].layer_end - m.stages[i].layer_begin) {
+      throw FormatError("layout.partition gives stage " + std::to_string(i) + " " + std::to_string(n) +
+                        " layers but its range [" + std::to_string(m.stages[i].layer_begin) + ", " +
+                        std::to_string(m.stages[i].layer_end) + ") holds " +
+                        std::to_string(m.stages[i].layer_end - m.stages[i].layer_begin));
+    }
+  }
+  const ojson& tensors = field(j, "tensors", "manifest");
+  if (!tensors.is_object()) throw FormatError("manifest.tensors must be an object");
+  for (auto it = tensors.begin(); it != tensors.end(); ++it) {
+    TensorEntry t;
+    t.fqn = it.key();
+    const ojson& e = it.value();
+    const std::string w = "tensors['" + fs::printable(t.fqn) + "']";
+    const int64_t stage = int_field(e, "stage", w);
+    if (stage < 0 || stage >= 4096) throw FormatError(w + ".stage " + std::to_string(stage) + " is out of range");
+    t.stage = static_cast<int>(stage);
+    t.file = string_field(e, "file", w);
+    if (e.contains("alias_of")) {
+      t.alias_of = string_field(e, "alias_of", w);
+      const ojson& d = field(e, "xxh3_64", w);
+      if (!d.is_object()) throw FormatError(w + ".xxh3_64 must be an object");
+      for (auto s = d.begin(); s != d.end(); ++s) {
+        t.alias_digests[slot_of(s.key())] = parse_digest_hex(as_string(s.value(), w + ".xxh3_64"));
+      }
+    }
+    for (Slot s : kAllSlots) {
+      if (e.contains(slot_name(s))) t.slots[s] = parse_slot(e.at(slot_name(s)), t.fqn, s);
+    }
+    m.tensors.push_back(std::move(t));
+  }
+  if (j.contains("train")) m.train = j.at("train");
+  if (m.format_version >= 2) {
+    const uint64_t recorded = parse_digest_hex(string_field(j, "train_xxh3_64", "manifest"));
+    if (recorded != train_digest(m.train)) {
+      throw FormatError("the training state does not match its digest train_xxh3_64 (edited or corrupt)");
+    }
+  }
+  // Canonical order, whatever order the file had.
+  std::vector<TensorEntry> ordered;
+  std::set<std::string> listed;
+  for (const auto& p : model::list_parameters(m.config)) {
+    for (auto& t : m.tensors) {
+      if (t.fqn == p.fqn) {
+        ordered.push_back(t);
+        listed.insert(t.fqn);
+      }
+    }
+  }
+  for (auto& t : m.tensors) {
+    if (!listed.count(t.fqn)) ordered.push_back(t);  // unknown: check_manifest reports it
+  }
+  m.tensors = std::move(ordered);
+  return m;
 }
 
 }  // namespace
 
-Manifest manifest_from_json(const std::string& text, const std::string& where) {
-  const ojson j = parse_strict(text, where);
-  Manifest m;
+bool manifest_from_json(const std::string& text, const std::string& where, Manifest& out, Problems& problems) {
   try {
-    if (!j.is_object() || j.value("format", "") != kFormatName) {
-      throw FormatError("not a pmamba checkpoint manifest (format != \"" + std::string(kFormatName) + "\")");
-    }
-    m.format_version = j.at("format_version").get<int64_t>();
-    if (m.format_version > kFormatVersion) {
-      throw FormatError("format_version " + std::to_string(m.format_version) + " is newer than this pmamba supports (" +
-                        std::to_string(kFormatVersion) + ")");
-    }
-    if (m.format_version < 1) throw FormatError("invalid format_version " + std::to_string(m.format_version));
-    m.step = j.at("step").get<int64_t>();
-    try {
-      m.config = model::config_from_json_string(j.at("config").dump());
-    } catch (const model::ConfigError& e) {
-      throw FormatError(std::string("bad config: ") + e.what());
-    }
-    m.compression = Compression::parse(j.at("compression").get<std::string>());
-    m.has_optimizer = j.at("has_optimizer").get<bool>();
-    for (const auto& s : j.at("layout").at("stages")) {
-      StageEntry e;
-      e.stage = s.at("stage").get<int>();
-      e.layer_begin = s.at("layers").at(0).get<int64_t>();
-      e.layer_end = s.at("layers").at(1).get<int64_t>();
-      e.file = s.at("file").get<std::string>();
-      e.bytes = s.at("bytes").get<int64_t>();
-      m.stages.push_back(e);
-    }
-    const ojson& tensors = j.at("tensors");
-    for (auto it = tensors.begin(); it != tensors.end(); ++it) {
-      TensorEntry t;
-      t.fqn = it.key();
-      const ojson& e = it.value();
-      t.stage = e.at("stage").get<int>();
-      t.file = e.at("file").get<std::string>();
-      if (e.contains("alias_of")) {
-        t.alias_of = e.at("alias_of").get<std::string>();
-        const ojson& d = e.at("xxh3_64");
-        for (auto s = d.begin(); s != d.end(); ++s) t.alias_digests[slot_of(s.key())] = parse_digest_hex(s.value().get<std::string>());
-      }
-      for (Slot s : kAllSlots) {
-        if (!e.contains(slot_name(s))) continue;
-        const ojson& x = e.at(slot_name(s));
-        SlotEntry se;
-        se.path = x.at("path").get<std::string>();
-        se.shape = x.at("shape").get<std::vector<int64_t>>();
-        se.dtype = x.at("dtype").get<std::string>();
-        dtype_from_name(se.dtype);
-        se.digest = parse_digest_hex(x.at("xxh3_64").get<std::string>());
-        se.stored_bytes = x.at("stored_bytes").get<int64_t>();
-        se.raw_bytes = x.at("raw_bytes").get<int64_t>();
-        if (se.path != dataset_path(t.fqn, s)) {
-          throw FormatError("'" + t.fqn + "' " + slot_name(s) + " path is '" + se.path + "', expected '" +
-                            dataset_path(t.fqn, s) + "'");
-        }
-        int64_t numel = 1;
-        for (int64_t d : se.shape) {
-          if (d < 0 || (d > 0 && numel > (int64_t{1} << 50) / d)) throw FormatError("'" + t.fqn + "' declares an absurd shape");
-          numel *= d;
-        }
-        if (se.raw_bytes != numel * static_cast<int64_t>(dtype_size(dtype_from_name(se.dtype)))) {
-          throw FormatError("'" + t.fqn + "' " + slot_name(s) + " raw_bytes disagrees with its shape and dtype");
-        }
-        t.slots[s] = se;
-      }
-      m.tensors.push_back(std::move(t));
-    }
-    if (j.contains("train")) m.train = j.at("train");
-  } catch (const nlohmann::json::exception& e) {
-    throw FormatError(where + ": malformed manifest: " + e.what());
+    out = parse_manifest(text, where);
   } catch (const FormatError& e) {
-    throw FormatError(where + ": " + e.what());
+    problems.add(where + ": " + e.what());
+    return false;
   } catch (const UsageError& e) {
-    throw FormatError(where + ": " + e.what());
+    problems.add(where + ": " + e.what());
+    return false;
+  } catch (const nlohmann::json::exception& e) {
+    problems.add(where + ": malformed manifest: " + e.what());
+    return false;
   }
-  // Canonical order, whatever order the file had.
-  std::vector<TensorEntry> ordered;
-  for (const auto& p : model::list_parameters(m.config)) {
-    for (auto& t : m.tensors) {
-      if (t.fqn == p.fqn) ordered.push_back(t);
-    }
+  if (problems.mode() == Problems::Mode::kThrow) {
+    Problems local(Problems::Mode::kThrow, where + ": ");
+    check_manifest(out, local);
+  } else {
+    Problems local(Problems::Mode::kCollect);
+    check_manifest(out, local);
+    for (const auto& p : local.list()) problems.add(where + ": " + p);
   }
-  for (auto& t : m.tensors) {
-    bool listed = false;
-    for (const auto& o : ordered) listed = listed || o.fqn == t.fqn;
-    if (!listed) ordered.push_back(t);  // unknown: validate_manifest reports it
-  }
-  m.tensors = std::move(ordered);
-  validate_manifest(m, where);
+  return true;
+}
+
+Manifest manifest_from_json(const std::string& text, const std::string& where) {
+  Manifest m;
+  Problems problems(Problems::Mode::kThrow);
+  manifest_from_json(text, where, m, problems);
   return m;
 }
 

@@ -1,7 +1,7 @@
 // manifest.json: the commit marker and the index of a checkpoint (schema in docs/FORMAT.md).
 // It is built by scanning the written shards (so it describes what is really on disk) and is
-// validated against the config on every read: each FQN exactly once, in the shard of the stage
-// that owns it, with the shape and dtype the config implies.
+// checked against the config on every read: each FQN exactly once, in the shard of the stage
+// that owns it, with the shape and dtype the config implies (check.h holds the checks).
 #pragma once
 
 #include <cstdint>
@@ -17,20 +17,13 @@
 
 namespace pmamba::ckpt {
 
-struct SlotEntry {
-  std::string path;  // HDF5 path inside the shard
-  std::vector<int64_t> shape;
-  std::string dtype;
-  uint64_t digest = 0;
-  int64_t stored_bytes = 0;
-  int64_t raw_bytes = 0;
-};
+class Problems;
 
 struct TensorEntry {
   std::string fqn;
   int stage = 0;          // stage whose shard holds it (for an alias: the stage holding the alias)
   std::string file;       // shard file name
-  std::map<Slot, SlotEntry> slots;  // param and, with optimizer state, exp_avg/exp_avg_sq/step
+  std::map<Slot, StoredDataset> slots;  // param and, with optimizer state, exp_avg/exp_avg_sq/step
   std::string alias_of;   // non-empty for a tied parameter stored once under another FQN
   std::map<Slot, uint64_t> alias_digests;  // digests of the alias holder's own copies
 };
@@ -45,6 +38,7 @@ struct StageEntry {
 
 struct Manifest {
   int64_t format_version = kFormatVersion;
+  std::string run_id;  // 32 hex digits; "" in version-1 checkpoints, which had none
   int64_t step = 0;
   model::MambaConfig config;
   Compression compression;
@@ -61,22 +55,24 @@ struct Manifest {
   int64_t total_raw_bytes() const;
 };
 
-/// Scans the shards of `dir` (one per stage of `stages`) and builds the manifest. Throws
-/// FormatError when a shard is missing, an FQN is stored twice or is missing, a shape or dtype
-/// disagrees with the config, or tied copies differ.
-Manifest build_manifest(const std::string& dir, const model::MambaConfig& config,
+/// Scans the shards of `dir` (one per stage of `stages`), builds the manifest and puts it
+/// through every check a reader will make (check.h), throwing FormatError on the first
+/// problem: a missing shard, an FQN stored twice or missing, a shape or dtype that disagrees
+/// with the config, tied copies that differ.
+Manifest build_manifest(const std::string& dir, const std::string& run_id, const model::MambaConfig& config,
                         const std::vector<model::StageSpec>& stages, int64_t step,
                         const Compression& compression, bool has_optimizer,
                         const nlohmann::ordered_json& train);
 
-std::string manifest_to_json(const Manifest& m);  // pretty-printed, canonical key order
-/// Parses and validates (format, version, config, layout, completeness, shapes). `where` names
-/// the file in messages. Throws FormatError.
+std::string manifest_to_json(const Manifest& m);  // one line per key and per tensor, canonical order
+/// Parses and checks (format, version, run id, config, layout, completeness, shapes, training
+/// state). `where` names the file in messages. Throws FormatError on the first problem.
 Manifest manifest_from_json(const std::string& text, const std::string& where);
+/// The same, collecting problems in `problems` instead of throwing (pmamba-ckpt verify). Returns
+/// false when the text is not a manifest at all (nothing else could be checked).
+bool manifest_from_json(const std::string& text, const std::string& where, Manifest& out, Problems& problems);
 
-/// Checks a manifest against its config: every FQN exactly once, owned by the right stage,
-/// shapes and dtypes as the config implies, optimizer entries for every parameter. Throws
-/// FormatError naming the first problem.
-void validate_manifest(const Manifest& m, const std::string& where);
+/// xxh3-64 of the training state as the manifest stores it (its compact JSON text).
+uint64_t train_digest(const nlohmann::ordered_json& train);
 
 }  // namespace pmamba::ckpt

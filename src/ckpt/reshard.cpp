@@ -1,12 +1,12 @@
 #include "src/ckpt/reshard.h"
 
 #include <ATen/ATen.h>
-#include <limits.h>
-#include <stdlib.h>
 
 #include "src/ckpt/checkpoint.h"
 #include "src/ckpt/errors.h"
 #include "src/ckpt/fs.h"
+#include "src/ckpt/lock.h"
+#include "src/ckpt/resources.h"
 #include "src/ckpt/verify.h"
 #include "src/model/errors.h"
 #include "src/model/fqn.h"
@@ -15,23 +15,14 @@ namespace pmamba::ckpt {
 
 namespace {
 
-std::string real_path(const std::string& p) {
-  char buf[PATH_MAX];
-  return ::realpath(p.c_str(), buf) ? std::string(buf) : std::string();
-}
-
-bool inside(const std::string& child, const std::string& parent) {
-  return !child.empty() && !parent.empty() &&
-         (child == parent || (child.size() > parent.size() && child.compare(0, parent.size(), parent) == 0 &&
-                              child[parent.size()] == '/'));
-}
-
 const Slot kSlots[] = {Slot::kParam, Slot::kExpAvg, Slot::kExpAvgSq, Slot::kStep};
 
 }  // namespace
 
 ReshardResult reshard(const ReshardOptions& o) {
   h5::Silence quiet;
+  if (o.out.empty()) throw UsageError("no output directory given");
+  check_threads(o.threads);
   CheckpointReader in(o.in, o.threads);
   const Manifest& src = in.manifest();
   const model::MambaConfig& config = src.config;
@@ -45,19 +36,33 @@ ReshardResult reshard(const ReshardOptions& o) {
   }
   const bool keep = o.compression == "keep";
   const Compression target = keep ? src.compression : Compression::parse(o.compression);
-  if (o.out.empty()) throw UsageError("no output directory given");
-  const std::string in_root = real_path(fs::parent(in.dir()));
-  const std::string out_real = real_path(o.out);
-  if (inside(out_real, real_path(in.dir())) || (!out_real.empty() && out_real == in_root) ||
-      inside(real_path(in.dir()), out_real)) {
-    throw UsageError("the output '" + o.out + "' overlaps the input checkpoint '" + in.dir() +
-                     "'; the input is never modified");
-  }
-  if (fs::exists(o.out)) {
-    if (!fs::is_dir(o.out)) throw UsageError("output '" + o.out + "' exists and is not a directory");
-    if (!fs::list_dir(o.out).empty() && !o.force) {
-      throw UsageError("output '" + o.out + "' already exists and is not empty (use --force to write into it)");
+  check_output_location(o.out, {o.in});
+  if (fs::exists(o.out) && !fs::is_dir(o.out)) throw UsageError("output '" + o.out + "' exists and is not a directory");
+  const bool created_out = !fs::exists(o.out);
+  // A version-1 input has no run id: its resharded copy starts one.
+  const std::string run_id = src.run_id.empty() ? new_run_id() : src.run_id;
+  RootLock lock = RootLock::acquire(o.out, "pmamba-reshard");
+  auto remove_created = [&] {
+    if (!created_out) return;
+    try {
+      if (root_is_empty(o.out)) fs::remove_tree(o.out);
+    } catch (...) {
     }
+  };
+  try {
+    if (!root_is_empty(o.out)) {
+      if (!o.force) {
+        throw UsageError("output '" + o.out + "' already exists and is not empty (use --force to write into it)");
+      }
+      const std::string there = root_run_id(o.out);
+      if (!there.empty() && there != run_id) {
+        throw UsageError("output '" + o.out + "' holds checkpoints of another run (" + there + ", the input is run " +
+                         run_id + "); --force writes only into a root of the same run");
+      }
+    }
+  } catch (...) {
+    remove_created();
+    throw;
   }
 
   int64_t total = 0, done = 0;
@@ -66,9 +71,9 @@ ReshardResult reshard(const ReshardOptions& o) {
   }
   const std::vector<model::ParamInfo> params = model::list_parameters(config);
   ReshardResult result;
-  const bool created_out = !fs::exists(o.out);
-  const std::string tmp = begin_step_dir(o.out, src.step);
+  std::string tmp;
   try {
+    tmp = begin_step_dir(o.out, src.step);
     ShardHeader header;
     header.step = src.step;
     header.config_json = model::config_to_json_string(config);
@@ -102,9 +107,9 @@ ReshardResult reshard(const ReshardOptions& o) {
         for (Slot slot : kSlots) {
           auto it = entry->slots.find(slot);
           if (it == entry->slots.end()) continue;
-          const SlotEntry& se = it->second;
+          const StoredDataset& se = it->second;
           ShardReader& reader = in.shard(entry->file);
-          const DatasetInfo& info = in.shard_datasets(entry->file).at(se.path);
+          const StoredDataset& info = in.shard_datasets(entry->file).at(se.path);
           const bool same_encoding = keep || (target.zstd == src.compression.zstd &&
                                               (!target.zstd || target.level == src.compression.level));
           if (same_encoding && !o.verify) {
@@ -126,21 +131,18 @@ ReshardResult reshard(const ReshardOptions& o) {
       }
       writer.finish();
     }
-    result.manifest = build_manifest(tmp, config, stages, src.step, target, src.has_optimizer, src.train);
+    result.manifest = build_manifest(tmp, run_id, config, stages, src.step, target, src.has_optimizer, src.train);
     if (o.verify) {  // the output is checked before it is committed
       VerifyReport report;
       verify_contents(tmp, result.manifest, VerifyOptions{false, o.threads}, report);
       if (!report.ok()) throw IntegrityError("the resharded output does not verify: " + report.problems.front());
     }
-    result.out_dir = commit_step_dir(o.out, tmp, result.manifest, 0);
+    const CommitResult c = commit_step_dir(o.out, tmp, result.manifest, CommitOptions{});
+    result.out_dir = c.dir;
+    result.note = c.latest_error;
   } catch (...) {
-    abort_step_dir(tmp);
-    if (created_out) {
-      try {
-        if (fs::list_dir(o.out).empty()) fs::remove_tree(o.out);
-      } catch (...) {
-      }
-    }
+    if (!tmp.empty()) abort_step_dir(tmp);
+    remove_created();
     throw;
   }
   return result;

@@ -15,6 +15,7 @@
 #include "src/ckpt/errors.h"
 #include "src/ckpt/fault.h"
 #include "src/ckpt/fs.h"
+#include "src/ckpt/heap_check.h"
 #include "src/ckpt/thread_pool.h"
 #include "src/ckpt/zstd_filter.h"
 
@@ -306,14 +307,20 @@ void ShardWriter::add(const TensorToSave& t) {
   added();
 }
 
-void ShardWriter::copy(const ShardReader& src, const DatasetInfo& d) {
+void ShardWriter::copy(const ShardReader& src, const StoredDataset& d) {
   h5::Silence quiet;
-  // H5Ocopy moves the stored bytes (compressed chunks included) and the attributes without
-  // running any filter.
+  // H5Ocopy moves the stored bytes (compressed chunks included) without running any filter.
+  // The attributes are not copied but written again: a version-1 source stores them as
+  // variable-length strings, which this version does not.
   h5::Handle lcpl(h5::check(H5Pcreate(H5P_LINK_CREATE), "H5Pcreate"));
   h5::check_status(H5Pset_create_intermediate_group(lcpl.get(), 1), "H5Pset_create_intermediate_group");
-  h5::check_status(H5Ocopy(src.file(), d.path.c_str(), impl_->file.get(), d.path.c_str(), H5P_DEFAULT, lcpl.get()),
+  h5::Handle ocpl(h5::check(H5Pcreate(H5P_OBJECT_COPY), "H5Pcreate"));
+  h5::check_status(H5Pset_copy_object(ocpl.get(), H5O_COPY_WITHOUT_ATTR_FLAG), "H5Pset_copy_object");
+  h5::check_status(H5Ocopy(src.file(), d.path.c_str(), impl_->file.get(), d.path.c_str(), ocpl.get(), lcpl.get()),
                    "cannot copy '" + d.path + "' from '" + src.path() + "' to '" + impl_->tmp + "'");
+  h5::Handle dset = h5::open_dataset(impl_->file.get(), d.path);
+  h5::write_attr(dset.get(), "dtype", d.dtype);
+  h5::write_attr(dset.get(), "xxh3_64", digest_hex(d.digest));
   added();
 }
 
@@ -404,8 +411,9 @@ ShardReader::ShardReader(const std::string& path) : path_(path) {
   }
   try {
     h5::Handle root = h5::open_group(file_.get(), "/");
-    if (!h5::has_attr(root.get(), "format") || h5::read_attr_string(root.get(), "format") != kFormatName) {
-      throw FormatError("not a pmamba checkpoint shard (attribute format != \"" + std::string(kFormatName) + "\")");
+    // The version comes first (an integer): it decides how strings may be read at all.
+    if (!h5::has_attr(root.get(), "format_version")) {
+      throw FormatError("not a pmamba checkpoint shard (no format_version attribute)");
     }
     format_version_ = h5::read_attr_int(root.get(), "format_version");
     if (format_version_ > kFormatVersion) {
@@ -413,13 +421,25 @@ ShardReader::ShardReader(const std::string& path) : path_(path) {
                         " is newer than this pmamba supports (" + std::to_string(kFormatVersion) + ")");
     }
     if (format_version_ < 1) throw FormatError("invalid format_version " + std::to_string(format_version_));
-    header_.stage = static_cast<int>(h5::read_attr_int(root.get(), "stage"));
-    header_.num_stages = static_cast<int>(h5::read_attr_int(root.get(), "num_stages"));
-    header_.layer_begin = h5::read_attr_int(root.get(), "layer_begin");
-    header_.layer_end = h5::read_attr_int(root.get(), "layer_end");
+    variable_strings_ = format_version_ == 1;
+    if (variable_strings_) check_global_heaps(path, file_.get(), file_size_);
+    auto text = [&](const char* name) { return h5::read_attr_string(root.get(), name, variable_strings_); };
+    if (!h5::has_attr(root.get(), "format") || text("format") != kFormatName) {
+      throw FormatError("not a pmamba checkpoint shard (attribute format != \"" + std::string(kFormatName) + "\")");
+    }
+    auto small_int = [&](const char* name) {
+      const int64_t v = h5::read_attr_int(root.get(), name);
+      if (v < 0 || v > (int64_t{1} << 30)) throw FormatError(std::string("attribute '") + name + "' is out of range: " + std::to_string(v));
+      return v;
+    };
+    header_.stage = static_cast<int>(small_int("stage"));
+    header_.num_stages = static_cast<int>(small_int("num_stages"));
+    header_.layer_begin = small_int("layer_begin");
+    header_.layer_end = small_int("layer_end");
     header_.step = h5::read_attr_int(root.get(), "step");
-    header_.config_json = h5::read_attr_string(root.get(), "config");
-    header_.train_json = h5::read_attr_string(root.get(), "train");
+    header_.config_json = text("config");
+    header_.train_json = text("train");
+    if (h5::has_attr(root.get(), "compression")) header_.compression = text("compression");
   } catch (const FormatError& e) {
     throw FormatError("shard '" + path + "': " + e.what());
   } catch (const IoError& e) {
@@ -468,7 +488,7 @@ std::vector<uint16_t> filter_ids(hid_t dcpl) {
 
 }  // namespace
 
-std::vector<DatasetInfo> ShardReader::scan() const {
+std::vector<StoredDataset> ShardReader::scan() const {
   h5::Silence quiet;
   VisitState st;
   h5::check_status(H5Lvisit(file_.get(), H5_INDEX_NAME, H5_ITER_INC, visit_link, &st),
@@ -476,28 +496,27 @@ std::vector<DatasetInfo> ShardReader::scan() const {
   if (!st.others.empty()) {
     throw FormatError("shard '" + path_ + "': unexpected object '" + st.others.front() + "'");
   }
-  std::vector<DatasetInfo> out;
+  std::vector<StoredDataset> out;
   for (const auto& path : st.datasets) {
-    DatasetInfo info;
+    StoredDataset info;
     info.path = path;
     const std::string where = "shard '" + path_ + "', dataset '" + path + "'";
     if (!parse_dataset_path(path, info.fqn, info.slot)) {
       throw FormatError(where + ": not a checkpoint dataset (expected /model/<fqn> or /optim/<fqn>/<slot>)");
     }
-    h5::Handle dset = h5::open_dataset(file_.get(), path);
+    h5::Handle dset;
     try {
-      info.dtype = h5::read_attr_string(dset.get(), "dtype");
-      info.digest = parse_digest_hex(h5::read_attr_string(dset.get(), "xxh3_64"));
+      dset = h5::open_dataset(file_.get(), path);
+    } catch (const IoError& e) {
+      throw FormatError(where + ": cannot be opened (corrupt?): " + e.what());
+    }
+    try {
+      info.dtype = h5::read_attr_string(dset.get(), "dtype", variable_strings_);
+      info.digest = parse_digest_hex(h5::read_attr_string(dset.get(), "xxh3_64", variable_strings_));
       const at::ScalarType st_type = dtype_from_name(info.dtype);
       info.shape = h5::dataset_shape(dset.get());
       // Element counts are checked for overflow before anything is sized from them.
-      int64_t numel = 1;
-      for (int64_t d : info.shape) {
-        if (d < 0 || (d > 0 && numel > (int64_t{1} << 50) / d)) {
-          throw FormatError("declares an absurd shape");
-        }
-        numel *= d;
-      }
+      const int64_t numel = checked_numel(info.shape, "the dataset");
       info.raw_bytes = numel * static_cast<int64_t>(dtype_size(st_type));
       h5::Handle ftype(h5::check(H5Dget_type(dset.get()), "H5Dget_type"));
       const StorageType expect = storage_type(st_type);
@@ -506,13 +525,23 @@ std::vector<DatasetInfo> ShardReader::scan() const {
       }
       info.stored_bytes = static_cast<int64_t>(H5Dget_storage_size(dset.get()));
       h5::Handle dcpl(h5::check(H5Dget_create_plist(dset.get()), "H5Dget_create_plist"));
-      for (uint16_t id : filter_ids(dcpl.get())) info.compressed = info.compressed || id == kZstdFilterId;
+      const std::vector<uint16_t> filters = filter_ids(dcpl.get());
+      for (uint16_t id : filters) info.compressed = info.compressed || id == kZstdFilterId;
+      // Unfiltered contiguous data must be in the file, whole: the size is known before reading.
+      if (H5Pget_layout(dcpl.get()) == H5D_CONTIGUOUS && filters.empty() && info.raw_bytes > 0) {
+        const haddr_t addr = H5Dget_offset(dset.get());
+        if (info.stored_bytes != info.raw_bytes || addr == HADDR_UNDEF ||
+            static_cast<int64_t>(addr) > file_size_ - info.raw_bytes) {
+          throw FormatError("its " + std::to_string(info.raw_bytes) + " bytes are not all stored in the " +
+                            std::to_string(file_size_) + "-byte file");
+        }
+      }
     } catch (const FormatError& e) {
       throw FormatError(where + ": " + e.what());
     }
     out.push_back(std::move(info));
   }
-  std::sort(out.begin(), out.end(), [](const DatasetInfo& a, const DatasetInfo& b) { return a.path < b.path; });
+  std::sort(out.begin(), out.end(), [](const StoredDataset& a, const StoredDataset& b) { return a.path < b.path; });
   return out;
 }
 
@@ -521,7 +550,7 @@ std::vector<AliasToSave> ShardReader::aliases() const {
   h5::Handle root = h5::open_group(file_.get(), "/");
   std::vector<AliasToSave> out;
   try {
-    const nlohmann::json j = nlohmann::json::parse(h5::read_attr_string(root.get(), "aliases"));
+    const nlohmann::json j = nlohmann::json::parse(h5::read_attr_string(root.get(), "aliases", variable_strings_));
     for (auto it = j.begin(); it != j.end(); ++it) {
       AliasToSave a;
       a.fqn = it.key();
@@ -533,11 +562,13 @@ std::vector<AliasToSave> ShardReader::aliases() const {
     }
   } catch (const nlohmann::json::exception& e) {
     throw FormatError("shard '" + path_ + "': malformed aliases attribute: " + e.what());
+  } catch (const FormatError& e) {
+    throw FormatError("shard '" + path_ + "': aliases attribute: " + e.what());
   }
   return out;
 }
 
-void ShardReader::read(const DatasetInfo& info, at::Tensor& dest, ThreadPool* pool) const {
+void ShardReader::read(const StoredDataset& info, at::Tensor& dest, ThreadPool* pool) const {
   h5::Silence quiet;
   const std::string where = "shard '" + path_ + "', dataset '" + info.path + "'";
   if (!dest.is_contiguous() || static_cast<int64_t>(dest.nbytes()) != info.raw_bytes ||

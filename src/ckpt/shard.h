@@ -27,7 +27,8 @@ struct ShardHeader {
   int64_t layer_end = 0;
   int64_t step = 0;
   std::string config_json;  // the model config, compact JSON
-  std::string train_json;   // training state (opaque to the format), compact JSON or "{}"
+  std::string train_json;   // training state, compact JSON or "{}"
+  std::string compression;  // read side only: the root attribute ("" when absent)
 };
 
 struct TensorToSave {
@@ -53,7 +54,6 @@ struct WriteOptions {
 };
 
 class ShardReader;
-struct DatasetInfo;
 
 /// Writes one shard incrementally: <dir>/<shard name>.tmp is created at construction, each
 /// add()/copy() writes one dataset (so memory stays bounded by one tensor), finish() closes,
@@ -67,8 +67,9 @@ class ShardWriter {
   ShardWriter& operator=(const ShardWriter&) = delete;
 
   void add(const TensorToSave& tensor);
-  /// Copies a dataset from another shard as stored (no decoding, attributes included).
-  void copy(const ShardReader& src, const DatasetInfo& dataset);
+  /// Copies a dataset from another shard as stored (its bytes are not decoded); its attributes
+  /// are written anew from `dataset` in this format version's encoding.
+  void copy(const ShardReader& src, const StoredDataset& dataset);
   void add_alias(const AliasToSave& alias);
   /// Returns the final path.
   std::string finish();
@@ -85,20 +86,9 @@ std::string write_shard(const std::string& dir, const ShardHeader& header,
                         const std::vector<TensorToSave>& tensors,
                         const std::vector<AliasToSave>& aliases, const WriteOptions& options);
 
-/// What a shard holds for one dataset.
-struct DatasetInfo {
-  std::string path;             // "/model/backbone/embedding/weight"
-  std::string fqn;              // "backbone.embedding.weight"
-  Slot slot = Slot::kParam;
-  std::vector<int64_t> shape;
-  std::string dtype;            // logical dtype attribute
-  uint64_t digest = 0;          // xxh3_64 attribute
-  int64_t stored_bytes = 0;     // bytes on disk
-  int64_t raw_bytes = 0;        // decoded bytes
-  bool compressed = false;      // zstd filter present
-};
-
-/// Read side of a shard. Opening checks the format name and version; the header is parsed.
+/// Read side of a shard. Opening checks the format name and version and parses the header;
+/// in a version-1 shard every global-heap collection is checked first (heap_check.h), and in
+/// a version-2 shard variable-length strings are refused unread.
 class ShardReader {
  public:
   explicit ShardReader(const std::string& path);
@@ -110,15 +100,16 @@ class ShardReader {
   int64_t format_version() const { return format_version_; }
 
   /// Every dataset under /model and /optim (links are not followed), sorted by path.
-  /// Throws FormatError for datasets whose names or attributes do not fit the format.
-  std::vector<DatasetInfo> scan() const;
+  /// Throws FormatError for datasets whose names, types, attributes or storage do not fit the
+  /// format (an uncompressed dataset whose bytes would lie beyond the end of the file, say).
+  std::vector<StoredDataset> scan() const;
   /// Alias records (root attribute "aliases").
   std::vector<AliasToSave> aliases() const;
 
   /// Reads `info`'s dataset into `dest` (contiguous, matching shape and dtype), decoding zstd
   /// chunks in `pool` when given. Does not check the digest. Throws FormatError/IoError
   /// naming the file and dataset.
-  void read(const DatasetInfo& info, at::Tensor& dest, ThreadPool* pool) const;
+  void read(const StoredDataset& info, at::Tensor& dest, ThreadPool* pool) const;
 
   /// Raw handle (reshard copies objects between files).
   hid_t file() const { return file_.get(); }
@@ -133,6 +124,7 @@ class ShardReader {
   h5::Handle file_;
   ShardHeader header_;
   int64_t format_version_ = 0;
+  bool variable_strings_ = false;  // version 1: string attributes are variable-length
 };
 
 /// (fqn, slot) for a dataset path, or false when the path is not a checkpoint dataset.

@@ -1,31 +1,40 @@
 // A small fixed-size thread pool for chunk compression and decompression.
 #pragma once
 
+#include <cerrno>
 #include <condition_variable>
 #include <deque>
 #include <functional>
 #include <future>
 #include <mutex>
+#include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
+
+#include "src/ckpt/errors.h"
+#include "src/ckpt/fault.h"
 
 namespace pmamba::ckpt {
 
 class ThreadPool {
  public:
+  /// Throws ResourceError when a thread cannot be created (the ones already started are
+  /// stopped first: a joinable std::thread destroyed during unwinding would terminate).
   explicit ThreadPool(int threads) {
-    for (int i = 0; i < threads; ++i) {
-      workers_.emplace_back([this] { loop(); });
+    int i = 0;
+    try {
+      for (; i < threads; ++i) {
+        if (fault_injected("thread", i)) throw std::system_error(EAGAIN, std::generic_category());
+        workers_.emplace_back([this] { loop(); });
+      }
+    } catch (const std::system_error& e) {
+      stop();
+      throw ResourceError("cannot start thread " + std::to_string(i + 1) + " of " + std::to_string(threads) +
+                          " for checkpoint I/O: " + e.code().message() + " (too many threads or processes?)");
     }
   }
-  ~ThreadPool() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    for (auto& w : workers_) w.join();
-  }
+  ~ThreadPool() { stop(); }
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
 
@@ -51,6 +60,16 @@ class ThreadPool {
   }
 
  private:
+  void stop() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    for (auto& w : workers_) w.join();
+    workers_.clear();
+  }
+
   void loop() {
     for (;;) {
       std::function<void()> job;

@@ -10,6 +10,7 @@
 #include "src/ckpt/checkpoint.h"
 #include "src/ckpt/errors.h"
 #include "src/ckpt/fs.h"
+#include "src/ckpt/resources.h"
 #include "src/ckpt/thread_pool.h"
 
 namespace pmamba::ckpt {
@@ -17,68 +18,28 @@ namespace pmamba::ckpt {
 void verify_contents(const std::string& dir, const Manifest& m, const VerifyOptions& o, VerifyReport& r) {
   h5::Silence quiet;
   ThreadPool pool(o.threads > 0 ? o.threads : ThreadPool::default_threads());
-  std::map<std::string, std::unique_ptr<ShardReader>> shards;
-  std::map<std::string, std::map<std::string, DatasetInfo>> found;
+  // The structural checks are the readers' own (check.h), collecting instead of throwing.
+  Problems problems(Problems::Mode::kCollect);
+  std::map<std::string, CheckedShard> shards;
   for (const auto& s : m.stages) {
-    const std::string path = fs::join(dir, s.file);
-    if (!fs::is_file(path)) {
-      r.problems.push_back("missing shard '" + s.file + "' (stage " + std::to_string(s.stage) + ")");
-      continue;
-    }
-    const int64_t size = fs::file_size(path);
-    if (size != s.bytes) {
-      r.problems.push_back("shard '" + s.file + "' is " + std::to_string(size) + " bytes but the manifest records " +
-                           std::to_string(s.bytes) + (size < s.bytes ? " (truncated)" : ""));
-    }
-    try {
-      auto reader = std::make_unique<ShardReader>(path);
-      const ShardHeader& h = reader->header();
-      if (h.stage != s.stage || h.num_stages != static_cast<int>(m.stages.size()) || h.layer_begin != s.layer_begin ||
-          h.layer_end != s.layer_end || h.step != m.step) {
-        r.problems.push_back("shard '" + s.file + "' header disagrees with the manifest (stage " +
-                             std::to_string(h.stage) + ", layers [" + std::to_string(h.layer_begin) + ", " +
-                             std::to_string(h.layer_end) + "), step " + std::to_string(h.step) + ")");
-      }
-      for (auto& d : reader->scan()) found[s.file].emplace(d.path, std::move(d));
-      shards[s.file] = std::move(reader);
-    } catch (const Error& e) {
-      r.problems.push_back(e.what());
-    }
+    CheckedShard shard;
+    if (check_shard(m, s, dir, problems, shard)) shards[s.file] = std::move(shard);
   }
-  // Every dataset a shard holds must be one the manifest assigns to it, and vice versa.
-  std::map<std::string, std::set<std::string>> expected;
-  for (const auto& t : m.tensors) {
-    for (const auto& kv : t.slots) expected[t.file].insert(kv.second.path);
-  }
-  for (const auto& [file, datasets] : found) {
-    for (const auto& [path, d] : datasets) {
-      if (!expected[file].count(path)) {
-        r.problems.push_back("unknown dataset '" + path + "' in shard '" + file + "' ('" + d.fqn + "', " +
-                             slot_name(d.slot) + ", not in the manifest)");
-      }
-    }
-  }
+  check_ties(m, problems);
+  for (const auto& p : problems.list()) r.problems.push_back(p);
+  // Then every dataset is read and hashed.
   for (const auto& t : m.tensors) {
     for (const auto& [slot, se] : t.slots) {
       const std::string what = "'" + t.fqn + "' (" + slot_name(slot) + ") in '" + t.file + "'";
       auto sh = shards.find(t.file);
       if (sh == shards.end()) continue;  // shard problem already reported
-      auto d = found[t.file].find(se.path);
-      if (d == found[t.file].end()) {
-        r.problems.push_back("shard '" + t.file + "' lacks " + what.substr(0, what.find(" in '")));
-        continue;
-      }
-      if (d->second.shape != se.shape || d->second.dtype != se.dtype) {
-        r.problems.push_back(what + ": stored shape/dtype disagree with the manifest");
-        continue;
-      }
-      if (d->second.digest != se.digest) {
-        r.problems.push_back(what + ": digest attribute " + digest_hex(d->second.digest) + " != manifest " +
-                             digest_hex(se.digest));
+      auto d = sh->second.datasets.find(se.path);
+      if (d == sh->second.datasets.end() || d->second.shape != se.shape || d->second.dtype != se.dtype) {
+        continue;  // reported by check_shard
       }
       try {
-        at::Tensor data = at::empty(se.shape, at::TensorOptions().dtype(dtype_from_name(se.dtype)));
-        sh->second->read(d->second, data, &pool);
+        at::Tensor data = allocate(se.shape, dtype_from_name(se.dtype), "verifying " + what);
+        sh->second.reader->read(d->second, data, &pool);
         const uint64_t got = tensor_digest(data);
         ++r.datasets;
         r.bytes += static_cast<int64_t>(data.nbytes());
@@ -95,33 +56,28 @@ void verify_contents(const std::string& dir, const Manifest& m, const VerifyOpti
       }
     }
   }
-  for (const auto& t : m.tensors) {
-    if (t.alias_of.empty()) continue;
-    const TensorEntry* target = m.find(t.alias_of);
-    if (!target) continue;  // validate_manifest reported it
-    for (const auto& [slot, digest] : t.alias_digests) {
-      auto s = target->slots.find(slot);
-      if (s == target->slots.end() || s->second.digest != digest) {
-        r.problems.push_back("tied copies differ: '" + t.fqn + "' (" + slot_name(slot) + ", stage " +
-                             std::to_string(t.stage) + ") does not equal '" + t.alias_of + "' (stage " +
-                             std::to_string(target->stage) + ")");
-      }
-    }
-  }
 }
 
 VerifyReport verify_checkpoint(const std::string& path, const VerifyOptions& o) {
+  check_threads(o.threads);
   VerifyReport r;
-  r.dir = resolve_checkpoint_dir(path);
+  r.dir = resolve_checkpoint_dir(path, &r.note);
   const std::string mpath = fs::join(r.dir, kManifestName);
   Manifest m;
+  Problems problems(Problems::Mode::kCollect);
+  std::string text;
   try {
-    m = manifest_from_json(fs::read_file(mpath), "manifest");
+    text = fs::read_file(mpath);
   } catch (const Error& e) {
     r.problems.push_back(e.what());
     return r;
   }
+  const bool parsed = manifest_from_json(text, "manifest", m, problems);
+  for (const auto& p : problems.list()) r.problems.push_back(p);
+  if (!parsed) return r;
   r.step = m.step;
+  r.run_id = m.run_id;
+  r.format_version = m.format_version;
   verify_contents(r.dir, m, o, r);
   return r;
 }
@@ -131,6 +87,9 @@ void print_verify(const VerifyReport& r, std::ostream& out, bool json) {
     nlohmann::ordered_json j;
     j["checkpoint"] = r.dir;
     j["step"] = r.step;
+    j["format_version"] = r.format_version;
+    j["run_id"] = r.run_id;
+    if (!r.note.empty()) j["note"] = r.note;
     j["ok"] = r.ok();
     j["datasets_checked"] = r.datasets;
     j["bytes_checked"] = r.bytes;
@@ -138,6 +97,7 @@ void print_verify(const VerifyReport& r, std::ostream& out, bool json) {
     out << j.dump() << "\n";
     return;
   }
+  if (!r.note.empty()) out << "note: " << r.note << "\n";
   for (const auto& p : r.problems) out << "problem: " << p << "\n";
   out << (r.ok() ? "OK" : "INVALID") << ": " << r.dir << " (step " << r.step << "), " << r.datasets
       << " datasets, " << r.bytes << " bytes checked, " << r.problems.size() << " problem"

@@ -20,7 +20,10 @@ struct VerifyOptions {
 
 struct VerifyReport {
   std::string dir;
+  std::string note;  // how the checkpoint was found, when `latest` did not name it
   int64_t step = -1;
+  int64_t format_version = 0;
+  std::string run_id;
   std::vector<std::string> problems;
   int64_t datasets = 0;  // datasets read and hashed
   int64_t bytes = 0;     // decoded bytes hashed
@@ -31,8 +34,8 @@ struct VerifyReport {
 /// everything else found wrong is a problem in the report (exit code 1).
 VerifyReport verify_checkpoint(const std::string& path, const VerifyOptions& options);
 
-/// The shard-level checks against an already parsed manifest (also used on a reshard's output
-/// before it is committed).
+/// The shard-level checks (check.h, collecting) and a digest check of every dataset, against an
+/// already parsed manifest (also used on a reshard's output before it is committed).
 void verify_contents(const std::string& dir, const Manifest& manifest, const VerifyOptions& options,
                      VerifyReport& report);
 

@@ -2,7 +2,6 @@
 
 #include <xxhash.h>
 
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -154,18 +153,6 @@ MambaConfig config_from_json_string(const std::string& text) {
     throw ConfigError(std::string("config: not valid JSON: ") + e.what());
   }
   return config_from_json(j);
-}
-
-MambaConfig config_from_file(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw ConfigError("config: cannot open '" + path + "'");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  try {
-    return config_from_json_string(ss.str());
-  } catch (const ConfigError& e) {
-    throw ConfigError(std::string(e.what()) + " (in '" + path + "')");
-  }
 }
 
 uint64_t config_digest(const MambaConfig& config) {

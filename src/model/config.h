@@ -49,7 +49,6 @@ nlohmann::json config_to_json(const MambaConfig& config);
 MambaConfig config_from_json(const nlohmann::json& j);
 std::string config_to_json_string(const MambaConfig& config);  // compact, keys sorted
 MambaConfig config_from_json_string(const std::string& text);
-MambaConfig config_from_file(const std::string& path);
 /// xxh3-64 of config_to_json_string: equal configs have equal digests.
 uint64_t config_digest(const MambaConfig& config);
 

@@ -3,9 +3,10 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
-#include <fstream>
-#include <sstream>
 
+#include "src/ckpt/errors.h"
+#include "src/ckpt/format.h"
+#include "src/ckpt/fs.h"
 #include "src/model/init.h"
 #include "src/pp/errors.h"
 
@@ -100,11 +101,14 @@ class Induction : public DataSource {
   int64_t len_;
 };
 
-// Windows of a token stream at positions drawn per sample; the target is the next token.
+// Windows of a token stream at positions drawn per sample; the target is the next token. T is
+// the stored token type (bytes for text, uint16 for token files): the file's own size in memory.
+template <typename T>
 class Stream : public DataSource {
  public:
-  Stream(const DataOptions& o, std::vector<int64_t> tokens, int64_t vocab, std::string what)
-      : o_(o), tokens_(std::move(tokens)), vocab_(vocab), len_(o.seq_len > 0 ? o.seq_len : 128), what_(std::move(what)) {
+  Stream(const DataOptions& o, std::vector<T> tokens, int64_t vocab, std::string what, nlohmann::ordered_json content)
+      : o_(o), tokens_(std::move(tokens)), vocab_(vocab), len_(o.seq_len > 0 ? o.seq_len : 128), what_(std::move(what)),
+        content_(std::move(content)) {
     if (static_cast<int64_t>(tokens_.size()) < len_ + 1) {
       throw UsageError(what_ + " holds " + std::to_string(tokens_.size()) + " tokens, fewer than --seq-len + 1 = " +
                        std::to_string(len_ + 1));
@@ -115,6 +119,7 @@ class Stream : public DataSource {
   std::string describe() const override {
     return what_ + ": " + std::to_string(tokens_.size()) + " tokens, windows of " + std::to_string(len_);
   }
+  nlohmann::ordered_json content() const override { return content_; }
 
  protected:
   void sample(int64_t index, int64_t* x, int64_t* y, bool* mask) const override {
@@ -130,18 +135,25 @@ class Stream : public DataSource {
 
  private:
   DataOptions o_;
-  std::vector<int64_t> tokens_;
+  std::vector<T> tokens_;
   int64_t vocab_;
   int64_t len_;
   std::string what_;
+  nlohmann::ordered_json content_;
 };
 
-std::string read_all(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw UsageError("cannot open data file '" + path + "'");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+// A data file read whole, after checking that it is a regular file of bounded size.
+std::string read_data_file(const std::string& path) {
+  try {
+    return ckpt::fs::read_file(path, kMaxDataFileBytes);
+  } catch (const ckpt::Error& e) {
+    throw UsageError(std::string("cannot use data file '") + path + "': " + e.what());
+  }
+}
+
+nlohmann::ordered_json content_of(const std::string& bytes) {
+  return nlohmann::ordered_json{{"bytes", static_cast<int64_t>(bytes.size())},
+                                {"xxh3_64", ckpt::digest_hex(ckpt::bytes_digest(bytes.data(), bytes.size()))}};
 }
 
 }  // namespace
@@ -159,10 +171,18 @@ Batch DataSource::batch(int64_t first, int64_t count) const {
   return b;
 }
 
-nlohmann::ordered_json data_to_json(const DataOptions& d) {
-  return nlohmann::ordered_json{{"source", d.source},           {"seed", d.seed},
-                                {"seq_len", d.seq_len},         {"copy_tokens", d.copy_tokens},
-                                {"copy_slots", d.copy_slots},   {"task_vocab", d.task_vocab}};
+nlohmann::ordered_json data_to_json(const DataOptions& d, const nlohmann::ordered_json& content) {
+  nlohmann::ordered_json j{{"source", d.source},         {"seed", d.seed},
+                           {"seq_len", d.seq_len},       {"copy_tokens", d.copy_tokens},
+                           {"copy_slots", d.copy_slots}, {"task_vocab", d.task_vocab}};
+  if (!content.is_null()) j["content"] = content;
+  return j;
+}
+
+std::string data_kind(const std::string& source) {
+  if (source.rfind("text:", 0) == 0) return "text";
+  if (source.rfind("tokens:", 0) == 0) return "tokens";
+  return source;
 }
 
 DataOptions data_from_json(const nlohmann::ordered_json& j, DataOptions d) {
@@ -180,22 +200,26 @@ std::unique_ptr<DataSource> make_data(const DataOptions& o) {
   if (o.source == "induction") return std::make_unique<Induction>(o);
   if (o.source.rfind("text:", 0) == 0) {
     const std::string path = o.source.substr(5);
-    const std::string bytes = read_all(path);
-    std::vector<int64_t> tokens(bytes.size());
-    for (size_t i = 0; i < bytes.size(); ++i) tokens[i] = static_cast<unsigned char>(bytes[i]);
-    return std::make_unique<Stream>(o, std::move(tokens), 256, "text '" + path + "'");
+    std::string bytes = read_data_file(path);
+    nlohmann::ordered_json content = content_of(bytes);
+    std::vector<uint8_t> tokens(bytes.begin(), bytes.end());
+    bytes = std::string();
+    return std::make_unique<Stream<uint8_t>>(o, std::move(tokens), 256, "text '" + path + "'", std::move(content));
   }
   if (o.source.rfind("tokens:", 0) == 0) {
     const std::string path = o.source.substr(7);
-    const std::string raw = read_all(path);
+    std::string raw = read_data_file(path);
     if (raw.size() % 2 != 0) throw UsageError("token file '" + path + "' has an odd number of bytes (expected uint16)");
-    std::vector<int64_t> tokens(raw.size() / 2);
+    nlohmann::ordered_json content = content_of(raw);
+    std::vector<uint16_t> tokens(raw.size() / 2);
     int64_t vocab = 1;
     for (size_t i = 0; i < tokens.size(); ++i) {
-      tokens[i] = static_cast<unsigned char>(raw[2 * i]) | (static_cast<unsigned char>(raw[2 * i + 1]) << 8);
-      vocab = std::max(vocab, tokens[i] + 1);
+      tokens[i] = static_cast<uint16_t>(static_cast<unsigned char>(raw[2 * i]) |
+                                        (static_cast<unsigned char>(raw[2 * i + 1]) << 8));
+      vocab = std::max<int64_t>(vocab, tokens[i] + 1);
     }
-    return std::make_unique<Stream>(o, std::move(tokens), vocab, "token file '" + path + "'");
+    raw = std::string();
+    return std::make_unique<Stream<uint16_t>>(o, std::move(tokens), vocab, "token file '" + path + "'", std::move(content));
   }
   throw UsageError("unknown data source '" + o.source +
                    "' (expected selective-copy, induction, text:FILE or tokens:FILE.bin)");

@@ -9,6 +9,11 @@
 //                   by a value; the sequence ends with the trigger and the target is the value.
 //   text FILE       bytes of a file (vocabulary 256); next-byte prediction at every position.
 //   tokens FILE.bin little-endian uint16 token ids; next-token prediction at every position.
+//
+// A file source is identified by its content (size and xxh3-64), not its path: the handshake
+// compares it between stages and a resume compares it with what the checkpoint recorded, so two
+// ranks reading different files, or a run resumed after its data changed, fail loudly. Files
+// are read whole, so they must be regular files of at most kMaxDataFileBytes.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -20,6 +25,9 @@
 #include <vector>
 
 namespace pmamba::pp {
+
+/// The largest data file read (4 GiB): a device (/dev/zero) or a file beyond it is refused.
+inline constexpr int64_t kMaxDataFileBytes = int64_t{4} << 30;
 
 struct DataOptions {
   std::string source = "selective-copy";  // selective-copy | induction | text:PATH | tokens:PATH
@@ -45,15 +53,22 @@ class DataSource {
   virtual int64_t vocab_needed() const = 0;
   /// Predictions that count per sample (for the global token count before a step).
   virtual std::string describe() const = 0;
+  /// What the samples are made of: for a file, {"bytes": N, "xxh3_64": "..."}; for a built-in
+  /// task, null (its options are the whole story).
+  virtual nlohmann::ordered_json content() const { return nullptr; }
 
  protected:
   /// Fills one sample (row pointers of length seq_len()).
   virtual void sample(int64_t index, int64_t* inputs, int64_t* targets, bool* mask) const = 0;
 };
 
-/// The options as stored in a checkpoint's training state, and back (missing keys keep `base`).
-nlohmann::ordered_json data_to_json(const DataOptions& options);
+/// The options as stored in a checkpoint's training state (with the source's content when
+/// given), and back (missing keys keep `base`).
+nlohmann::ordered_json data_to_json(const DataOptions& options, const nlohmann::ordered_json& content = nullptr);
 DataOptions data_from_json(const nlohmann::ordered_json& j, DataOptions base);
+
+/// "text", "tokens", or the task's name.
+std::string data_kind(const std::string& source);
 
 /// Throws UsageError for an unknown source, an unreadable or too short file, or bad sizes.
 std::unique_ptr<DataSource> make_data(const DataOptions& options);

@@ -5,6 +5,11 @@
 #include <ATen/autocast_mode.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <malloc.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <thread>
 #include <torch/cuda.h>
 #include <torch/version.h>
 
@@ -120,5 +125,13 @@ AutocastGuard::~AutocastGuard() {
 }
 
 void AutocastGuard::clear_cache() { at::autocast::clear_cache(); }
+
+void check_timeout(double seconds) {
+  if (!std::isfinite(seconds) || seconds <= 0 || seconds > 7 * 24 * 3600.0) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%g", seconds);
+    throw UsageError(std::string("--timeout must be a finite number of seconds in (0, 604800], found ") + buf);
+  }
+}
 
 }  // namespace pmamba::pp

@@ -34,6 +34,9 @@ std::string resolve_backend(const std::string& name, const c10::Device& device);
 /// (not measured there). For high-water marks over a phase, as differences.
 int64_t memory_in_use(const c10::Device& device);
 
+/// --timeout: a finite number of seconds > 0 and at most a week. Throws UsageError.
+void check_timeout(double seconds);
+
 /// "none" | "bf16"; returns the lower-precision dtype, or Undefined for none.
 c10::ScalarType parse_autocast(const std::string& name);
 

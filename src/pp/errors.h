@@ -18,4 +18,11 @@ class PipelineError : public std::runtime_error {
   explicit PipelineError(const std::string& what) : std::runtime_error(what) {}
 };
 
+/// A stage stopped because another one failed or stopped answering: the message names that
+/// stage. Its failure report says so, and the launcher reports the other stage's cause first.
+class PeerFailure : public PipelineError {
+ public:
+  explicit PeerFailure(const std::string& what) : PipelineError(what) {}
+};
+
 }  // namespace pmamba::pp

@@ -10,12 +10,16 @@
 #include <sstream>
 
 #include "kernels/threads.h"
+#include "src/ckpt/errors.h"
+#include "src/ckpt/fs.h"
+#include "src/ckpt/resources.h"
 #include "src/ckpt/tensor_file.h"
 #include "src/model/partition.h"
 #include "src/pp/device.h"
 #include "src/pp/errors.h"
 #include "src/pp/handshake.h"
 #include "src/pp/launch.h"
+#include "src/pp/plan.h"
 #include "src/pp/state.h"
 #include "src/pp/transport.h"
 
@@ -73,9 +77,14 @@ at::Tensor parse_tokens(const std::string& text) {
 }
 
 at::Tensor read_tokens_file(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw UsageError("cannot open tokens file '" + path + "'");
+  std::string text;
+  try {
+    text = ckpt::fs::read_file(path, int64_t{1} << 30);
+  } catch (const ckpt::Error& e) {
+    throw UsageError("cannot read tokens file '" + path + "': " + e.what());
+  }
   std::vector<std::vector<int64_t>> rows;
+  std::istringstream in(text);
   std::string line;
   int line_no = 0;
   while (std::getline(in, line)) {
@@ -97,14 +106,23 @@ struct Prepared {
 };
 
 Prepared prepare(const EvalOptions& o) {
+  ckpt::check_threads(o.threads);
+  check_timeout(o.timeout_s);
+  if (o.pp < 1 || o.pp > 4096) throw UsageError("--pp must be in [1, 4096], found " + std::to_string(o.pp));
+  if (o.samples < 1) throw UsageError("--samples must be >= 1, found " + std::to_string(o.samples));
+  if (o.first_sample < 0) throw UsageError("--first-sample must be >= 0, found " + std::to_string(o.first_sample));
+  if (o.data_options.seq_len < 0) throw UsageError("--seq-len must be >= 0, found " + std::to_string(o.data_options.seq_len));
   if (o.threads > 0) kernels::set_threads(o.threads);
   const int sources = !o.preset.empty() + !o.config_path.empty() + !o.ckpt.empty();
   if (sources != 1) throw UsageError("give exactly one of --preset, --config or --ckpt");
   Prepared p;
   if (!o.ckpt.empty()) p.reader = std::make_unique<ckpt::CheckpointReader>(o.ckpt);
   p.config = p.reader ? p.reader->manifest().config
-                      : o.preset.empty() ? model::config_from_file(o.config_path) : model::preset(o.preset);
+                      : o.preset.empty() ? load_config_file(o.config_path) : model::preset(o.preset);
   p.stages = model::make_stages(p.config.n_layer, o.pp, o.partition);
+  int64_t largest = 0;
+  for (int64_t b : stage_parameter_bytes(p.config, p.stages)) largest = std::max(largest, b);
+  ckpt::require_memory(largest, "evaluating this model (its largest stage's weights)");
   const int inputs = !o.tokens.empty() + !o.tokens_file.empty() + !o.data.empty();
   if (inputs != 1) throw UsageError("give exactly one of --tokens, --tokens-file or --data");
   if (!o.data.empty()) {
@@ -117,7 +135,6 @@ Prepared prepare(const EvalOptions& o) {
       d = data_from_json(train.at("data"), d);
       if (o.data_options.seed) d.seed = o.data_options.seed;
     }
-    if (o.samples < 1) throw UsageError("--samples must be >= 1");
     const Batch b = make_data(d)->batch(o.first_sample, o.samples);
     p.ids = b.inputs;
     p.targets = b.targets;
@@ -264,7 +281,8 @@ int eval_main(const EvalOptions& o, int argc, char** argv) {
     }
     tx.barrier("the end of evaluation");
   } catch (const std::exception& e) {
-    tx.report_failure(e.what());  // so the other stages say why, not just that this one went away
+    // So the other stages say why, not just that this one went away.
+    tx.report_failure(e.what(), dynamic_cast<const PeerFailure*>(&e) == nullptr);
     throw;
   }
   return 0;

@@ -1,17 +1,21 @@
 #include "src/pp/launch.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <map>
 #include <regex>
 
 #include "src/pp/errors.h"
+#include "src/pp/signals.h"
 #include "src/pp/transport.h"
 
 namespace pmamba::pp {
@@ -31,7 +35,8 @@ struct Child {
   int out = -1, err = -1;
   std::string out_buf, err_buf;
   bool exited = false;
-  int code = 0;
+  int code = 0;    // exit code (1 when killed)
+  int signal = 0;  // the signal that killed it, or 0
 };
 
 void emit(int stage, std::string& buf, FILE* to, bool flush_all, ProgressBar& bar) {
@@ -67,27 +72,47 @@ void ProgressBar::clear() {
 }
 
 int launch_local(const LaunchOptions& o) {
-  const int port = free_port();
+  LauncherStore store(o.timeout);
   std::vector<Child> kids(static_cast<size_t>(o.ranks));
   const std::string exe = self_exe();
+  const pid_t launcher = ::getpid();
+  pid_t group = 0;
   for (int r = 0; r < o.ranks; ++r) {
     int out[2], err[2];
-    if (::pipe(out) != 0 || ::pipe(err) != 0) throw PipelineError("cannot create pipes for the ranks");
+    if (::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0) {
+      throw PipelineError("cannot create pipes for the ranks: " + std::string(std::strerror(errno)));
+    }
     const pid_t pid = ::fork();
-    if (pid < 0) throw PipelineError("cannot start rank " + std::to_string(r));
+    if (pid < 0) {
+      if (group > 0) ::kill(-group, SIGKILL);
+      throw PipelineError("cannot start rank " + std::to_string(r) + ": " + std::strerror(errno));
+    }
     if (pid == 0) {
+      // A stage never outlives its launcher: it is killed when the launcher dies, and one
+      // whose launcher died before this line exits at once.
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (::getppid() != launcher) ::_exit(1);
+      block_stop_signals();
+      ::setpgid(0, group);
+      const int devnull = ::open("/dev/null", O_RDONLY);
+      if (devnull >= 0) ::dup2(devnull, 0);
       ::dup2(out[1], 1);
       ::dup2(err[1], 2);
-      ::close(out[0]);
-      ::close(err[0]);
-      ::close(out[1]);
-      ::close(err[1]);
       ::setenv("RANK", std::to_string(r).c_str(), 1);
       ::setenv("LOCAL_RANK", std::to_string(r).c_str(), 1);
       ::setenv("WORLD_SIZE", std::to_string(o.ranks).c_str(), 1);
       ::setenv("MASTER_ADDR", "127.0.0.1", 1);
-      ::setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
+      ::setenv("MASTER_PORT", std::to_string(store.port()).c_str(), 1);
       ::setenv("PMAMBA_LOCAL_LAUNCH", "1", 1);
+      ::setenv("PMAMBA_STORE_HOST", "launcher", 1);
+      for (const auto& [k, v] : o.env) ::setenv(k.c_str(), v.c_str(), 1);
+      if (r == 0 && o.lock_fd >= 0) {
+        // The stage that commits holds the checkpoint root's lock too (the same open file).
+        ::fcntl(o.lock_fd, F_SETFD, 0);
+        ::setenv("PMAMBA_LOCK_FD", std::to_string(o.lock_fd).c_str(), 1);
+      } else {
+        ::unsetenv("PMAMBA_LOCK_FD");
+      }
       // Started under a launcher of one process (torchrun --nproc-per-node 1): these stages
       // meet at our own store, not the agent's.
       ::unsetenv("TORCHELASTIC_USE_AGENT_STORE");
@@ -100,14 +125,19 @@ int launch_local(const LaunchOptions& o) {
       std::fprintf(stderr, "cannot exec %s: %s\n", exe.c_str(), std::strerror(errno));
       ::_exit(127);
     }
+    // Both sides set the group, so it exists whichever runs first.
+    if (group == 0) group = pid;
+    ::setpgid(pid, group);
+    if (r == 0) set_stage_group(group);
     ::close(out[1]);
     ::close(err[1]);
     kids[r].pid = pid;
     kids[r].out = out[0];
     kids[r].err = err[0];
   }
-  int first_failure = 0;
   auto failed_at = std::chrono::steady_clock::time_point::max();
+  bool failed = false;
+  std::vector<bool> killed_by_us(static_cast<size_t>(o.ranks), false);
   ProgressBar bar;
   const std::regex step_re(R"(^step (\d+)/(\d+))");
   int open_fds = 2 * o.ranks, alive = o.ranks;
@@ -158,25 +188,71 @@ int launch_local(const LaunchOptions& o) {
       if (::waitpid(kids[r].pid, &status, WNOHANG) == kids[r].pid) {
         kids[r].exited = true;
         --alive;
-        kids[r].code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-        if (kids[r].code != 0 && first_failure == 0) {
-          first_failure = kids[r].code;
+        kids[r].signal = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+        kids[r].code = WIFEXITED(status) ? WEXITSTATUS(status) : 1;
+        if ((kids[r].code != 0 || kids[r].signal != 0) && !failed) {
+          failed = true;
           failed_at = std::chrono::steady_clock::now();
         }
       }
     }
-    if (first_failure != 0 && alive > 0 && std::chrono::steady_clock::now() - failed_at > o.grace) {
+    if (failed && alive > 0 && std::chrono::steady_clock::now() - failed_at > o.grace) {
       for (auto& k : kids) {
         if (!k.exited) {
-          std::fprintf(stderr, "pmamba: stage %d did not exit after another stage failed; killing it\n",
-                       static_cast<int>(&k - kids.data()));
+          const int r = static_cast<int>(&k - kids.data());
+          bar.clear();
+          std::fprintf(stderr, "%s: stage %d did not exit within %lld s of another stage's failure; killing it\n",
+                       o.tool.c_str(), r, static_cast<long long>(o.grace.count() / 1000));
+          killed_by_us[static_cast<size_t>(r)] = true;
           ::kill(k.pid, SIGKILL);
         }
       }
       failed_at = std::chrono::steady_clock::time_point::max();
     }
   }
-  return first_failure;
+  if (!failed) return 0;
+  // One line that says what happened, the same whatever order the stages went down in: a
+  // stage's own failure first (with its own exit code), then a stage killed by a signal, then
+  // what the stages that stopped because of another one reported (it names that stage).
+  bar.clear();
+  std::vector<std::string> reports(static_cast<size_t>(o.ranks));
+  std::vector<bool> own(static_cast<size_t>(o.ranks), false);
+  for (int r = 0; r < o.ranks; ++r) {
+    bool is_own = false;
+    reports[r] = store.report(r, &is_own);
+    own[r] = is_own && !reports[r].empty();
+  }
+  for (int r = 0; r < o.ranks; ++r) {
+    if (own[r]) {
+      std::fprintf(stderr, "%s: stage %d failed: %s\n", o.tool.c_str(), r, reports[r].c_str());
+      return kids[r].code != 0 ? kids[r].code : 1;
+    }
+  }
+  for (int r = 0; r < o.ranks; ++r) {
+    if (kids[r].signal != 0 && !killed_by_us[r]) {
+      std::fprintf(stderr, "%s: stage %d was killed by %s\n", o.tool.c_str(), r, signal_name(kids[r].signal).c_str());
+      return 1;
+    }
+  }
+  for (int r = 0; r < o.ranks; ++r) {
+    if (!reports[r].empty()) {
+      std::fprintf(stderr, "%s: %s\n", o.tool.c_str(), reports[r].c_str());
+      return 1;
+    }
+  }
+  for (int r = 0; r < o.ranks; ++r) {
+    if (kids[r].code != 0) {
+      std::fprintf(stderr, "%s: stage %d exited with code %d\n", o.tool.c_str(), r, kids[r].code);
+      return kids[r].code;
+    }
+  }
+  for (int r = 0; r < o.ranks; ++r) {
+    if (killed_by_us[r]) {
+      std::fprintf(stderr, "%s: stage %d stopped answering and was killed\n", o.tool.c_str(), r);
+      return 1;
+    }
+  }
+  return 1;
 }
 
 }  // namespace pmamba::pp

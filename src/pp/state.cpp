@@ -3,9 +3,16 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+
 #include "src/ckpt/errors.h"
+#include "src/ckpt/fs.h"
+#include "src/ckpt/lock.h"
+#include "src/ckpt/resources.h"
 #include "src/model/fqn.h"
+#include "src/pp/device.h"
 #include "src/pp/errors.h"
+#include "src/pp/plan.h"
 
 namespace pmamba::pp {
 
@@ -87,9 +94,9 @@ void load_stage(ckpt::CheckpointReader& reader, model::MambaLMImpl& m, AdamW* op
   }
 }
 
-nlohmann::ordered_json initial_train_state(uint64_t seed) {
+nlohmann::ordered_json initial_train_state(uint64_t seed, int64_t step) {
   nlohmann::ordered_json j;
-  j["step"] = 0;
+  j["step"] = step;
   j["seed"] = seed;
   j["samples_consumed"] = 0;
   j["tokens_consumed"] = 0;
@@ -99,17 +106,41 @@ nlohmann::ordered_json initial_train_state(uint64_t seed) {
 std::string init_checkpoint(const InitOptions& o) {
   if (o.out.empty()) throw UsageError("init needs an output directory");
   if (o.preset.empty() == o.config_path.empty()) throw UsageError("give exactly one of --preset or --config");
-  const model::MambaConfig config = o.preset.empty() ? model::config_from_file(o.config_path) : model::preset(o.preset);
+  ckpt::check_threads(o.threads);
+  const model::MambaConfig config = o.preset.empty() ? load_config_file(o.config_path) : model::preset(o.preset);
   const auto stages = model::make_stages(config.n_layer, o.pp, o.partition);
   ckpt::SaveOptions save;
   save.write.compression = ckpt::Compression::parse(o.compression);
   save.write.threads = o.threads;
-  return ckpt::save_checkpoint(o.out, 0, config, stages, initial_train_state(o.seed), save,
-                               [&](const model::StageSpec& spec) {
-                                 model::MambaLM stage(config, spec);
-                                 stage->init_parameters(o.seed);
-                                 return collect_stage(*stage, nullptr);
-                               });
+  save.run_id = ckpt::new_run_id();  // a seed checkpoint starts a run of its own
+  int64_t bytes = 0;
+  for (int64_t b : stage_parameter_bytes(config, stages)) bytes = std::max(bytes, b);
+  ckpt::require_memory(bytes, "initialising the largest stage of this model");
+  ckpt::check_output_location(o.out, {});
+  const bool created = !ckpt::fs::exists(o.out);
+  // Lock first, then look: nothing can slip into the root between the check and the write.
+  ckpt::RootLock lock = ckpt::RootLock::acquire(o.out, "pmamba-ckpt init");
+  try {
+    if (!ckpt::root_is_empty(o.out)) {
+      const std::string run = ckpt::root_run_id(o.out);
+      throw UsageError("'" + o.out + "' is not empty" + (run.empty() ? "" : " (it holds checkpoints of run " + run + ")") +
+                       "; init writes a new run's step 0 only into an empty or new directory");
+    }
+    return ckpt::save_checkpoint(o.out, 0, config, stages, initial_train_state(o.seed), save,
+                                 [&](const model::StageSpec& spec) {
+                                   model::MambaLM stage(config, spec);
+                                   stage->init_parameters(o.seed);
+                                   return collect_stage(*stage, nullptr);
+                                 });
+  } catch (...) {
+    if (created && ckpt::root_is_empty(o.out)) {
+      try {
+        ckpt::fs::remove_tree(o.out);
+      } catch (...) {
+      }
+    }
+    throw;
+  }
 }
 
 }  // namespace pmamba::pp

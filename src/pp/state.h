@@ -36,7 +36,8 @@ struct InitOptions {
 /// state): the state a training run with the same seed starts from. Returns its directory.
 std::string init_checkpoint(const InitOptions& options);
 
-/// Training state stored with a seed checkpoint.
-nlohmann::ordered_json initial_train_state(uint64_t seed);
+/// Training state stored with a seed checkpoint (written at `step`: a checkpoint's train.step
+/// is its step).
+nlohmann::ordered_json initial_train_state(uint64_t seed, int64_t step = 0);
 
 }  // namespace pmamba::pp

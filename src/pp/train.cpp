@@ -24,7 +24,9 @@
 #include "src/pp/errors.h"
 #include "src/pp/handshake.h"
 #include "src/pp/launch.h"
+#include "src/pp/plan.h"
 #include "src/pp/schedule.h"
+#include "src/pp/signals.h"
 #include "src/pp/state.h"
 #include "src/pp/transport.h"
 
@@ -51,12 +53,6 @@ double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-std::string show(const std::string& v) { return "'" + v + "'"; }
-std::string show(double v) { return format_real(v); }
-template <typename T, typename = std::enable_if_t<std::is_integral_v<T>>>
-std::string show(T v) {
-  return std::to_string(v);
-}
 
 // Sum of squares of a float tensor in float64, element by element in storage order: the same
 // number whatever the thread count, on every stage and at PP = 1. On a GPU, the device's own
@@ -73,23 +69,27 @@ double sum_of_squares(const at::Tensor& g) {
 // Everything one rank holds during a run.
 class Rank {
  public:
-  explicit Rank(TrainOptions o) : o_(std::move(o)) {}
+  Rank(TrainPlan plan, DistEnv env) : plan_(std::move(plan)), o_(plan_.o), env_(std::move(env)) {}
   int run();
 
  private:
   int run_steps();
   void setup();
-  void restore_run_settings(const ojson& train, const std::string& dir);
   void handshake();
-  void step(int64_t step);
+  // Runs one step; returns true when a stop was requested (on any rank) by its end.
+  bool step(int64_t step);
+  // A stop requested on any rank (an OR over the world, so every rank stops after the same step).
+  bool stop_requested_anywhere();
   void save(int64_t step);
+  void stopped(int64_t step);
   void log(const ojson& metrics);
   ojson train_state() const;
   at::Tensor mb_slice(const at::Tensor& t, int mb) const {
     return t.narrow(0, static_cast<int64_t>(mb) * o_.microbatch_size, o_.microbatch_size);
   }
 
-  TrainOptions o_;
+  TrainPlan plan_;
+  TrainOptions& o_;
   DistEnv env_;
   c10::Device device_{c10::kCPU};
   std::string backend_ = "gloo";
@@ -105,14 +105,16 @@ class Rank {
   Schedule schedule_;
   std::vector<std::string> norm_order_;  // FQNs in the grad-norm vector, canonical order
   int64_t start_step_ = 0, samples_ = 0, tokens_ = 0;
+  std::string run_id_;
   std::string resumed_from_;
+  int64_t saved_step_ = -1;    // the step of the last checkpoint this run committed
+  std::string saved_dir_;
   std::unique_ptr<std::ofstream> metrics_;
   std::unique_ptr<ProgressBar> bar_;  // a single process on a terminal (the local launcher draws its own)
   double last_ckpt_s_ = 0;
 };
 
 void Rank::setup() {
-  env_ = dist_env_from_environment();
   rank_ = env_.present ? env_.rank : 0;
   world_ = env_.present ? env_.world : 1;
   if (world_ != o_.pp) {
@@ -125,44 +127,24 @@ void Rank::setup() {
   make_current(device_);
   const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(o_.timeout_s * 1000));
   if (world_ > 1) tx_ = std::make_unique<Transport>(env_, timeout, backend_, device_);
+  // Stage 0 commits, and its run id is the run's (under torchrun every rank planned its own).
+  run_id_ = tx_ ? tx_->broadcast_string("run_id", plan_.run_id) : plan_.run_id;
 
-  // Resume source: an explicit checkpoint, or with "auto" the newest one in --ckpt-dir.
-  std::unique_ptr<ckpt::CheckpointReader> reader;
-  if (o_.resume == "auto") {
-    if (!o_.ckpt_dir.empty() && !ckpt::committed_steps(o_.ckpt_dir).empty()) {
-      reader = std::make_unique<ckpt::CheckpointReader>(o_.ckpt_dir);
-    }
-  } else if (!o_.resume.empty()) {
-    reader = std::make_unique<ckpt::CheckpointReader>(o_.resume);
-  }
-  if (reader) {
-    config_ = reader->manifest().config;
-    if (!o_.preset.empty() || !o_.config_path.empty()) {
-      const model::MambaConfig asked = o_.preset.empty() ? model::config_from_file(o_.config_path) : model::preset(o_.preset);
-      if (asked != config_) {
-        throw UsageError("the checkpoint '" + reader->dir() + "' holds a different model than --preset/--config asks for");
-      }
-    }
-    const ojson& t = reader->manifest().train;
-    start_step_ = t.value("step", int64_t{0});
-    samples_ = t.value("samples_consumed", int64_t{0});
-    tokens_ = t.value("tokens_consumed", int64_t{0});
-    restore_run_settings(t, reader->dir());
-    resumed_from_ = reader->dir();
-  } else {
-    if (o_.preset.empty() == o_.config_path.empty()) throw UsageError("give exactly one of --preset or --config");
-    config_ = o_.preset.empty() ? model::config_from_file(o_.config_path) : model::preset(o_.preset);
-    o_.data.seed = o_.data.seed ? o_.data.seed : o_.seed;
-  }
+  config_ = plan_.config;
+  stages_ = plan_.stages;
+  start_step_ = plan_.start_step;
+  samples_ = plan_.samples;
+  tokens_ = plan_.tokens;
+  if (plan_.reader) resumed_from_ = plan_.reader->dir();
   autocast_ = parse_autocast(o_.autocast);  // after the resume, which may have supplied it
-  stages_ = model::make_stages(config_.n_layer, o_.pp, o_.partition);
   spec_ = stages_[static_cast<size_t>(rank_)];
   model_ = model::MambaLM(config_, spec_, model::parse_boundary(o_.boundary));
   std::vector<std::pair<std::string, at::Tensor>> named;
   for (const auto& item : model_->named_parameters()) named.emplace_back(item.key(), item.value());
   opt_ = std::make_unique<AdamW>(named, config_, o_.adamw);
-  if (reader) {
-    load_stage(*reader, *model_, opt_.get());
+  if (plan_.reader) {
+    load_stage(*plan_.reader, *model_, opt_.get());
+    plan_.reader.reset();  // its shards stay closed from here on
   } else {
     model_->init_parameters(o_.seed);
   }
@@ -176,76 +158,20 @@ void Rank::setup() {
     if (p.tied_to.empty()) norm_order_.push_back(p.fqn);  // the tie is counted once
   }
   data_ = make_data(o_.data);
-  if (data_->vocab_needed() > config_.vocab_size) {
-    throw UsageError(data_->describe() + " needs a vocabulary of " + std::to_string(data_->vocab_needed()) +
-                     " but the model has vocab_size " + std::to_string(config_.vocab_size));
-  }
-  if (o_.microbatches < 1 || o_.microbatch_size < 1) throw UsageError("--microbatches and --microbatch-size must be >= 1");
   schedule_ = make_schedule(o_.schedule, o_.pp, o_.microbatches);
   check_schedule(schedule_);
   if (!o_.metrics_path.empty() && spec_.is_last()) {
     metrics_ = std::make_unique<std::ofstream>(o_.metrics_path, start_step_ > 0 ? std::ios::app : std::ios::trunc);
     if (!*metrics_) throw UsageError("cannot write metrics to '" + o_.metrics_path + "'");
-  }
-}
-
-// A resumed run is the same run: what its checkpoint recorded about it (LR schedule, optimizer,
-// clipping, seed, data, global batch) is kept. An option not given takes the checkpoint's value,
-// so `--resume DIR --pp 3` alone continues the run; one given with a different value is an error
-// rather than being silently ignored or silently changing a run half-way. How the batch is
-// computed (schedule, microbatch split, autocast) defaults to the checkpoint's and may change.
-// Checkpoints from `pmamba-ckpt init` record none of this: the command line decides.
-void Rank::restore_run_settings(const ojson& t, const std::string& dir) {
-  auto keep = [&](const char* option, auto& value, const ojson& parent, const char* key) {
-    using T = std::decay_t<decltype(value)>;
-    if (!parent.is_object() || !parent.contains(key)) return;
-    const T was = parent.at(key).get<T>();
-    if (o_.given.count(option) != 0 && !(value == was)) {
-      throw UsageError("--" + std::string(option) + " " + show(value) + " differs from the run resumed from '" + dir +
-                       "' (" + show(was) + "); a resumed run keeps its settings: leave --" + option +
-                       " out, or start a new run");
-    }
-    value = was;
-  };
-  auto prefer = [&](const char* option, auto& value, const ojson& parent, const char* key) {
-    using T = std::decay_t<decltype(value)>;
-    if (o_.given.count(option) == 0 && parent.is_object() && parent.contains(key)) value = parent.at(key).get<T>();
-  };
-  const ojson none;
-  auto part = [&](const char* key) -> const ojson& { return t.contains(key) ? t.at(key) : none; };
-  keep("seed", o_.seed, t, "seed");
-  const ojson& lr = part("lr_schedule");
-  keep("lr", o_.lr, lr, "lr");
-  keep("min-lr", o_.min_lr, lr, "min_lr");
-  keep("warmup", o_.warmup, lr, "warmup");
-  keep("steps", o_.steps, lr, "steps");
-  const ojson& opt = part("optimizer");
-  keep("beta1", o_.adamw.beta1, opt, "beta1");
-  keep("beta2", o_.adamw.beta2, opt, "beta2");
-  keep("eps", o_.adamw.eps, opt, "eps");
-  keep("weight-decay", o_.adamw.weight_decay, opt, "weight_decay");
-  keep("clip", o_.clip, opt, "clip");
-  const ojson& data = part("data");
-  keep("data", o_.data.source, data, "source");
-  keep("seq-len", o_.data.seq_len, data, "seq_len");
-  keep("copy-tokens", o_.data.copy_tokens, data, "copy_tokens");
-  keep("copy-slots", o_.data.copy_slots, data, "copy_slots");
-  keep("task-vocab", o_.data.task_vocab, data, "task_vocab");
-  if (data.is_object()) o_.data.seed = data.value("seed", o_.data.seed);
-  const ojson& batch = part("batch");
-  prefer("microbatches", o_.microbatches, batch, "microbatches");
-  prefer("microbatch-size", o_.microbatch_size, batch, "microbatch_size");
-  prefer("schedule", o_.schedule, batch, "schedule");
-  prefer("autocast", o_.autocast, batch, "autocast");
-  if (batch.is_object() && batch.contains("samples_per_step")) {
-    const int64_t was = batch.at("samples_per_step").get<int64_t>();
-    const int64_t now = static_cast<int64_t>(o_.microbatches) * o_.microbatch_size;
-    if (now != was) {
-      throw UsageError("--microbatches " + std::to_string(o_.microbatches) + " x --microbatch-size " +
-                       std::to_string(o_.microbatch_size) + " = " + std::to_string(now) +
-                       " samples per step, but the run resumed from '" + dir + "' takes " + std::to_string(was) +
-                       "; a resumed run may split its batch differently, not change its size");
-    }
+    // The header of this run's lines: which run they belong to and where it started.
+    ojson h;
+    h["run_id"] = run_id_;
+    h["start_step"] = start_step_;
+    h["resumed_from"] = resumed_from_.empty() ? ojson(nullptr) : ojson(resumed_from_);
+    h["pp"] = o_.pp;
+    h["partition"] = model::partition_string(stages_);
+    *metrics_ << h.dump() << "\n";
+    metrics_->flush();
   }
 }
 
@@ -270,7 +196,13 @@ void Rank::handshake() {
                     F::integer("data seed", static_cast<int64_t>(o_.data.seed)),
                     F::integer("start step", start_step_),
                     F::integer("samples consumed", samples_),
-                    F::text("data options", data_to_json(o_.data).dump()),
+                    // The data by kind, options and content, not by path: the same file may be
+                    // mounted under other names on other hosts, and another file under the same one.
+                    F::text("data options", [&] {
+                      ojson d = data_to_json(o_.data, data_->content());
+                      d["source"] = data_kind(o_.data.source);
+                      return d.dump();
+                    }()),
                     F::integer("autocast dtype", static_cast<int64_t>(autocast_)),
                     F::integer("init seed", static_cast<int64_t>(o_.seed)),
                     F::integer("--steps", o_.steps),
@@ -284,6 +216,7 @@ void Rank::handshake() {
                     F::real("AdamW eps", o_.adamw.eps),
                     F::real("--weight-decay", o_.adamw.weight_decay),
                     F::text("--ckpt-dir", o_.ckpt_dir),
+                    F::integer("--overwrite", o_.overwrite ? 1 : 0),
                     F::integer("--ckpt-every", o_.ckpt_every),
                     F::integer("--keep-last", o_.keep_last),
                     F::text("--compression", o_.compression)},
@@ -296,7 +229,7 @@ ojson Rank::train_state() const {
   t["seed"] = o_.seed;
   t["samples_consumed"] = samples_;
   t["tokens_consumed"] = tokens_;
-  t["data"] = data_to_json(o_.data);
+  t["data"] = data_to_json(o_.data, data_->content());
   t["lr_schedule"] = ojson{{"lr", o_.lr}, {"min_lr", o_.min_lr}, {"warmup", o_.warmup}, {"steps", o_.steps}};
   t["optimizer"] = ojson{{"beta1", o_.adamw.beta1},
                          {"beta2", o_.adamw.beta2},
@@ -311,7 +244,7 @@ ojson Rank::train_state() const {
   return t;
 }
 
-void Rank::step(int64_t step) {
+bool Rank::step(int64_t step) {
   const double t0 = now_s();
   const int m = o_.microbatches;
   const bool first = spec_.is_first(), last = spec_.is_last();
@@ -471,14 +404,19 @@ void Rank::step(int64_t step) {
       n_correct += correct[i];
     }
   }
-  at::Tensor shared = at::zeros({2 + world_}, at::kDouble);  // bubble, bytes sent, then each stage's peak
+  // bubble, bytes sent, stop requests, then each stage's activation peak
+  at::Tensor shared = at::zeros({3 + world_}, at::kDouble);
   shared[0] = pipe_time > 0 ? idle / pipe_time : 0.0;
   shared[1] = bytes_sent;
-  shared[2 + rank_] = static_cast<double>(mem0 < 0 ? -1 : act_peak);
+  shared[2] = stop_signal() != 0 ? 1.0 : 0.0;
+  shared[3 + rank_] = static_cast<double>(mem0 < 0 ? -1 : act_peak);
   if (tx_) tx_->allreduce_sum(shared, "the metrics reduction");
+  // A stop requested anywhere is seen by every rank in this same reduction, so all of them
+  // stop after this step and commit it together.
+  const bool stop = shared[2].item<double>() > 0;
   last_ckpt_s_ = 0;
   const bool save_now = !o_.ckpt_dir.empty() &&
-                        ((o_.ckpt_every > 0 && step % o_.ckpt_every == 0) ||
+                        (stop || (o_.ckpt_every > 0 && step % o_.ckpt_every == 0) ||
                          step == (o_.stop_after > 0 ? std::min(o_.stop_after, o_.steps) : o_.steps));
   if (save_now) save(step);
   if (last) {
@@ -494,20 +432,45 @@ void Rank::step(int64_t step) {
     j["bubble"] = shared[0].item<double>() / world_;
     j["bytes_sent"] = shared[1].item<double>();
     std::vector<int64_t> peaks;
-    for (int r = 0; r < world_; ++r) peaks.push_back(static_cast<int64_t>(shared[2 + r].item<double>()));
+    for (int r = 0; r < world_; ++r) peaks.push_back(static_cast<int64_t>(shared[3 + r].item<double>()));
     if (*std::min_element(peaks.begin(), peaks.end()) >= 0) j["act_peak_bytes"] = peaks;
     if (save_now) j["ckpt_time_s"] = last_ckpt_s_;
     log(j);
   }
+  return stop;
+}
+
+bool Rank::stop_requested_anywhere() {
+  at::Tensor flag = at::tensor({stop_signal() != 0 ? 1 : 0}, at::kInt);
+  if (tx_) tx_->allreduce_sum(flag, "the stop check");
+  return flag.item<int>() > 0;
+}
+
+// After a stop request: one line from the stage that committed, saying where the run stopped.
+void Rank::stopped(int64_t step) {
+  if (rank_ != 0) return;
+  const int sig = stop_signal();
+  const std::string why = sig ? "stopped by " + signal_name(sig) : "stopped (another stage received a stop signal)";
+  std::string where;
+  if (o_.ckpt_dir.empty()) {
+    where = "no --ckpt-dir was given, so nothing was saved";
+  } else if (saved_step_ == step) {
+    where = "committed " + saved_dir_;
+  } else {
+    where = "its newest checkpoint is " + (resumed_from_.empty() ? o_.ckpt_dir : resumed_from_);
+  }
+  std::printf("pmamba-train: %s after step %lld: %s\n", why.c_str(), static_cast<long long>(step), where.c_str());
+  std::fflush(stdout);
 }
 
 void Rank::save(int64_t step) {
   const double t0 = now_s();
   std::string tmp;
+  std::string error;
+  // Stage 0's failure to begin is its own; the others see its report while they wait here.
   if (rank_ == 0) tmp = ckpt::begin_step_dir(o_.ckpt_dir, step);
   if (tx_) tmp = tx_->broadcast_string("ckpt/" + std::to_string(step), tmp);
   const ojson train = train_state();
-  std::string error;
   try {
     ckpt::ShardHeader h;
     h.stage = spec_.stage;
@@ -528,11 +491,14 @@ void Rank::save(int64_t step) {
   // Every stage reports; rank 0 commits only when all shards are in place.
   at::Tensor failed = at::tensor({error.empty() ? 0 : 1}, at::kInt);
   if (tx_) tx_->allreduce_sum(failed, "the checkpoint write");
+  std::string note;
   if (failed.item<int>() == 0 && rank_ == 0) {
     try {
-      const ckpt::Manifest man = ckpt::build_manifest(tmp, config_, stages_, step,
+      const ckpt::Manifest man = ckpt::build_manifest(tmp, run_id_, config_, stages_, step,
                                                       ckpt::Compression::parse(o_.compression), true, train);
-      ckpt::commit_step_dir(o_.ckpt_dir, tmp, man, o_.keep_last);
+      const ckpt::CommitResult c = ckpt::commit_step_dir(o_.ckpt_dir, tmp, man, ckpt::CommitOptions{o_.keep_last, o_.overwrite});
+      saved_dir_ = c.dir;
+      note = c.latest_error;
     } catch (const std::exception& e) {
       error = e.what();
     }
@@ -541,8 +507,14 @@ void Rank::save(int64_t step) {
   if (tx_) tx_->allreduce_sum(commit_failed, "the checkpoint commit");
   if (failed.item<int>() != 0 || commit_failed.item<int>() != 0) {
     if (rank_ == 0) ckpt::abort_step_dir(tmp);
-    throw ckpt::IoError("checkpoint of step " + std::to_string(step) + " failed" +
-                        (error.empty() ? " on another stage" : ": " + error));
+    if (error.empty()) throw PeerFailure("checkpoint of step " + std::to_string(step) + " failed on another stage");
+    throw ckpt::IoError("checkpoint of step " + std::to_string(step) + " failed: " + error);
+  }
+  saved_step_ = step;
+  if (!note.empty()) {
+    // Committed all the same: readers find the newest committed step directory.
+    std::fprintf(stderr, "pmamba-train: committed %s, but `latest` was not updated (%s)\n", saved_dir_.c_str(),
+                 note.c_str());
   }
   last_ckpt_s_ = now_s() - t0;
 }
@@ -585,44 +557,72 @@ int Rank::run_steps() {
                 resumed_from_.empty() ? "fresh start" : ("resumed from " + resumed_from_ + " at step " + std::to_string(start_step_)).c_str());
     std::fflush(stdout);
   }
-  for (int64_t s = start_step_ + 1; s <= stop; ++s) step(s);
+  // A stop requested while the run was starting: the state it starts from is what is saved
+  // (step 0 of a fresh run; a resumed run's is committed already, unless it writes elsewhere).
+  if (stop_requested_anywhere()) {
+    const bool have = !resumed_from_.empty() && ckpt::fs::absolute_path(ckpt::fs::parent(resumed_from_)) ==
+                                                    ckpt::fs::absolute_path(o_.ckpt_dir);
+    if (!o_.ckpt_dir.empty() && !have) save(start_step_);
+    stopped(start_step_);
+    if (tx_) tx_->barrier("the end of training");
+    return 0;
+  }
+  for (int64_t s = start_step_ + 1; s <= stop; ++s) {
+    if (step(s)) {
+      stopped(s);
+      break;
+    }
+  }
   if (tx_) tx_->barrier("the end of training");
   return 0;
-}
-
-}  // namespace
-
-int train_rank(const TrainOptions& options) {
-  Rank r(options);
-  return r.run();
 }
 
 int Rank::run() {
   try {
     return run_steps();
   } catch (const std::exception& e) {
-    if (tx_) tx_->report_failure(e.what());
+    if (tx_) tx_->report_failure(e.what(), dynamic_cast<const PeerFailure*>(&e) == nullptr);
     throw;
   }
 }
 
+}  // namespace
+
 int run_train(const TrainOptions& o, int argc, char** argv) {
   const DistEnv env = dist_env_from_environment();
-  if (!env.present && o.pp > 1) {
-    // Check what can be checked before starting processes.
-    if (o.preset.empty() && o.config_path.empty() && o.resume.empty()) throw UsageError("give --preset, --config or --resume");
-    check_schedule(make_schedule(o.schedule, o.pp, o.microbatches));
-    resolve_backend(o.backend, resolve_device(o.device, 0));
-    parse_autocast(o.autocast);
-    if (o.print_schedule && o.resume.empty()) std::printf("%s", print_schedule(make_schedule(o.schedule, o.pp, o.microbatches)).c_str());
-    LaunchOptions l;
-    l.ranks = o.pp;
-    l.argv.assign(argv, argv + argc);
-    l.grace = std::chrono::milliseconds(static_cast<int64_t>(o.timeout_s * 1000) + 10000);
-    l.progress_bar = !o.quiet && ::isatty(2);
-    return launch_local(l);
+  if (env.present) {
+    // One rank of a launched job: the stage that commits (rank 0) holds the root's lock (its
+    // own, or the one the local launcher handed it).
+    check_master_address(env);
+    TrainPlan plan = plan_training(o, env.rank == 0, env.rank);
+    if (env.rank == 0 && plan.o.ckpt_dir.empty() && !std::getenv("PMAMBA_LOCAL_LAUNCH")) {
+      std::printf("pmamba-train: note: no --ckpt-dir: this run saves no checkpoint\n");
+      std::fflush(stdout);
+    }
+    Rank r(std::move(plan), env);
+    return r.run();
   }
-  return train_rank(o);
+  // On its own: everything that can be refused is refused here, once, before any stage starts.
+  TrainPlan plan = plan_training(o, true, -1);
+  if (plan.o.ckpt_dir.empty()) std::printf("pmamba-train: note: no --ckpt-dir: this run saves no checkpoint\n");
+  if (!plan.note.empty()) std::printf("pmamba-train: note: %s\n", plan.note.c_str());
+  std::fflush(stdout);
+  if (o.pp == 1) {
+    Rank r(std::move(plan), env);
+    return r.run();
+  }
+  resolve_backend(o.backend, resolve_device(o.device, 0));
+  if (o.print_schedule && o.resume.empty()) std::printf("%s", print_schedule(make_schedule(o.schedule, o.pp, o.microbatches)).c_str());
+  LaunchOptions l;
+  l.ranks = o.pp;
+  l.argv.assign(argv, argv + argc);
+  l.timeout = std::chrono::milliseconds(static_cast<int64_t>(o.timeout_s * 1000));
+  l.progress_bar = !o.quiet && ::isatty(2);
+  l.lock_fd = plan.lock.fd();
+  l.env["PMAMBA_RUN_ID"] = plan.run_id;
+  l.tool = "pmamba-train";
+  plan.reader.reset();
+  return launch_local(l);
 }
 
 }  // namespace pmamba::pp

@@ -44,6 +44,7 @@ struct TrainOptions {
   int64_t ckpt_every = 0;   // 0 = only at the end when ckpt_dir is set
   int keep_last = 0;
   std::string resume;       // "" | "auto" | a checkpoint path
+  bool overwrite = false;   // a new run may replace another run's checkpoints in ckpt_dir
   std::string compression = "zstd:1";
   // runtime
   std::string device = "auto";    // cpu | cuda | cuda:N | auto (see device.h)
@@ -59,13 +60,13 @@ struct TrainOptions {
   std::set<std::string> given;
 };
 
-/// Entry point of pmamba-train. Without launcher variables and with pp > 1 it starts pp local
-/// ranks of this program and forwards their output; with them (torchrun, Slurm, Open MPI) it
-/// runs as one rank. Returns the exit code. Throws UsageError / PipelineError / ckpt errors.
+/// Entry point of pmamba-train. Without launcher variables it plans the run (plan.h: options,
+/// the checkpoint root's lock, resume, layout, data, memory and disk) and then either trains in
+/// this process (pp 1) or starts pp local ranks of this program and forwards their output;
+/// with them (torchrun, Slurm, Open MPI) it runs as one rank. A stop signal (signals.h) ends the
+/// run after the step in progress, with a checkpoint of it. Returns the exit code. Throws
+/// UsageError / PipelineError / ckpt errors.
 int run_train(const TrainOptions& options, int argc, char** argv);
-
-/// One rank of a training run (world size from the environment, or 1).
-int train_rank(const TrainOptions& options);
 
 /// Learning rate at 1-based `step`: linear warmup to lr, then cosine decay to min_lr at `steps`.
 double learning_rate(const TrainOptions& options, int64_t step);

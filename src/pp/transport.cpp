@@ -4,6 +4,7 @@
 #include "src/pp/transport.h"
 
 #include <arpa/inet.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -16,6 +17,7 @@
 #endif
 
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <deque>
 #include <mutex>
@@ -45,16 +47,26 @@ int env_int(const char* name, int fallback) {
 
 constexpr int kHeartbeatMs = 500;
 
+std::string seconds(std::chrono::milliseconds ms) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", static_cast<double>(ms.count()) / 1000.0);
+  return buf;
+}
+
 std::string first_line(const std::string& s) {
   const size_t nl = s.find('\n');
   return nl == std::string::npos ? s : s.substr(0, nl);
 }
 
 // How a stage says that another one gave up on its own and why (from its failure report).
-PipelineError gave_up(int stage, int waiter, const std::string& what, const std::string& report) {
-  return PipelineError("stage " + std::to_string(stage) + " gave up while stage " + std::to_string(waiter) +
-                       " waited for " + what + "; it reported: " + report);
+PeerFailure gave_up(int stage, int waiter, const std::string& what, const std::string& report) {
+  return PeerFailure("stage " + std::to_string(stage) + " gave up while stage " + std::to_string(waiter) +
+                     " waited for " + what + "; it reported: " + report);
 }
+
+// The deadline of a heartbeat's store operation, and of any after a failure: a live store
+// answers in milliseconds, so a few seconds of silence means its host is gone or stopped.
+constexpr std::chrono::milliseconds kShortStoreDeadline{2000};
 
 }  // namespace
 
@@ -86,11 +98,35 @@ DistEnv dist_env_from_environment() {
   if (e.world == 1 && e.rank == 0) return DistEnv{};
   e.present = true;
   if (env("MASTER_ADDR")) e.master_addr = env("MASTER_ADDR");
-  e.master_port = env_int("MASTER_PORT", 29500);
+  // Numeric addresses are checked here (256.1.1.1 is no address); names are resolved when the
+  // rank starts (check_master_address).
+  const std::string& a = e.master_addr;
+  const bool numeric4 = a.find_first_not_of("0123456789.") == std::string::npos;
+  const bool numeric6 = a.find(':') != std::string::npos;
+  unsigned char buf[sizeof(in6_addr)];
+  if (numeric4 && ::inet_pton(AF_INET, a.c_str(), buf) != 1) {
+    throw UsageError("MASTER_ADDR='" + a + "' is not a valid IPv4 address");
+  }
+  if (numeric6 && ::inet_pton(AF_INET6, a.c_str(), buf) != 1) {
+    throw UsageError("MASTER_ADDR='" + a + "' is not a valid IPv6 address");
+  }
+  if (const char* port = env("MASTER_PORT")) {
+    char* end = nullptr;
+    const long p = std::strtol(port, &end, 10);
+    if (*end != '\0' || p < 1 || p > 65535) {
+      throw UsageError(std::string("MASTER_PORT='") + port + "' is not a TCP port (1 to 65535)");
+    }
+    e.master_port = static_cast<int>(p);
+  }
   if (e.source == "torchrun" && env("TORCHELASTIC_USE_AGENT_STORE") &&
       std::string(env("TORCHELASTIC_USE_AGENT_STORE")) == "True") {
     e.agent_store = true;
+    e.store_host = "the torchrun agent";
     e.store_prefix = std::string("/worker/attempt_") + std::to_string(env_int("TORCHELASTIC_RESTART_COUNT", 0));
+  }
+  if (env("PMAMBA_STORE_HOST") && std::string(env("PMAMBA_STORE_HOST")) == "launcher") {
+    e.agent_store = true;
+    e.store_host = "the launcher";
   }
   if (e.world < 1 || e.rank >= e.world) {
     throw UsageError("launcher variables (" + e.source + ") give rank " + std::to_string(e.rank) + " of world size " +
@@ -100,6 +136,20 @@ DistEnv dist_env_from_environment() {
     throw UsageError("MASTER_ADDR must name rank 0's host when launching with " + e.source);
   }
   return e;
+}
+
+void check_master_address(const DistEnv& e) {
+  if (!e.present) return;
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  const int rc = ::getaddrinfo(e.master_addr.c_str(), nullptr, &hints, &res);
+  if (res) ::freeaddrinfo(res);
+  if (rc != 0) {
+    throw UsageError("MASTER_ADDR='" + e.master_addr + "' does not resolve to an address (" + ::gai_strerror(rc) +
+                     "): it must name the host that serves the rendezvous store");
+  }
 }
 
 int free_port() {
@@ -123,6 +173,10 @@ int free_port() {
 struct Transport::Impl {
   int64_t collectives = 0;  // sequence number of the collective calls (the same on every rank)
   c10::intrusive_ptr<c10d::Store> store;
+  std::string rdzv_key;                  // this rank's key: "rdzv/<rank>"
+  // A store operation that timed out leaves its connection out of step (the late answer would
+  // be read as the next one's): after that the store is not used again.
+  std::atomic<bool> store_dead{false};
   // Heartbeat: a thread with its own store connection bumps "heartbeat/<rank>" periodically.
   std::thread heart;
   std::atomic<bool> stop{false};
@@ -177,6 +231,13 @@ struct Transport::Impl {
   }
 };
 
+// Every store connection gets its deadline from a wait: c10d's TCPStore arms the socket's
+// receive timeout (SO_RCVTIMEO) only inside wait(), and without it an operation on a store
+// whose host is stopped (SIGSTOP, a hung machine) blocks forever.
+void arm_deadline(c10d::Store& store, const std::string& key, std::chrono::milliseconds deadline) {
+  store.wait({key}, deadline);
+}
+
 Transport::Transport(const DistEnv& e, std::chrono::milliseconds timeout, const std::string& backend,
                      c10::Device device)
     : impl_(std::make_unique<Impl>()), rank_(e.rank), world_(e.world), agent_store_(e.agent_store), timeout_(timeout) {
@@ -186,21 +247,41 @@ Transport::Transport(const DistEnv& e, std::chrono::milliseconds timeout, const 
   if (backend == "nccl") throw UsageError("this LibTorch was built without ProcessGroupNCCL");
 #endif
   impl_->device = backend == "nccl" ? device : c10::Device(c10::kCPU);
+  impl_->rdzv_key = "rdzv/" + std::to_string(e.rank);
+  store_host_ = e.store_host;
   std::string mismatch;
+  const std::string address = e.master_addr + ":" + std::to_string(e.master_port);
+  auto stop_heart = [&] {
+    impl_->stop.store(true);
+    if (impl_->heart.joinable()) impl_->heart.join();
+  };
   try {
     c10d::TCPStoreOptions opts;
     opts.port = static_cast<uint16_t>(e.master_port);
     opts.isServer = e.rank == 0 && !e.agent_store;
-    opts.numWorkers = static_cast<size_t>(e.world);
-    opts.waitWorkers = true;  // clients count themselves in; the server waits for all of them
+    opts.numWorkers = c10::nullopt;
+    opts.waitWorkers = false;  // rendezvous() waits, and can name who is missing
     opts.timeout = timeout;
-    // pmamba's keys under the agent's attempt prefix, or at the root of our own store.
+    // pmamba's keys under the agent's attempt prefix, or at the root of the store.
     auto scoped = [&](c10::intrusive_ptr<c10d::Store> tcp) -> c10::intrusive_ptr<c10d::Store> {
-      if (!e.agent_store) return c10::make_intrusive<c10d::PrefixStore>("pmamba", tcp);
+      if (e.store_prefix.empty()) return c10::make_intrusive<c10d::PrefixStore>("pmamba", tcp);
       return c10::make_intrusive<c10d::PrefixStore>(
           "pmamba", c10::make_intrusive<c10d::PrefixStore>(e.store_prefix, tcp));
     };
-    impl_->store = scoped(c10::make_intrusive<c10d::TCPStore>(e.master_addr, opts));
+    c10::intrusive_ptr<c10d::Store> tcp;
+    try {
+      tcp = c10::make_intrusive<c10d::TCPStore>(e.master_addr, opts);
+    } catch (const std::exception& ex) {
+      if (opts.isServer) {
+        throw PipelineError("stage 0 cannot serve the rendezvous store on port " + std::to_string(e.master_port) + ": " +
+                            first_line(ex.what()));
+      }
+      throw PeerFailure("stage " + std::to_string(e.rank) + " could not reach the rendezvous store at " + address +
+                        " (served by " + e.store_host + ") within " + seconds(timeout) + " s: " + first_line(ex.what()) +
+                        (e.store_host == "stage 0" ? " (did stage 0 start?)" : ""));
+    }
+    impl_->store = scoped(tcp);
+    rendezvous(e);
     // Every stage must use the same backend, or the process groups below would wait for
     // each other until the timeout; compare first through the store.
     impl_->store->set("backend/" + std::to_string(e.rank), std::vector<uint8_t>(backend.begin(), backend.end()));
@@ -239,9 +320,8 @@ Transport::Transport(const DistEnv& e, std::chrono::milliseconds timeout, const 
 #endif
     c10d::TCPStoreOptions client = opts;
     client.isServer = false;
-    client.numWorkers = c10::nullopt;
-    client.waitWorkers = false;
     auto beat_store = scoped(c10::make_intrusive<c10d::TCPStore>(e.master_addr, client));
+    arm_deadline(*beat_store, impl_->rdzv_key, kShortStoreDeadline);
     Impl* impl = impl_.get();
     const std::string key = "heartbeat/" + std::to_string(e.rank);
     const int rank = e.rank, world = e.world;
@@ -265,22 +345,57 @@ Transport::Transport(const DistEnv& e, std::chrono::milliseconds timeout, const 
             }
           }
         } catch (...) {
-          return;  // the store (stage 0's or the agent's) is gone; the main thread will notice
+          return;  // the store is gone or stopped answering; the main thread will notice
         }
         for (int i = 0; i < 10 && !impl->stop.load(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(kHeartbeatMs / 10));
       }
     });
+  } catch (const PipelineError&) {
+    stop_heart();
+    throw;
   } catch (const std::exception& ex) {
-    impl_->stop.store(true);
-    if (impl_->heart.joinable()) impl_->heart.join();
-    throw PipelineError("rendezvous of " + std::to_string(e.world) + " stages at " + e.master_addr + ":" +
-                        std::to_string(e.master_port) + " failed for stage " + std::to_string(e.rank) + ": " +
-                        first_line(ex.what()));
+    stop_heart();
+    throw PipelineError("rendezvous of " + std::to_string(e.world) + " stages at " + address + " failed for stage " +
+                        std::to_string(e.rank) + ": " + first_line(ex.what()));
   }
   if (!mismatch.empty()) {
-    impl_->stop.store(true);
-    if (impl_->heart.joinable()) impl_->heart.join();
+    stop_heart();
     throw PipelineError(mismatch);
+  }
+}
+
+void Transport::rendezvous(const DistEnv& e) {
+  using Clock = std::chrono::steady_clock;
+  const auto until = Clock::now() + timeout_;
+  char host[256] = {0};
+  ::gethostname(host, sizeof host - 1);
+  const std::string me = std::string(host) + " pid " + std::to_string(::getpid());
+  impl_->store->set(impl_->rdzv_key, std::vector<uint8_t>(me.begin(), me.end()));
+  arm_deadline(*impl_->store, impl_->rdzv_key, timeout_);
+  while (true) {
+    std::vector<int> missing;
+    for (int r = 0; r < e.world; ++r) {
+      if (!impl_->store->check({"rdzv/" + std::to_string(r)})) missing.push_back(r);
+    }
+    if (missing.empty()) return;
+    if (Clock::now() >= until) {
+      std::string names;
+      for (size_t i = 0; i < missing.size(); ++i) names += (i ? ", " : "") + std::to_string(missing[i]);
+      throw PipelineError("stage " + std::to_string(e.rank) + " waited " + seconds(timeout_) + " s for stage" +
+                          (missing.size() == 1 ? " " : "s ") + names + " of " + std::to_string(e.world) +
+                          " to join the rendezvous at " + e.master_addr + ":" + std::to_string(e.master_port) +
+                          " (not started, or exited before joining)");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
+void Transport::shorten_store_deadline() noexcept {
+  if (impl_->store_dead.load() || !impl_->store) return;
+  try {
+    arm_deadline(*impl_->store, impl_->rdzv_key, kShortStoreDeadline);
+  } catch (...) {
+    impl_->store_dead.store(true);
   }
 }
 
@@ -289,7 +404,7 @@ Transport::~Transport() {
   // the stage that stopped answering; when stage 0 serves that store, its exit would make them
   // blame stage 0. Keep serving until every other stage has reported its own failure (a dead
   // one never will: at most a few heartbeats).
-  if (impl_->failed && rank_ == 0 && !agent_store_ && world_ > 1) {
+  if (impl_->failed && rank_ == 0 && !agent_store_ && world_ > 1 && !impl_->store_dead.load()) {
     using Clock = std::chrono::steady_clock;
     const auto until = Clock::now() + std::chrono::milliseconds(8 * kHeartbeatMs);
     try {
@@ -335,8 +450,10 @@ Transport::~Transport() {
 
 void Transport::peer_failed(int peer, const std::string& what, const std::string& detail) {
   impl_->failed = true;
+  shorten_store_deadline();
   // A peer that failed on its own reported why before it went away: pass that on.
   try {
+    if (impl_->store_dead.load()) throw std::runtime_error("the store stopped answering");
     const std::string key = "failed/" + std::to_string(peer);
     if (impl_->store->check({key})) {
       const std::vector<uint8_t> msg = impl_->store->get(key);
@@ -345,17 +462,17 @@ void Transport::peer_failed(int peer, const std::string& what, const std::string
   } catch (const PipelineError&) {
     throw;
   } catch (const std::exception&) {
-    // The store is gone too: whoever serves it (stage 0, or torchrun's agent) went first, and
-    // the peer may only have followed it.
+    impl_->store_dead.store(true);
+    // The store is gone too: whoever serves it (stage 0, the launcher or torchrun's agent) went
+    // first, and the peer may only have followed it.
     if (!agent_store_ && peer != 0) {
-      throw PipelineError("stage 0 stopped answering (its rendezvous store is unreachable) and so did stage " +
-                          std::to_string(peer) + ": stage " + std::to_string(rank_) + " waited for " + what + ": " +
-                          first_line(detail));
+      throw PeerFailure("stage 0 stopped answering (its rendezvous store is unreachable) and so did stage " +
+                        std::to_string(peer) + ": stage " + std::to_string(rank_) + " waited for " + what + ": " +
+                        first_line(detail));
     }
   }
-  throw PipelineError("stage " + std::to_string(peer) + " stopped answering: stage " + std::to_string(rank_) +
-                      " waited for " + what + " (timeout " + std::to_string(timeout_.count() / 1000.0).substr(0, 5) +
-                      " s): " + first_line(detail));
+  throw PeerFailure("stage " + std::to_string(peer) + " stopped answering: stage " + std::to_string(rank_) +
+                    " waited for " + what + " (timeout " + seconds(timeout_) + " s): " + first_line(detail));
 }
 
 void Transport::isend(const at::Tensor& tensor, int dst, int tag, const std::string& what) {
@@ -451,7 +568,9 @@ void Transport::wait_sends() {
 // keeps in the store: a stage whose counter stops moving (and which did not report a failure
 // of its own) is the one that stopped answering. A stage blocked in a collective keeps beating.
 std::string Transport::missing_peers() {
+  shorten_store_deadline();
   try {
+    if (impl_->store_dead.load()) throw std::runtime_error("the store stopped answering");
     auto beats = [&]() {
       std::vector<int64_t> v(static_cast<size_t>(world_));
       for (int r = 0; r < world_; ++r) v[r] = impl_->store->add("heartbeat/" + std::to_string(r), 0);
@@ -467,16 +586,21 @@ std::string Transport::missing_peers() {
     }
     return names;
   } catch (const std::exception&) {
-    return agent_store_ ? "the torchrun agent (its rendezvous store is unreachable)"
-                        : "stage 0 (its rendezvous store is unreachable)";
+    impl_->store_dead.store(true);
+    return store_host_ + " (its rendezvous store is unreachable)";
   }
 }
 
-void Transport::report_failure(const std::string& message) noexcept {
+void Transport::report_failure(const std::string& message, bool own) noexcept {
   impl_->failed = true;
+  shorten_store_deadline();
+  if (impl_->store_dead.load() || !impl_->store) return;
   try {
+    const std::string cause = own ? "own" : "peer";
+    impl_->store->set("cause/" + std::to_string(rank_), std::vector<uint8_t>(cause.begin(), cause.end()));
     impl_->store->set("failed/" + std::to_string(rank_), std::vector<uint8_t>(message.begin(), message.end()));
   } catch (...) {
+    impl_->store_dead.store(true);
   }
 }
 
@@ -500,9 +624,23 @@ void Transport::allreduce_sum(at::Tensor& tensor, const std::string& what) {
   (void)seq;
   impl_->failed = true;
   const std::string who = missing_peers();
-  throw PipelineError((who.empty() ? std::string("a peer") : who) + " stopped answering: stage " +
-                      std::to_string(rank_) + " waited during " + what + " (timeout " +
-                      std::to_string(timeout_.count() / 1000.0).substr(0, 5) + " s): " + detail);
+  // Nobody went silent: a stage that gave up on its own closed its connections, and its
+  // report says why.
+  if (who.empty() && !impl_->store_dead.load()) {
+    try {
+      for (int r = 0; r < world_; ++r) {
+        const std::string key = "failed/" + std::to_string(r);
+        if (r == rank_ || !impl_->store->check({key})) continue;
+        const std::vector<uint8_t> msg = impl_->store->get(key);
+        throw gave_up(r, rank_, what, first_line(std::string(msg.begin(), msg.end())));
+      }
+    } catch (const PipelineError&) {
+      throw;
+    } catch (const std::exception&) {
+    }
+  }
+  throw PeerFailure((who.empty() ? std::string("a peer") : who) + " stopped answering: stage " +
+                    std::to_string(rank_) + " waited during " + what + " (timeout " + seconds(timeout_) + " s): " + detail);
 }
 
 void Transport::barrier(const std::string& what) {
@@ -533,15 +671,59 @@ std::string Transport::broadcast_string(const std::string& key, const std::strin
     throw;
   } catch (const std::exception& ex) {
     detail = first_line(ex.what());
+    impl_->store_dead.store(true);
   }
   impl_->failed = true;
   if (detail == "timed out") {
-    throw PipelineError("stage 0 did not publish '" + key + "' within the timeout: stage " + std::to_string(rank_) +
-                        " gave up waiting");
+    throw PeerFailure("stage 0 did not publish '" + key + "' within the timeout: stage " + std::to_string(rank_) +
+                      " gave up waiting");
   }
-  throw PipelineError(std::string(agent_store_ ? "the torchrun agent" : "stage 0") +
-                      " stopped answering (its rendezvous store is unreachable): stage " + std::to_string(rank_) +
-                      " waited for '" + key + "': " + detail);
+  throw PeerFailure(store_host_ + " stopped answering (its rendezvous store is unreachable): stage " +
+                    std::to_string(rank_) + " waited for '" + key + "': " + detail);
+}
+
+// ---- the launcher's store ----
+
+struct LauncherStore::Impl {
+  c10::intrusive_ptr<c10d::TCPStore> tcp;
+  c10::intrusive_ptr<c10d::Store> store;
+};
+
+LauncherStore::LauncherStore(std::chrono::milliseconds timeout) : impl_(std::make_unique<Impl>()) {
+  c10d::TCPStoreOptions opts;
+  opts.port = 0;  // any free port: no window in which another process could take it
+  opts.isServer = true;
+  opts.numWorkers = c10::nullopt;
+  opts.waitWorkers = false;
+  opts.timeout = timeout;
+  try {
+    impl_->tcp = c10::make_intrusive<c10d::TCPStore>("127.0.0.1", opts);
+  } catch (const std::exception& ex) {
+    throw PipelineError(std::string("cannot serve a rendezvous store on 127.0.0.1: ") + first_line(ex.what()));
+  }
+  impl_->store = c10::make_intrusive<c10d::PrefixStore>("pmamba", impl_->tcp);
+}
+
+LauncherStore::~LauncherStore() = default;
+
+int LauncherStore::port() const { return impl_->tcp->getPort(); }
+
+std::string LauncherStore::report(int rank, bool* own) {
+  try {
+    const std::string key = "failed/" + std::to_string(rank);
+    if (!impl_->store->check({key})) return "";
+    const std::vector<uint8_t> msg = impl_->store->get(key);
+    const std::string ckey = "cause/" + std::to_string(rank);
+    std::string cause;
+    if (impl_->store->check({ckey})) {
+      const std::vector<uint8_t> c = impl_->store->get(ckey);
+      cause.assign(c.begin(), c.end());
+    }
+    if (own) *own = cause != "peer";
+    return first_line(std::string(msg.begin(), msg.end()));
+  } catch (const std::exception&) {
+    return "";
+  }
 }
 
 }  // namespace pmamba::pp

@@ -1,8 +1,10 @@
 // Point-to-point and collective communication between pipeline stages on torch's c10d:
 // ProcessGroupGloo for CPU tensors (or CUDA tensors staged through host memory),
 // ProcessGroupNCCL for CUDA tensors when LibTorch has it; rendezvous through a TCPStore.
-// Callers pass tensors on any device: the transport moves them to where its backend wants them. Every wait has a timeout; a peer that stops answering (timeout, closed
-// connection) becomes a PipelineError naming the stage. Rank == stage (pipeline parallelism only).
+// Callers pass tensors on any device: the transport moves them to where its backend wants them.
+// Every wait has a deadline, store operations included (a store whose host stopped answering
+// fails them instead of blocking forever); a peer that stops answering (timeout, closed
+// connection) becomes a PeerFailure naming the stage. Rank == stage (pipeline parallelism only).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -32,16 +34,40 @@ struct DistEnv {
   std::string master_addr = "127.0.0.1";
   int master_port = 29500;
   // torchrun's static rendezvous already hosts a TCPStore on MASTER_PORT in its agent
-  // (TORCHELASTIC_USE_AGENT_STORE=True): every stage then connects as a client, under the
-  // key prefix of the restart attempt, instead of stage 0 hosting one.
+  // (TORCHELASTIC_USE_AGENT_STORE=True), and pmamba's local launcher hosts one for its stages
+  // (PMAMBA_STORE_HOST=launcher): every stage then connects as a client (under the key prefix
+  // of torchrun's restart attempt) instead of stage 0 hosting one.
   bool agent_store = false;
-  std::string store_prefix;  // "/worker/attempt_N" with the agent's store
+  std::string store_prefix;             // "/worker/attempt_N" with the agent's store
+  std::string store_host = "stage 0";   // who serves the store, for messages
 };
-/// Throws UsageError for inconsistent or malformed variables.
+/// Throws UsageError for inconsistent or malformed variables (a rank outside the world, a
+/// MASTER_PORT that is not a port, a MASTER_ADDR that is not a valid numeric address).
 DistEnv dist_env_from_environment();
+
+/// Resolves MASTER_ADDR; throws UsageError naming it and the resolver's reason when it does not.
+void check_master_address(const DistEnv& env);
 
 /// A free TCP port on the loopback interface (for local launches).
 int free_port();
+
+/// The store a local launcher serves for its stages (so a stage that stops, or dies, does not
+/// take the rendezvous with it), and what the stages reported there.
+class LauncherStore {
+ public:
+  explicit LauncherStore(std::chrono::milliseconds timeout);  // listens on a free loopback port
+  ~LauncherStore();
+  LauncherStore(const LauncherStore&) = delete;
+  LauncherStore& operator=(const LauncherStore&) = delete;
+  int port() const;
+  /// The failure report of stage `rank` ("" when none); `own` is set to whether it failed on its
+  /// own rather than after another stage.
+  std::string report(int rank, bool* own);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
 
 class Transport {
  public:
@@ -68,19 +94,26 @@ class Transport {
   /// Sum over all ranks, in place, blocking.
   void allreduce_sum(at::Tensor& tensor, const std::string& what);
   void barrier(const std::string& what);
-  /// Records in the store that this stage is failing (so peers do not blame it); never throws.
-  void report_failure(const std::string& message) noexcept;
+  /// Records in the store that this stage is failing and why (so peers do not blame it, and the
+  /// launcher can say what happened); `own` is false when it only followed another stage's
+  /// failure. Never throws.
+  void report_failure(const std::string& message, bool own) noexcept;
   /// Rank 0 publishes a string under `key`, every rank returns it.
   std::string broadcast_string(const std::string& key, const std::string& value);
 
  private:
   [[noreturn]] void peer_failed(int peer, const std::string& what, const std::string& detail);
+  void rendezvous(const DistEnv& env);
+  // Gives later store operations a short deadline (after a failure, when the store's host may
+  // be gone or stopped).
+  void shorten_store_deadline() noexcept;
   bool await(c10d::Work& work, const std::string& what, bool sliced);
   std::string missing_peers();
   struct Impl;
   std::unique_ptr<Impl> impl_;
   int rank_ = 0, world_ = 1;
   bool agent_store_ = false;
+  std::string store_host_;  // who serves the store ("stage 0", "the launcher", "the torchrun agent")
   std::chrono::milliseconds timeout_;
 };
 

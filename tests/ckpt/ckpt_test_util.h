@@ -24,7 +24,7 @@ inline std::string save_tiny(const std::string& root, int64_t step, const std::s
   ckpt::SaveOptions o;
   o.write.compression = ckpt::Compression::parse(compression);
   o.write.chunk_bytes = 1024;  // many chunks, edge chunks included, even for tiny tensors
-  return ckpt::save_checkpoint(root, step, config, stages, pp::initial_train_state(seed), o,
+  return ckpt::save_checkpoint(root, step, config, stages, pp::initial_train_state(seed, step), o,
                                [&](const model::StageSpec& spec) {
                                  model::MambaLM m(config, spec);
                                  m->init_parameters(seed);
@@ -40,7 +40,7 @@ inline std::string save_trained(const std::string& root, const std::string& layo
   ckpt::SaveOptions o;
   o.write.compression = ckpt::Compression::parse(compression);
   o.write.chunk_bytes = 2048;
-  return ckpt::save_checkpoint(root, step, config, stages, pp::initial_train_state(seed), o,
+  return ckpt::save_checkpoint(root, step, config, stages, pp::initial_train_state(seed, step), o,
                                [&](const model::StageSpec& spec) {
                                  model::MambaLM m(config, spec);
                                  m->init_parameters(seed);

@@ -28,7 +28,7 @@ int main(int argc, char** argv) {
     opts.keep_last = keep;
     // The seed depends on the step so every checkpoint holds different bytes.
     const std::string dir = pmamba::ckpt::save_checkpoint(
-        root, step, config, stages, pmamba::pp::initial_train_state(static_cast<uint64_t>(step)), opts,
+        root, step, config, stages, pmamba::pp::initial_train_state(static_cast<uint64_t>(step), step), opts,
         [&](const pmamba::model::StageSpec& spec) {
           pmamba::model::MambaLM m(config, spec);
           m->init_parameters(static_cast<uint64_t>(step));

@@ -6,6 +6,7 @@
 
 #include "src/ckpt/codec.h"
 #include "src/ckpt/errors.h"
+#include "src/ckpt/lock.h"
 #include "src/ckpt/format.h"
 #include "src/ckpt/h5.h"
 #include "src/ckpt/thread_pool.h"
@@ -107,7 +108,7 @@ TEST_F(CkptTest, RoundTripsAllDtypesAndShapes) {
     ASSERT_EQ(infos.size(), items.size());
     ThreadPool pool(2);
     for (const auto& item : items) {
-      const auto it = std::find_if(infos.begin(), infos.end(), [&](const DatasetInfo& d) {
+      const auto it = std::find_if(infos.begin(), infos.end(), [&](const StoredDataset& d) {
         return d.fqn == item.fqn && d.slot == item.slot;
       });
       ASSERT_NE(it, infos.end()) << item.fqn;
@@ -168,7 +169,7 @@ TEST_F(CkptTest, KeepsOnlyTheLastKCommittedCheckpoints) {
   for (int64_t step : {10, 20, 30, 40}) {
     SaveOptions o;
     o.keep_last = 2;
-    save_checkpoint(root, step, c, model::make_stages(c.n_layer, 1, ""), pp::initial_train_state(1), o,
+    save_checkpoint(root, step, c, model::make_stages(c.n_layer, 1, ""), pp::initial_train_state(1, step), o,
                     [&](const model::StageSpec& s) {
                       model::MambaLM m(c, s);
                       m->init_parameters(1);
@@ -187,7 +188,7 @@ TEST_F(CkptTest, RewritingACommittedStepSwapsItAtomically) {
   const auto second = test::load_everything(root);
   EXPECT_FALSE(test::bitwise_equal(first.at("backbone.embedding.weight/param"),
                                    second.at("backbone.embedding.weight/param")));
-  EXPECT_EQ(fs::list_dir(root), (std::vector<std::string>{"latest", "step-00000005"}));
+  EXPECT_EQ(fs::list_dir(root), (std::vector<std::string>{kLockName, "latest", "step-00000005"}));
 }
 
 }  // namespace

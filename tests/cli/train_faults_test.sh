@@ -55,13 +55,20 @@ grep -Eq "^\[stage 1\].*stage 0( \([^)]*\))? stopped answering" "$T/k0.err" || f
 grep -q "stage 2 stopped answering" "$T/k0.err" && fail "the surviving stage 2 was blamed: $(tail -5 "$T/k0.err")"
 run "$BIN/pmamba-ckpt" verify "$T/k0"; expect_code 0
 
-# --- stage 0 fails on its own (the checkpoint root is a file): the others report its reason ---
+# --- stage 0 fails on its own (it cannot create the step directory): the others report its
+# reason, and the launcher's last line names stage 0 and exits with its code (2, as at PP 1) ---
+PMAMBA_FAULT=step-dir run timeout 60 "$BIN/pmamba-train" "${common[@]}" --pp 3 --steps 4 --ckpt-every 2 --ckpt-dir "$T/sd" --timeout 20
+expect_code 2
+for r in 1 2; do
+  expect_err "[stage $r] pmamba-train: stage 0 gave up while stage $r waited for 'ckpt/2'; it reported: cannot create directory"
+done
+[ "$(tail -1 "$T/err" | grep -c '^pmamba-train: stage 0 failed: cannot create directory')" = 1 ] || fail "last line: $(tail -1 "$T/err")"
+PMAMBA_FAULT=step-dir run timeout 60 "$BIN/pmamba-train" "${common[@]}" --pp 1 --steps 4 --ckpt-every 2 --ckpt-dir "$T/sd1" --timeout 20
+expect_code 2
+# A checkpoint root that is a file is refused before any stage starts, in one line.
 touch "$T/notadir"
 run timeout 60 "$BIN/pmamba-train" "${common[@]}" --pp 3 --steps 4 --ckpt-every 2 --ckpt-dir "$T/notadir" --timeout 20
-[ "$CODE" -ne 0 ] && [ "$CODE" -ne 124 ] || fail "exit code $CODE (124 = hung)"
-for r in 1 2; do
-  expect_err "[stage $r] pmamba-train: stage 0 gave up while stage $r waited for 'ckpt/2'; it reported: cannot write a checkpoint"
-done
+expect_code 2; expect_err_line "it exists and is not a directory"
 
 # --- ranks started by hand with torchrun's variables, one with another boundary mode ---
 RANK0_ARGS="--boundary packed" RANK1_ARGS="--boundary summed" \
@@ -118,7 +125,7 @@ expect_out "stage 1 (peak activations"
 run "$BIN/pmamba-train" "${common[@]}" --pp 2 --schedule zb; expect_code 2
 run "$BIN/pmamba-train" "${common[@]}" --pp 9 --steps 1; expect_code 2; expect_err "more than allowed"
 run "$BIN/pmamba-train" --preset tiny --data induction --task-vocab 100 --steps 1; expect_code 2; expect_err "needs a vocabulary of 100"
-run "$BIN/pmamba-train" --preset tiny --data /nonexistent/file.txt --steps 1; expect_code 2; expect_err "cannot open data file"
+run "$BIN/pmamba-train" --preset tiny --data /nonexistent/file.txt --steps 1; expect_code 2; expect_err "cannot use data file"
 run "$BIN/pmamba-train" "${common[@]}" --pp 2 --steps 1 --device cpu --backend nccl; expect_code 2
 expect_err "--backend nccl needs --device cuda"
 run "$BIN/pmamba-train" "${common[@]}" --steps 1 --device tpu; expect_code 2; expect_err "unknown device 'tpu'"

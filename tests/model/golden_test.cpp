@@ -16,13 +16,8 @@
 namespace pmamba::model {
 namespace {
 
-std::string fixture(const std::string& name) {
-  const char* src = std::getenv("PMAMBA_SOURCE_DIR");
-  return std::string(src ? src : PMAMBA_TEST_SOURCE_DIR) + "/tests/fixtures/" + name;
-}
-
 void check_fixture(const std::string& file) {
-  const std::string path = fixture(file);
+  const std::string path = test::fixture(file);
   const MambaConfig c = config_from_json_string(ckpt::read_tensor_file_attr(path, "config"));
   MambaLM m(c, whole_model(c.n_layer));
   const auto stored = ckpt::list_tensor_file(path, "/weights");

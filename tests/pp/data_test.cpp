@@ -76,7 +76,7 @@ TEST(Data, TextIsNextBytePrediction) {
   o.seq_len = 1000;
   PMAMBA_EXPECT_THROW_WITH(make_data(o), UsageError, "fewer than --seq-len + 1");
   o.source = "text:" + dir + "/missing.txt";
-  PMAMBA_EXPECT_THROW_WITH(make_data(o), UsageError, "cannot open data file");
+  PMAMBA_EXPECT_THROW_WITH(make_data(o), UsageError, "cannot use data file");
   test::remove_tree(dir);
 }
 

@@ -1,0 +1,313 @@
+#include "src/pp/plan.h"
+
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <thread>
+#include <type_traits>
+
+#include "src/ckpt/errors.h"
+#include "src/ckpt/fs.h"
+#include "src/ckpt/resources.h"
+#include "src/model/errors.h"
+#include "src/model/fqn.h"
+#include "src/pp/data.h"
+#include "src/pp/device.h"
+#include "src/pp/errors.h"
+#include "src/pp/handshake.h"
+#include "src/pp/schedule.h"
+
+namespace pmamba::pp {
+
+using ojson = nlohmann::ordered_json;
+
+namespace {
+
+std::string show(const std::string& v) { return "'" + v + "'"; }
+std::string show(double v) { return format_real(v); }
+template <typename T, typename = std::enable_if_t<std::is_integral_v<T>>>
+std::string show(T v) {
+  return std::to_string(v);
+}
+
+void require(bool ok, const std::string& option, const std::string& must, const std::string& found) {
+  if (!ok) throw UsageError(option + " must be " + must + ", found " + found);
+}
+
+void check_real(double v, const char* option, double lo, bool open_lo, double hi, bool open_hi) {
+  const bool ok = std::isfinite(v) && (open_lo ? v > lo : v >= lo) && (open_hi ? v < hi : v <= hi);
+  std::string range = std::string(open_lo ? "(" : "[") + format_real(lo) + ", " +
+                      (std::isinf(hi) ? "inf" : format_real(hi)) + (open_hi ? ")" : "]");
+  require(ok, option, "a finite number in " + range, format_real(v));
+}
+
+}  // namespace
+
+model::MambaConfig load_config_file(const std::string& path) {
+  std::string text;
+  try {
+    text = ckpt::fs::read_file(path, int64_t{1} << 20);
+  } catch (const ckpt::Error& e) {
+    throw model::ConfigError(std::string("config: cannot read '") + path + "': " + e.what());
+  }
+  try {
+    return model::config_from_json_string(text);
+  } catch (const model::ConfigError& e) {
+    throw model::ConfigError(std::string(e.what()) + " (in '" + path + "')");
+  }
+}
+
+void check_train_options(const TrainOptions& o) {
+  const double inf = HUGE_VAL;
+  require(o.pp >= 1 && o.pp <= 4096, "--pp", "in [1, 4096]", std::to_string(o.pp));
+  require(o.microbatches >= 1 && o.microbatches <= (1 << 20), "--microbatches", "in [1, 1048576]", std::to_string(o.microbatches));
+  require(o.microbatch_size >= 1 && o.microbatch_size <= (1 << 20), "--microbatch-size", "in [1, 1048576]",
+          std::to_string(o.microbatch_size));
+  require(o.steps >= 1, "--steps", ">= 1", std::to_string(o.steps));
+  require(o.stop_after >= 0, "--stop-after", ">= 0 (0: run to --steps)", std::to_string(o.stop_after));
+  require(o.warmup >= 0, "--warmup", ">= 0", std::to_string(o.warmup));
+  require(o.ckpt_every >= 0, "--ckpt-every", ">= 0 (0: only at the end)", std::to_string(o.ckpt_every));
+  require(o.keep_last >= 0, "--keep-last", ">= 0 (0: keep every checkpoint)", std::to_string(o.keep_last));
+  require(o.data.seq_len >= 0, "--seq-len", ">= 0 (0: the task's default)", std::to_string(o.data.seq_len));
+  require(o.data.copy_tokens >= 0, "--copy-tokens", ">= 0", std::to_string(o.data.copy_tokens));
+  require(o.data.copy_slots >= 0, "--copy-slots", ">= 0", std::to_string(o.data.copy_slots));
+  require(o.data.task_vocab >= 0, "--task-vocab", ">= 0", std::to_string(o.data.task_vocab));
+  check_real(o.lr, "--lr", 0, false, inf, false);
+  check_real(o.min_lr, "--min-lr", 0, false, std::isfinite(o.lr) ? o.lr : inf, false);
+  check_real(o.clip, "--clip", 0, false, inf, false);
+  check_real(o.adamw.beta1, "--beta1", 0, false, 1, true);
+  check_real(o.adamw.beta2, "--beta2", 0, false, 1, true);
+  check_real(o.adamw.eps, "AdamW eps", 0, true, inf, false);
+  check_real(o.adamw.weight_decay, "--weight-decay", 0, false, inf, false);
+  check_timeout(o.timeout_s);
+  ckpt::check_threads(o.threads);
+  try {
+    ckpt::Compression::parse(o.compression);
+  } catch (const ckpt::UsageError& e) {
+    throw UsageError(std::string("--compression: ") + e.what());
+  }
+  if (o.resume == "auto" && o.ckpt_dir.empty()) {
+    throw UsageError("--resume auto resumes the newest checkpoint in --ckpt-dir; give --ckpt-dir");
+  }
+  if (!o.metrics_path.empty()) {
+    const std::string dir = ckpt::fs::parent(o.metrics_path);
+    if (!ckpt::fs::is_dir(dir) || ::access(dir.c_str(), W_OK) != 0) {
+      throw UsageError("--metrics '" + o.metrics_path + "': the directory '" + dir + "' does not exist or is not writable");
+    }
+  }
+}
+
+namespace {
+
+// A resumed run is the same run: what its checkpoint recorded about it (LR schedule, optimizer,
+// clipping, seed, data, global batch) is kept. An option not given takes the checkpoint's value,
+// so `--resume DIR --pp 3` alone continues the run; one given with a different value is an error
+// rather than being silently ignored or silently changing a run half-way. How the batch is
+// computed (schedule, microbatch split, autocast) defaults to the checkpoint's and may change.
+// The data is the same data: a file source is compared by content, so it may have moved but
+// not changed. Checkpoints from `pmamba-ckpt init` record none of this: the command line decides.
+void restore_run_settings(TrainOptions& o, const ojson& t, const std::string& dir) {
+  auto keep = [&](const char* option, auto& value, const ojson& parent, const char* key) {
+    using T = std::decay_t<decltype(value)>;
+    if (!parent.is_object() || !parent.contains(key)) return;
+    const T was = parent.at(key).get<T>();
+    if (o.given.count(option) != 0 && !(value == was)) {
+      throw UsageError("--" + std::string(option) + " " + show(value) + " differs from the run resumed from '" + dir +
+                       "' (" + show(was) + "); a resumed run keeps its settings: leave --" + option +
+                       " out, or start a new run");
+    }
+    value = was;
+  };
+  auto prefer = [&](const char* option, auto& value, const ojson& parent, const char* key) {
+    using T = std::decay_t<decltype(value)>;
+    if (o.given.count(option) == 0 && parent.is_object() && parent.contains(key)) value = parent.at(key).get<T>();
+  };
+  const ojson none;
+  auto part = [&](const char* key) -> const ojson& { return t.contains(key) ? t.at(key) : none; };
+  keep("seed", o.seed, t, "seed");
+  const ojson& lr = part("lr_schedule");
+  keep("lr", o.lr, lr, "lr");
+  keep("min-lr", o.min_lr, lr, "min_lr");
+  keep("warmup", o.warmup, lr, "warmup");
+  keep("steps", o.steps, lr, "steps");
+  const ojson& opt = part("optimizer");
+  keep("beta1", o.adamw.beta1, opt, "beta1");
+  keep("beta2", o.adamw.beta2, opt, "beta2");
+  keep("eps", o.adamw.eps, opt, "eps");
+  keep("weight-decay", o.adamw.weight_decay, opt, "weight_decay");
+  keep("clip", o.clip, opt, "clip");
+  const ojson& data = part("data");
+  if (data.is_object() && data.contains("source")) {
+    const std::string was = data.at("source").get<std::string>();
+    // A file given again under another name is the same data when its content is (checked
+    // against the recorded content once the source is read).
+    const bool moved = o.given.count("data") != 0 && o.data.source != was && data_kind(o.data.source) == data_kind(was) &&
+                       (data_kind(was) == "text" || data_kind(was) == "tokens") && data.contains("content");
+    if (!moved) keep("data", o.data.source, data, "source");
+  }
+  keep("seq-len", o.data.seq_len, data, "seq_len");
+  keep("copy-tokens", o.data.copy_tokens, data, "copy_tokens");
+  keep("copy-slots", o.data.copy_slots, data, "copy_slots");
+  keep("task-vocab", o.data.task_vocab, data, "task_vocab");
+  if (data.is_object()) o.data.seed = data.value("seed", o.data.seed);
+  const ojson& batch = part("batch");
+  prefer("microbatches", o.microbatches, batch, "microbatches");
+  prefer("microbatch-size", o.microbatch_size, batch, "microbatch_size");
+  prefer("schedule", o.schedule, batch, "schedule");
+  prefer("autocast", o.autocast, batch, "autocast");
+  if (batch.is_object() && batch.contains("samples_per_step")) {
+    const int64_t was = batch.at("samples_per_step").get<int64_t>();
+    const int64_t now = static_cast<int64_t>(o.microbatches) * o.microbatch_size;
+    if (now != was) {
+      throw UsageError("--microbatches " + std::to_string(o.microbatches) + " x --microbatch-size " +
+                       std::to_string(o.microbatch_size) + " = " + std::to_string(now) +
+                       " samples per step, but the run resumed from '" + dir + "' takes " + std::to_string(was) +
+                       "; a resumed run may split its batch differently, not change its size");
+    }
+  }
+}
+
+std::string content_text(const ojson& c) {
+  if (!c.is_object()) return "unknown content";
+  return std::to_string(c.value("bytes", int64_t{-1})) + " bytes with xxh3-64 " + c.value("xxh3_64", std::string("?"));
+}
+
+}  // namespace
+
+std::vector<int64_t> stage_parameter_bytes(const model::MambaConfig& config, const std::vector<model::StageSpec>& stages) {
+  std::vector<int64_t> bytes(stages.size(), 0);
+  for (const auto& p : model::list_parameters(config)) {
+    const int s = model::owner_stage(p, stages);
+    bytes[static_cast<size_t>(s)] += p.numel() * 4;
+  }
+  return bytes;
+}
+
+TrainPlan plan_training(const TrainOptions& options, bool commits, int stage) {
+  check_train_options(options);
+  TrainPlan plan;
+  plan.o = options;
+  TrainOptions& o = plan.o;
+  // Where the run resumes from, and where it writes: --resume DIR without --ckpt-dir keeps
+  // writing into DIR's root.
+  std::string resume_dir, resume_root;
+  if (!o.resume.empty() && o.resume != "auto") {
+    resume_dir = ckpt::resolve_checkpoint_dir(o.resume, &plan.note);
+    resume_root = ckpt::parse_step_dir_name(ckpt::fs::basename(resume_dir)) >= 0 ? ckpt::fs::parent(resume_dir) : "";
+    if (o.ckpt_dir.empty()) {
+      if (resume_root.empty()) {
+        throw UsageError("--resume '" + o.resume + "' is a checkpoint outside any root; give --ckpt-dir for the new checkpoints");
+      }
+      o.ckpt_dir = resume_root;
+    }
+  }
+  const std::string& root = o.ckpt_dir;
+  if (!root.empty()) {
+    ckpt::check_output_location(root, resume_dir.empty() ? std::vector<std::string>{} : std::vector<std::string>{resume_dir},
+                                resume_root);
+    if (commits) {
+      plan.created_root = !ckpt::fs::exists(root);
+      const char* fd = std::getenv("PMAMBA_LOCK_FD");
+      plan.lock = fd ? ckpt::RootLock::adopt(std::atoi(fd), root) : ckpt::RootLock::acquire(root, "pmamba-train");
+    }
+  }
+  try {
+    if (o.resume == "auto") {
+      if (!ckpt::committed_checkpoints(root).empty()) {
+        resume_dir = ckpt::resolve_checkpoint_dir(root, &plan.note);
+        resume_root = root;
+      }
+    }
+    if (!resume_dir.empty()) plan.reader = std::make_unique<ckpt::CheckpointReader>(resume_dir);
+    if (plan.reader) {
+      const ckpt::Manifest& man = plan.reader->manifest();
+      plan.config = man.config;
+      if (!o.preset.empty() || !o.config_path.empty()) {
+        const model::MambaConfig asked = o.preset.empty() ? load_config_file(o.config_path) : model::preset(o.preset);
+        if (asked != plan.config) {
+          throw UsageError("the checkpoint '" + plan.reader->dir() + "' holds a different model than --preset/--config asks for");
+        }
+      }
+      const ojson& t = man.train;
+      plan.start_step = t.value("step", int64_t{0});
+      plan.samples = t.value("samples_consumed", int64_t{0});
+      plan.tokens = t.value("tokens_consumed", int64_t{0});
+      restore_run_settings(o, t, plan.reader->dir());
+      check_train_options(o);  // the restored values too
+      // A version-1 checkpoint has no run id: its continuation starts one.
+      plan.run_id = man.run_id;
+    } else {
+      if (o.preset.empty() == o.config_path.empty()) throw UsageError("give exactly one of --preset or --config");
+      plan.config = o.preset.empty() ? load_config_file(o.config_path) : model::preset(o.preset);
+      o.data.seed = o.data.seed ? o.data.seed : o.seed;
+    }
+    if (plan.run_id.empty()) {
+      const char* given = std::getenv("PMAMBA_RUN_ID");  // the launcher's plan drew it
+      plan.run_id = given && ckpt::is_run_id(given) ? given : ckpt::new_run_id();
+    }
+    // A root belongs to one run: a new run does not write into another run's checkpoints, nor
+    // does a resumed run into a third root that holds another run's.
+    if (!root.empty() && !ckpt::committed_checkpoints(root).empty()) {
+      const std::string owner = ckpt::root_run_id(root);
+      const bool same = plan.reader && (owner == plan.run_id || (owner.empty() && root == resume_root));
+      if (!same && !o.overwrite) {
+        throw UsageError("--ckpt-dir '" + root + "' holds checkpoints of another run (" +
+                         (owner.empty() ? std::string("a version-1 run") : "run " + owner) +
+                         "): continue it with --resume auto, replace it with --overwrite (its checkpoints are "
+                         "deleted after this run's first commit), or write elsewhere");
+      }
+    }
+    parse_autocast(o.autocast);
+    plan.stages = model::make_stages(plan.config.n_layer, o.pp, o.partition);
+    check_schedule(make_schedule(o.schedule, o.pp, o.microbatches));
+    const std::unique_ptr<DataSource> data = make_data(o.data);
+    if (data->vocab_needed() > plan.config.vocab_size) {
+      throw UsageError(data->describe() + " needs a vocabulary of " + std::to_string(data->vocab_needed()) +
+                       " but the model has vocab_size " + std::to_string(plan.config.vocab_size));
+    }
+    plan.data_content = data->content();
+    if (plan.reader) {
+      const ojson& t = plan.reader->manifest().train;
+      if (t.contains("data") && t.at("data").contains("content") && t.at("data").at("content") != plan.data_content) {
+        throw UsageError("the data " + o.data.source + " is not what the run resumed from '" + plan.reader->dir() +
+                         "' trained on: it had " + content_text(t.at("data").at("content")) + ", now " +
+                         content_text(plan.data_content) + "; resume with the same data, or start a new run");
+      }
+    }
+    // What the machine must hold: each local stage's weights, gradients and two AdamW moments
+    // (float32), before activations.
+    const std::vector<int64_t> per_stage = stage_parameter_bytes(plan.config, plan.stages);
+    int64_t need = 0;
+    for (size_t s = 0; s < per_stage.size(); ++s) {
+      if (stage < 0 || static_cast<int>(s) == stage) need += 4 * per_stage[s];
+    }
+    ckpt::require_memory(need, std::string("training this model (weights, gradients and AdamW state of ") +
+                                   (stage < 0 ? "all its stages" : "stage " + std::to_string(stage)) +
+                                   " on this machine)");
+    if (commits && !root.empty()) {
+      int64_t raw = 0;
+      for (int64_t b : per_stage) raw += 3 * b;  // weights and two moments
+      const bool zstd = ckpt::Compression::parse(o.compression).zstd;
+      const int64_t want = zstd ? raw / 2 : raw;  // float32 compresses by 1.1-1.2x at best
+      const int64_t free = ckpt::fs::free_bytes(root);
+      if (free >= 0 && free < want) {
+        throw ckpt::ResourceError("--ckpt-dir '" + root + "' has " + ckpt::bytes_text(free) +
+                                  " free but one checkpoint of this run needs about " + ckpt::bytes_text(want) +
+                                  (zstd ? " (compressed)" : ""));
+      }
+    }
+  } catch (...) {
+    if (plan.created_root) {
+      plan.reader.reset();
+      try {
+        if (ckpt::root_is_empty(root)) ckpt::fs::remove_tree(root);
+      } catch (...) {
+      }
+    }
+    throw;
+  }
+  return plan;
+}
+
+}  // namespace pmamba::pp
