@@ -24,4 +24,14 @@ for comp in zstd:5 none; do
   expect_out "checked"
   cat "$T/out"
 done
+# A trained checkpoint (its training state has real numbers, covered by the manifest's digest),
+# and a version-1 checkpoint (variable-length strings) read the same way.
+run "$BIN/pmamba-train" --preset tiny --data selective-copy --steps 2 --pp 2 --ckpt-dir "$T/trained" --quiet
+expect_code 0
+for ckpt in "$T/trained" "$PMAMBA_SOURCE_DIR/tests/fixtures/v1-trained"; do
+  run "$VENV/bin/python" "$PMAMBA_SOURCE_DIR/tests/cli/read_with_h5py.py" "$ckpt"
+  expect_code 0
+  expect_out "checked"
+  cat "$T/out"
+done
 finish
