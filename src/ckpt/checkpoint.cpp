@@ -144,12 +144,13 @@ CommitResult commit_step_dir(const std::string& root, const std::string& tmp_dir
   try {
     std::vector<CommittedStep> mine;
     for (const auto& c : committed_checkpoints(root)) {
-      const bool other = !c.run_id.empty() && c.run_id != manifest.run_id;
-      if (other) {
-        if (options.remove_other_runs) fs::remove_tree(c.dir);
-      } else {
+      if (c.run_id == manifest.run_id) {
         mine.push_back(c);
-      }
+      } else if (options.remove_other_runs) {
+        fs::remove_tree(c.dir);  // the run this one replaces (version-1 checkpoints included)
+      } else if (c.run_id.empty()) {
+        mine.push_back(c);  // a version-1 checkpoint this run continues
+      }  // another run's: never touched
     }
     if (options.keep_last > 0 && static_cast<int>(mine.size()) > options.keep_last) {
       for (size_t i = 0; i + static_cast<size_t>(options.keep_last) < mine.size(); ++i) {

@@ -39,6 +39,17 @@ run "$BIN/pmamba-train" "${micro[@]}" --ckpt-dir "$T/fresh"; expect_code 0
 run "$BIN/pmamba-train" --resume "$FIX/v1-trained" --ckpt-dir "$T/from-v1" --quiet --timeout 5; expect_code 0
 run "$BIN/pmamba-ckpt" diff "$T/from-v1" "$T/fresh"; expect_code 0; expect_out "EQUAL"
 [ -e "$FIX/v1-trained/.pmamba-lock" ] && fail "resuming wrote into the fixture"
+# A root of version-1 checkpoints: --resume auto continues that run (its checkpoints are the
+# run's own for --keep-last); a new run refuses it, and --overwrite deletes them after its commit.
+cp -r "$FIX/v1-trained" "$T/v1a"
+run "$BIN/pmamba-train" --resume auto --ckpt-dir "$T/v1a" --keep-last 1 --quiet --timeout 5; expect_code 0
+[ "$(ls "$T/v1a" | grep -c '^step-')" = 1 ] || fail "--keep-last 1 kept $(ls "$T/v1a") in a version-1 root"
+cp -r "$FIX/v1-trained" "$T/v1b"
+run "$BIN/pmamba-train" "${micro[@]}" --stop-after 1 --ckpt-every 1 --ckpt-dir "$T/v1b"; expect_code 2
+expect_err_line "holds checkpoints of another run (a version-1 run)"
+run "$BIN/pmamba-train" "${micro[@]}" --stop-after 1 --ckpt-every 1 --ckpt-dir "$T/v1b" --overwrite; expect_code 0
+[ -e "$T/v1b/step-00000002" ] && fail "--overwrite left the version-1 run's checkpoint"
+[ "$(cat "$T/v1b/latest")" = step-00000001 ] || fail "--overwrite: latest is $(cat "$T/v1b/latest")"
 
 # --- manifests that cannot be right are refused before anything is loaded ---
 cp -r "$FIX/v1-trained" "$T/neg"; edit "$T/neg" 'j["train"]["step"] = -100'
