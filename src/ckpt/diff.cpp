@@ -260,7 +260,7 @@ void print_diff(const DiffReport& r, std::ostream& out, bool json, bool verbose)
       rows.push_back(x);
     }
     j["tensors"] = rows;
-    out << j.dump() << "\n";
+    out << j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace) << "\n";
     return;
   }
   out << "a: " << r.a << " (step " << r.step_a << ")\n";

@@ -11,6 +11,7 @@
 //   flock      flock fails with ENOLCK, as on a filesystem without locks
 //   step-dir   creating a step directory fails (the committing stage fails on its own)
 //   latest-write  writing `latest` fails after the step directory was renamed (disk full there)
+//   no-room    the filesystem of a checkpoint root reports 1 KiB free
 #pragma once
 
 #include <string>

@@ -14,7 +14,10 @@
 #include <cstdio>
 #include <cstring>
 
+#include <nlohmann/json.hpp>
+
 #include "src/ckpt/errors.h"
+#include "src/ckpt/fault.h"
 
 namespace pmamba::ckpt::fs {
 
@@ -271,6 +274,7 @@ std::string existing_ancestor(const std::string& path) {
 }  // namespace
 
 int64_t free_bytes(const std::string& path) {
+  if (fault_injected("no-room")) return 1024;
   struct statvfs st;
   if (::statvfs(existing_ancestor(path).c_str(), &st) != 0) return -1;
   return static_cast<int64_t>(st.f_bavail) * static_cast<int64_t>(st.f_frsize);
@@ -298,6 +302,16 @@ std::string filesystem_type(const std::string& path) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "type 0x%lx", static_cast<unsigned long>(st.f_type));
   return buf;
+}
+
+bool valid_utf8(const std::string& s) {
+  // Exactly what a JSON string may hold: the serializer's own check.
+  try {
+    (void)nlohmann::json(s).dump();
+    return true;
+  } catch (const nlohmann::json::type_error&) {
+    return false;
+  }
 }
 
 std::string printable(const std::string& s, size_t max) {

@@ -54,6 +54,9 @@ int64_t free_bytes(const std::string& path);
 /// The type of that filesystem, by name ("ext4", "nfs", "lustre", ...; "type 0x..." otherwise).
 std::string filesystem_type(const std::string& path);
 
+/// True when `s` is valid UTF-8 (what a JSON string must be).
+bool valid_utf8(const std::string& s);
+
 /// `s` as it can be shown in a message: printable ASCII as is, other bytes as \xNN (a NUL no
 /// longer cuts the message off), cut after `max` characters with "...".
 std::string printable(const std::string& s, size_t max = 120);

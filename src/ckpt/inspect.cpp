@@ -90,7 +90,7 @@ void print_info(const std::string& path, std::ostream& out, bool json) {
     }
     j["layout"] = stages;
     j["train"] = m.train;
-    out << j.dump() << "\n";
+    out << j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace) << "\n";
     return;
   }
   const auto& c = m.config;
@@ -144,7 +144,8 @@ void print_ls(const std::string& path, std::ostream& out, bool json, bool all) {
     }
   }
   if (json) {
-    out << ojson{{"checkpoint", dir}, {"step", m.step}, {"tensors", rows}}.dump() << "\n";
+    out << ojson{{"checkpoint", dir}, {"step", m.step}, {"tensors", rows}}.dump(-1, ' ', false, ojson::error_handler_t::replace)
+        << "\n";
     return;
   }
   for (const auto& r : rows) {

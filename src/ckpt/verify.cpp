@@ -94,7 +94,7 @@ void print_verify(const VerifyReport& r, std::ostream& out, bool json) {
     j["datasets_checked"] = r.datasets;
     j["bytes_checked"] = r.bytes;
     j["problems"] = r.problems;
-    out << j.dump() << "\n";
+    out << j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace) << "\n";
     return;
   }
   if (!r.note.empty()) out << "note: " << r.note << "\n";

@@ -87,6 +87,10 @@ void check_train_options(const TrainOptions& o) {
   } catch (const ckpt::UsageError& e) {
     throw UsageError(std::string("--compression: ") + e.what());
   }
+  if (!ckpt::fs::valid_utf8(o.data.source)) {
+    throw UsageError("--data '" + ckpt::fs::printable(o.data.source) +
+                     "' is not valid UTF-8; checkpoints record the data source as JSON text");
+  }
   if (o.resume == "auto" && o.ckpt_dir.empty()) {
     throw UsageError("--resume auto resumes the newest checkpoint in --ckpt-dir; give --ckpt-dir");
   }

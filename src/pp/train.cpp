@@ -170,7 +170,7 @@ void Rank::setup() {
     h["resumed_from"] = resumed_from_.empty() ? ojson(nullptr) : ojson(resumed_from_);
     h["pp"] = o_.pp;
     h["partition"] = model::partition_string(stages_);
-    *metrics_ << h.dump() << "\n";
+    *metrics_ << h.dump(-1, ' ', false, ojson::error_handler_t::replace) << "\n";
     metrics_->flush();
   }
 }

@@ -47,8 +47,11 @@ run "$BIN/pmamba-ckpt" init "$T/I" --preset tiny --seed 3; expect_code 0
 [ "$(run_id "$T/I")" != "$(run_id "$T/R")" ] || fail "init did not start a run of its own"
 
 # --- a new run into another run's root is refused; --resume auto continues it; --overwrite replaces it ---
-run "$BIN/pmamba-train" "${common[@]}" --steps 6 --stop-after 3 --ckpt-every 1 --ckpt-dir "$T/A"; expect_code 0
+run "$BIN/pmamba-train" "${common[@]}" --steps 6 --stop-after 3 --ckpt-every 1 --ckpt-dir "$T/A" --metrics "$T/a.jsonl"
+expect_code 0
 RID=$(run_id "$T/A")
+[ "$(python3 -c 'import json, sys; print(json.loads(open(sys.argv[1]).readline())["run_id"])' "$T/a.jsonl")" = "$RID" ] ||
+    fail "the metrics header does not carry the run id $RID: $(head -1 "$T/a.jsonl")"
 run "$BIN/pmamba-train" "${common[@]}" --steps 6 --seed 9 --ckpt-dir "$T/A"; expect_code 2
 expect_err_line "holds checkpoints of another run (run $RID)"
 run "$BIN/pmamba-train" "${common[@]}" --resume auto --ckpt-dir "$T/A"; expect_code 0

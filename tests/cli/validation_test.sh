@@ -49,6 +49,11 @@ run timeout 60 "$BIN/pmamba-ckpt" init "$T/huge" --config "$T/huge.json"; expect
 [ -e "$T/huge" ] && fail "a refused init created its output"
 run timeout 60 "$BIN/pmamba-eval" --config "$T/huge.json" --tokens 1,2; expect_code 2; expect_err_line "needs "
 
+# The checkpoint root must have room for one checkpoint (an estimate from the layout).
+PMAMBA_FAULT=no-room run "$BIN/pmamba-train" "${common[@]}" --data selective-copy --steps 2 --pp 2 --ckpt-dir "$T/full"
+expect_code 2; expect_err_line "has 1024 bytes (1.0 KiB) free but one checkpoint of this run needs about"
+[ -e "$T/full" ] && fail "a refused run created its checkpoint root"
+
 # Evaluation and the checkpoint tools check theirs the same way.
 run "$BIN/pmamba-eval" --preset tiny --data selective-copy --first-sample -1; expect_code 2; expect_err_line "--first-sample must be >= 0"
 run "$BIN/pmamba-eval" --preset tiny --data selective-copy --samples 0; expect_code 2; expect_err_line "--samples must be >= 1"
@@ -80,6 +85,14 @@ expect_err "it had 4001 bytes with xxh3-64"
 # The same bytes under another name are the same data.
 run "$BIN/pmamba-train" --resume "$T/t" --data "text:$T/moved.txt" --ckpt-dir "$T/t3" --quiet --timeout 5; expect_code 0
 [ "$(cat "$T/t3/latest")" = step-00000004 ] || fail "the resume from a moved data file did not finish"
+# A data path that is not UTF-8 cannot be recorded in a checkpoint's JSON: refused up front.
+cp "$T/moved.txt" "$T/"$'\xff'"name.txt"
+run "$BIN/pmamba-train" --preset small --data "text:$T/"$'\xff'"name.txt" --seq-len 16 --steps 1 --quiet; expect_code 2
+expect_err_line "is not valid UTF-8"
+# JSON reports of a checkpoint whose path is not UTF-8 are still JSON.
+cp -r "$T/t" "$T/"$'\xfe'"ckpt"
+run "$BIN/pmamba-ckpt" verify "$T/"$'\xfe'"ckpt" --json; expect_code 0
+python3 -c 'import json, sys; json.loads(open(sys.argv[1], "rb").read().decode("utf-8"))' "$T/out" || fail "verify --json is not JSON"
 # Stages reading different files fail the handshake, whatever the file names.
 printf 'abcdefgh%.0s' $(seq 1 500) > "$T/one.txt"; printf 'hgfedcba%.0s' $(seq 1 500) > "$T/two.txt"
 RANK0_ARGS="--data text:$T/one.txt" RANK1_ARGS="--data text:$T/two.txt" \
