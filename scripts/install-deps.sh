@@ -15,6 +15,11 @@ packages=(
   python3-torch  # torchrun, for the test that launches pmamba-train under it
 )
 
+# `make fuzz`: clang with its libFuzzer and sanitizer runtimes.
+if [[ "${1:-}" == "--fuzz" ]]; then
+  packages=(clang libclang-rt-dev)
+fi
+
 missing=()
 for p in "${packages[@]}"; do
   status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)

@@ -47,20 +47,28 @@ std::string shown(const HeaderField& f, int64_t v, const char* text_placeholder)
 
 }  // namespace
 
+void compare_headers(const std::vector<HeaderField>& fields, const int64_t* theirs, size_t n, int rank, int peer) {
+  if (n != fields.size()) {
+    throw PipelineError("handshake with stage " + std::to_string(peer) + " failed: its header has " + std::to_string(n) +
+                        " fields, stage " + std::to_string(rank) + " expects " + std::to_string(fields.size()) +
+                        " (another pmamba version?)");
+  }
+  for (size_t i = 0; i < n; ++i) {
+    const HeaderField& f = fields[i];
+    const int64_t a = f.value, b = theirs[i];
+    if (a == b) continue;
+    throw PipelineError("handshake with stage " + std::to_string(peer) + " failed: " + f.name + " differs (stage " +
+                        std::to_string(rank) + " has " + shown(f, a, "one value") + ", stage " + std::to_string(peer) +
+                        " has " + shown(f, b, "another value") + "); all stages must be started with the same options");
+  }
+}
+
 void exchange_headers(Transport& tx, const std::vector<HeaderField>& fields, int tag_down, int tag_up) {
   const int64_t n = static_cast<int64_t>(fields.size());
   at::Tensor mine = at::empty({n}, at::kLong);  // (fields,)
   for (int64_t i = 0; i < n; ++i) mine[i] = fields[static_cast<size_t>(i)].value;
   auto compare = [&](const at::Tensor& theirs, int peer) {
-    for (int64_t i = 0; i < n; ++i) {
-      const HeaderField& f = fields[static_cast<size_t>(i)];
-      const int64_t a = f.value, b = theirs[i].item<int64_t>();
-      if (a == b) continue;
-      throw PipelineError("handshake with stage " + std::to_string(peer) + " failed: " + f.name + " differs (stage " +
-                          std::to_string(tx.rank()) + " has " + shown(f, a, "one value") + ", stage " +
-                          std::to_string(peer) + " has " + shown(f, b, "another value") +
-                          "); all stages must be started with the same options");
-    }
+    compare_headers(fields, theirs.data_ptr<int64_t>(), static_cast<size_t>(theirs.numel()), tx.rank(), peer);
   };
   const int rank = tx.rank(), world = tx.world();
   if (rank + 1 < world) tx.isend(mine, rank + 1, tag_down, "handshake");

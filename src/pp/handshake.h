@@ -24,6 +24,11 @@ struct HeaderField {
   static HeaderField text(std::string name, const std::string& v);
 };
 
+/// Compares a header received from stage `peer` (`n` int64 values) with this stage's fields;
+/// throws PipelineError naming the first field that differs and both values (a header of the
+/// wrong length is refused too).
+void compare_headers(const std::vector<HeaderField>& fields, const int64_t* theirs, size_t n, int rank, int peer);
+
 /// Exchanges `fields` with stage rank-1 and rank+1 (tags `tag_down` for messages travelling to
 /// higher ranks, `tag_up` for the others) and throws PipelineError on the first difference.
 /// Every stage must pass the same field names in the same order.
