@@ -17,7 +17,8 @@ inline bool bitwise_equal(const at::Tensor& a, const at::Tensor& b) {
   if (!a.defined()) return true;
   if (a.scalar_type() != b.scalar_type() || a.sizes() != b.sizes()) return false;
   const at::Tensor ca = a.detach().cpu().contiguous(), cb = b.detach().cpu().contiguous();
-  return std::memcmp(ca.data_ptr(), cb.data_ptr(), ca.nbytes()) == 0;
+  // An empty tensor may have no storage at all (a null data pointer memcmp must not see).
+  return ca.nbytes() == 0 || std::memcmp(ca.data_ptr(), cb.data_ptr(), ca.nbytes()) == 0;
 }
 
 /// Max |a - b| in float64 (for tolerance checks and failure messages).

@@ -7,6 +7,7 @@
 namespace pmamba::ckpt {
 
 void shuffle_bytes(const uint8_t* in, uint8_t* out, size_t bytes, size_t elem_size) {
+  if (bytes == 0) return;  // an empty tensor's pointers may be null
   if (elem_size <= 1) {
     std::memcpy(out, in, bytes);
     return;
@@ -22,6 +23,7 @@ void shuffle_bytes(const uint8_t* in, uint8_t* out, size_t bytes, size_t elem_si
 }
 
 void unshuffle_bytes(const uint8_t* in, uint8_t* out, size_t bytes, size_t elem_size) {
+  if (bytes == 0) return;
   if (elem_size <= 1) {
     std::memcpy(out, in, bytes);
     return;
