@@ -15,6 +15,13 @@
 
 namespace pmamba::ckpt::h5 {
 
+/// What H5Literate passes a callback about a link (the struct was renamed in HDF5 1.12).
+#if H5_VERSION_GE(1, 12, 0)
+using LinkInfo = H5L_info2_t;
+#else
+using LinkInfo = H5L_info_t;
+#endif
+
 class Handle {
  public:
   Handle() = default;

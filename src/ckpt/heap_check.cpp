@@ -116,18 +116,12 @@ void check_heaps_in(const std::function<size_t(int64_t, uint8_t*, size_t)>& read
 
 namespace {
 
-#if H5_VERSION_GE(1, 12, 0)
-using LinkInfo = H5L_info2_t;
-#else
-using LinkInfo = H5L_info_t;
-#endif
-
 struct ExtentVisit {
   std::vector<Extent> extents;
   std::string error;
 };
 
-herr_t collect_extents(hid_t group, const char* name, const LinkInfo* info, void* data) {
+herr_t collect_extents(hid_t group, const char* name, const h5::LinkInfo* info, void* data) {
   auto* v = static_cast<ExtentVisit*>(data);
   if (info->type != H5L_TYPE_HARD) return 0;
   const hid_t obj = H5Oopen(group, name, H5P_DEFAULT);

@@ -449,18 +449,12 @@ ShardReader::ShardReader(const std::string& path) : path_(path) {
 
 namespace {
 
-#if H5_VERSION_GE(1, 12, 0)
-using LinkInfo = H5L_info2_t;
-#else
-using LinkInfo = H5L_info_t;
-#endif
-
 struct VisitState {
   std::vector<std::string> datasets;
   std::vector<std::string> others;  // unexpected non-group objects
 };
 
-herr_t visit_link(hid_t group, const char* name, const LinkInfo* info, void* data) {
+herr_t visit_link(hid_t group, const char* name, const h5::LinkInfo* info, void* data) {
   auto* st = static_cast<VisitState*>(data);
   if (info->type != H5L_TYPE_HARD) return 0;  // soft/external links: alias conveniences
   const hid_t obj = H5Oopen(group, name, H5P_DEFAULT);

@@ -70,6 +70,15 @@ void receive(std::string tool) {
   }
 }
 
+sigset_t stop_signal_set() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGUSR1);
+  return set;
+}
+
 }  // namespace
 
 void install_stop_signals(const std::string& tool) {
@@ -86,20 +95,12 @@ void install_stop_signals(const std::string& tool) {
   if (::sigaction(SIGINT, nullptr, &old) == 0 && old.sa_handler != SIG_IGN) ::sigaction(SIGINT, &sa, nullptr);
   // The local launcher starts its stages with these blocked (a request forwarded while a stage
   // is still loading stays pending); with the handler in place it may arrive now.
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGUSR1);
+  const sigset_t set = stop_signal_set();
   ::pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
 }
 
 void block_stop_signals() {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGUSR1);
+  const sigset_t set = stop_signal_set();
   ::pthread_sigmask(SIG_BLOCK, &set, nullptr);
 }
 

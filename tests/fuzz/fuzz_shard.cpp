@@ -43,13 +43,7 @@ std::vector<Template> g_templates;
 
 // A micro model at PP 2 with (zero) AdamW state and tied embeddings, written by pmamba.
 Template make_template(const std::string& name, const std::string& compression) {
-  model::MambaConfig c;
-  c.d_model = 8;
-  c.n_layer = 2;
-  c.vocab_size = 16;
-  c.d_state = 2;
-  c.dt_rank = c.dt_rank_value();
-  c.validate();
+  const model::MambaConfig c = fuzz::micro_config(2);
   const auto stages = model::make_stages(c.n_layer, 2, "");
   ckpt::SaveOptions o;
   o.write.compression = ckpt::Compression::parse(compression);

@@ -22,12 +22,7 @@ std::string g_manifest;  // a one-stage micro checkpoint's manifest
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
   ckpt::h5::Silence quiet;
   ckpt::register_zstd_filter();
-  model::MambaConfig c;
-  c.d_model = 8;
-  c.n_layer = 1;
-  c.vocab_size = 16;
-  c.d_state = 2;
-  c.dt_rank = c.dt_rank_value();
+  const model::MambaConfig c = fuzz::micro_config(1);
   const auto stages = model::make_stages(c.n_layer, 1, "");
   ckpt::SaveOptions o;
   o.write.compression = ckpt::Compression::parse("zstd:1");

@@ -20,6 +20,7 @@
 
 #include "src/ckpt/errors.h"
 #include "src/ckpt/fs.h"
+#include "src/model/config.h"
 #include "src/model/errors.h"
 #include "src/pp/errors.h"
 
@@ -69,6 +70,19 @@ class Input {
 };
 
 /// A fresh, empty scratch directory for this process (under TMPDIR, /dev/shm when unset).
+/// The smallest model the shard targets write (d_model 8, d_state 2, vocab 16): checkpoints of
+/// a few KiB, so each input can write, read and verify one.
+inline model::MambaConfig micro_config(int n_layer) {
+  model::MambaConfig c;
+  c.d_model = 8;
+  c.n_layer = n_layer;
+  c.vocab_size = 16;
+  c.d_state = 2;
+  c.dt_rank = c.dt_rank_value();
+  c.validate();
+  return c;
+}
+
 inline std::string scratch(const std::string& name) {
   static const std::string base = [] {
     const char* t = std::getenv("TMPDIR");
