@@ -64,7 +64,8 @@ int run_reshard_bench(const ReshardBenchOptions& o) {
     const std::string step = ckpt::resolve_checkpoint_dir(src);
     bytes[comp] = static_cast<double>(ckpt::CheckpointReader(src).manifest().total_raw_bytes());
     std::fprintf(stderr, "%s: %.3f GB raw at PP 4\n", comp.c_str(), bytes[comp] / 1e9);
-    const std::vector<std::string> jobs = {"cp", "pp3", "pp1"};
+    // pp1nv: the same reshard with --no-verify, to show what verifying the copy costs.
+    const std::vector<std::string> jobs = {"cp", "pp3", "pp1", "pp1nv"};
     for (int r = 0; r < o.repeats; ++r) {
       for (size_t k = 0; k < jobs.size(); ++k) {
         const std::string job = jobs[(k + static_cast<size_t>(r)) % jobs.size()];
@@ -76,8 +77,10 @@ int run_reshard_bench(const ReshardBenchOptions& o) {
           // cp -r then sync, as a reshard fsyncs what it writes.
           res = run_child({"sh", "-c", "cp -r '" + step + "' '" + out + "' && sync -f '" + out + "'"});
         } else {
-          res = run_child({o.reshard_bin, step, out, "--pp", job == "pp3" ? "3" : "1", "--quiet", "--threads",
-                           std::to_string(o.threads)});
+          std::vector<std::string> argv = {o.reshard_bin, step, out, "--pp", job == "pp3" ? "3" : "1", "--quiet",
+                                           "--threads", std::to_string(o.threads)};
+          if (job == "pp1nv") argv.push_back("--no-verify");
+          res = run_child(argv);
         }
         if (res.status != 0) throw std::runtime_error(job + " failed");
         const std::string key = job + "_" + comp;
@@ -102,7 +105,7 @@ int run_reshard_bench(const ReshardBenchOptions& o) {
     j[k + "_min_s"] = *std::min_element(v.begin(), v.end());
   }
   for (const std::string comp : {"none", "zstd:1"}) {
-    for (const std::string job : {"pp3", "pp1"}) {
+    for (const std::string job : {"pp3", "pp1", "pp1nv"}) {
       j[job + "_" + comp + "_vs_cp"] = median(t["cp_" + comp]) / median(t[job + "_" + comp]);
       j[job + "_" + comp + "_peak_rss_mb"] = median(peak[job + "_" + comp]);
     }

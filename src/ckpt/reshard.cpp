@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+
 #include "src/ckpt/checkpoint.h"
 #include "src/ckpt/errors.h"
 #include "src/ckpt/fs.h"
@@ -65,10 +67,14 @@ ReshardResult reshard(const ReshardOptions& o) {
     throw;
   }
 
-  int64_t total = 0, done = 0;
+  int64_t total = 0, done = 0, largest = 0;
   for (const auto& t : src.tensors) {
-    for (const auto& kv : t.slots) total += kv.second.raw_bytes;
+    for (const auto& kv : t.slots) {
+      total += kv.second.raw_bytes;
+      largest = std::max(largest, kv.second.raw_bytes);
+    }
   }
+  ScratchBuffer scratch;
   const std::vector<model::ParamInfo> params = model::list_parameters(config);
   ReshardResult result;
   std::string tmp;
@@ -115,15 +121,17 @@ ReshardResult reshard(const ReshardOptions& o) {
           if (same_encoding && !o.verify) {
             writer.copy(reader, info);
             ++result.copied;
+          } else if (same_encoding) {
+            // Decoded into one reused buffer (the copy does not need the tensor): peak memory
+            // stays one tensor, and fresh memory is touched once.
+            at::Tensor t = scratch.view(se.shape, dtype_from_name(se.dtype), largest, "verifying '" + p.fqn + "'");
+            in.read(p.fqn, slot, t);  // decodes and checks the digest
+            writer.copy(reader, info);
+            ++result.copied;
           } else {
             at::Tensor t = in.read(p.fqn, slot);  // decodes and checks the digest
-            if (same_encoding) {
-              writer.copy(reader, info);
-              ++result.copied;
-            } else {
-              writer.add(TensorToSave{p.fqn, slot, t});
-              ++result.reencoded;
-            }
+            writer.add(TensorToSave{p.fqn, slot, t});
+            ++result.reencoded;
           }
           done += se.raw_bytes;
           if (o.progress) o.progress(done, total);
@@ -131,6 +139,7 @@ ReshardResult reshard(const ReshardOptions& o) {
       }
       writer.finish();
     }
+    scratch.release();  // before verify_contents takes its own
     result.manifest = build_manifest(tmp, run_id, config, stages, src.step, target, src.has_optimizer, src.train);
     if (o.verify) {  // the output is checked before it is committed
       VerifyReport report;

@@ -64,4 +64,17 @@ at::Tensor allocate(const std::vector<int64_t>& shape, at::ScalarType dtype, con
   }
 }
 
+at::Tensor ScratchBuffer::view(const std::vector<int64_t>& shape, at::ScalarType dtype, int64_t reserve,
+                               const std::string& what) {
+  const int64_t numel = checked_numel(shape, what);
+  const int64_t elem = static_cast<int64_t>(c10::elementSize(dtype));
+  if (numel > INT64_MAX / std::max<int64_t>(elem, 1)) throw FormatError(what + " declares an absurd shape");
+  const int64_t bytes = numel * elem;
+  if (!bytes_.defined() || bytes_.numel() < bytes) {
+    bytes_ = at::Tensor();  // the old buffer goes first
+    bytes_ = allocate({std::max(bytes, reserve)}, at::kByte, what);
+  }
+  return at::from_blob(bytes_.data_ptr(), shape, at::TensorOptions().dtype(dtype));
+}
+
 }  // namespace pmamba::ckpt

@@ -29,4 +29,17 @@ void check_threads(int threads, const std::string& option = "--threads");
 /// memory) becomes the same ResourceError.
 at::Tensor allocate(const std::vector<int64_t>& shape, at::ScalarType dtype, const std::string& what);
 
+/// One buffer that many reads take turns in: view() returns a tensor of `shape` and `dtype`
+/// over it, growing it (through allocate) to `reserve` bytes the first time, or to what the
+/// view needs when that is more. A view is valid until the next view() call.
+class ScratchBuffer {
+ public:
+  at::Tensor view(const std::vector<int64_t>& shape, at::ScalarType dtype, int64_t reserve, const std::string& what);
+  /// Frees the buffer (views taken from it must be gone).
+  void release() { bytes_ = at::Tensor(); }
+
+ private:
+  at::Tensor bytes_;  // (capacity,) uint8
+};
+
 }  // namespace pmamba::ckpt
