@@ -49,11 +49,19 @@ void check_threads(int threads, const std::string& option) {
   }
 }
 
-at::Tensor allocate(const std::vector<int64_t>& shape, at::ScalarType dtype, const std::string& what) {
+namespace {
+
+int64_t checked_bytes(const std::vector<int64_t>& shape, at::ScalarType dtype, const std::string& what) {
   const int64_t numel = checked_numel(shape, what);
   const int64_t elem = static_cast<int64_t>(c10::elementSize(dtype));
   if (numel > INT64_MAX / std::max<int64_t>(elem, 1)) throw FormatError(what + " declares an absurd shape");
-  const int64_t bytes = numel * elem;
+  return numel * elem;
+}
+
+}  // namespace
+
+at::Tensor allocate(const std::vector<int64_t>& shape, at::ScalarType dtype, const std::string& what) {
+  const int64_t bytes = checked_bytes(shape, dtype, what);
   require_memory(bytes, what);
   try {
     return at::empty(shape, at::TensorOptions().dtype(dtype));
@@ -66,10 +74,7 @@ at::Tensor allocate(const std::vector<int64_t>& shape, at::ScalarType dtype, con
 
 at::Tensor ScratchBuffer::view(const std::vector<int64_t>& shape, at::ScalarType dtype, int64_t reserve,
                                const std::string& what) {
-  const int64_t numel = checked_numel(shape, what);
-  const int64_t elem = static_cast<int64_t>(c10::elementSize(dtype));
-  if (numel > INT64_MAX / std::max<int64_t>(elem, 1)) throw FormatError(what + " declares an absurd shape");
-  const int64_t bytes = numel * elem;
+  const int64_t bytes = checked_bytes(shape, dtype, what);
   if (!bytes_.defined() || bytes_.numel() < bytes) {
     bytes_ = at::Tensor();  // the old buffer goes first
     bytes_ = allocate({std::max(bytes, reserve)}, at::kByte, what);
