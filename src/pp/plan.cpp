@@ -5,7 +5,6 @@
 #include <cmath>
 #include <cstdlib>
 #include <thread>
-#include <type_traits>
 
 #include "src/ckpt/errors.h"
 #include "src/ckpt/fs.h"
@@ -17,19 +16,13 @@
 #include "src/pp/errors.h"
 #include "src/pp/handshake.h"
 #include "src/pp/schedule.h"
+#include "src/pp/settings.h"
 
 namespace pmamba::pp {
 
 using ojson = nlohmann::ordered_json;
 
 namespace {
-
-std::string show(const std::string& v) { return "'" + v + "'"; }
-std::string show(double v) { return format_real(v); }
-template <typename T, typename = std::enable_if_t<std::is_integral_v<T>>>
-std::string show(T v) {
-  return std::to_string(v);
-}
 
 void require(bool ok, const std::string& option, const std::string& must, const std::string& found) {
   if (!ok) throw UsageError(option + " must be " + must + ", found " + found);
@@ -104,72 +97,27 @@ void check_train_options(const TrainOptions& o) {
 
 namespace {
 
-// A resumed run is the same run: what its checkpoint recorded about it (LR schedule, optimizer,
-// clipping, seed, data, global batch) is kept. An option not given takes the checkpoint's value,
-// so `--resume DIR --pp 3` alone continues the run; one given with a different value is an error
-// rather than being silently ignored or silently changing a run half-way. How the batch is
-// computed (schedule, microbatch split, autocast) defaults to the checkpoint's and may change.
-// The data is the same data: a file source is compared by content, so it may have moved but
-// not changed. Checkpoints from `pmamba-ckpt init` record none of this: the command line decides.
-void restore_run_settings(TrainOptions& o, const ojson& t, const std::string& dir) {
-  auto keep = [&](const char* option, auto& value, const ojson& parent, const char* key) {
-    using T = std::decay_t<decltype(value)>;
-    if (!parent.is_object() || !parent.contains(key)) return;
-    const T was = parent.at(key).get<T>();
-    if (o.given.count(option) != 0 && !(value == was)) {
-      throw UsageError("--" + std::string(option) + " " + show(value) + " differs from the run resumed from '" + dir +
-                       "' (" + show(was) + "); a resumed run keeps its settings: leave --" + option +
-                       " out, or start a new run");
-    }
-    value = was;
-  };
-  auto prefer = [&](const char* option, auto& value, const ojson& parent, const char* key) {
-    using T = std::decay_t<decltype(value)>;
-    if (o.given.count(option) == 0 && parent.is_object() && parent.contains(key)) value = parent.at(key).get<T>();
-  };
-  const ojson none;
-  auto part = [&](const char* key) -> const ojson& { return t.contains(key) ? t.at(key) : none; };
-  keep("seed", o.seed, t, "seed");
-  const ojson& lr = part("lr_schedule");
-  keep("lr", o.lr, lr, "lr");
-  keep("min-lr", o.min_lr, lr, "min_lr");
-  keep("warmup", o.warmup, lr, "warmup");
-  keep("steps", o.steps, lr, "steps");
-  const ojson& opt = part("optimizer");
-  keep("beta1", o.adamw.beta1, opt, "beta1");
-  keep("beta2", o.adamw.beta2, opt, "beta2");
-  keep("eps", o.adamw.eps, opt, "eps");
-  keep("weight-decay", o.adamw.weight_decay, opt, "weight_decay");
-  keep("clip", o.clip, opt, "clip");
-  const ojson& data = part("data");
-  if (data.is_object() && data.contains("source")) {
+// A resumed run is the same run: what its checkpoint recorded about it (settings.h: LR
+// schedule, optimizer, clipping, seed, data, global batch) is kept, and how the batch is
+// computed defaults to the checkpoint's and may change. The data is the same data: a file source
+// is compared by content, so it may have moved but not changed. Checkpoints from `pmamba-ckpt
+// init` record none of this: the command line decides.
+void restore_run(TrainOptions& o, const ojson& t, const std::string& dir) {
+  if (t.contains("data") && t.at("data").is_object() && t.at("data").contains("source")) {
+    const ojson& data = t.at("data");
     const std::string was = data.at("source").get<std::string>();
     // A file given again under another name is the same data when its content is (checked
     // against the recorded content once the source is read).
     const bool moved = o.given.count("data") != 0 && o.data.source != was && data_kind(o.data.source) == data_kind(was) &&
                        (data_kind(was) == "text" || data_kind(was) == "tokens") && data.contains("content");
-    if (!moved) keep("data", o.data.source, data, "source");
-  }
-  keep("seq-len", o.data.seq_len, data, "seq_len");
-  keep("copy-tokens", o.data.copy_tokens, data, "copy_tokens");
-  keep("copy-slots", o.data.copy_slots, data, "copy_slots");
-  keep("task-vocab", o.data.task_vocab, data, "task_vocab");
-  if (data.is_object()) o.data.seed = data.value("seed", o.data.seed);
-  const ojson& batch = part("batch");
-  prefer("microbatches", o.microbatches, batch, "microbatches");
-  prefer("microbatch-size", o.microbatch_size, batch, "microbatch_size");
-  prefer("schedule", o.schedule, batch, "schedule");
-  prefer("autocast", o.autocast, batch, "autocast");
-  if (batch.is_object() && batch.contains("samples_per_step")) {
-    const int64_t was = batch.at("samples_per_step").get<int64_t>();
-    const int64_t now = static_cast<int64_t>(o.microbatches) * o.microbatch_size;
-    if (now != was) {
-      throw UsageError("--microbatches " + std::to_string(o.microbatches) + " x --microbatch-size " +
-                       std::to_string(o.microbatch_size) + " = " + std::to_string(now) +
-                       " samples per step, but the run resumed from '" + dir + "' takes " + std::to_string(was) +
-                       "; a resumed run may split its batch differently, not change its size");
+    if (!moved && o.given.count("data") != 0 && o.data.source != was) {
+      throw UsageError("--data '" + o.data.source + "' differs from the run resumed from '" + dir + "' ('" + was +
+                       "'); a resumed run keeps its settings: leave --data out, or start a new run");
     }
+    if (!moved) o.data.source = was;
   }
+  restore_run_settings(o, t, dir);
+  if (t.contains("data") && t.at("data").is_object()) o.data.seed = t.at("data").value("seed", o.data.seed);
 }
 
 std::string content_text(const ojson& c) {
@@ -237,7 +185,7 @@ TrainPlan plan_training(const TrainOptions& options, bool commits, int stage) {
       plan.start_step = t.value("step", int64_t{0});
       plan.samples = t.value("samples_consumed", int64_t{0});
       plan.tokens = t.value("tokens_consumed", int64_t{0});
-      restore_run_settings(o, t, plan.reader->dir());
+      restore_run(o, t, plan.reader->dir());
       check_train_options(o);  // the restored values too
       // A version-1 checkpoint has no run id: its continuation starts one.
       plan.run_id = man.run_id;
