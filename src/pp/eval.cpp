@@ -17,9 +17,11 @@
 #include "src/model/partition.h"
 #include "src/pp/device.h"
 #include "src/pp/errors.h"
+#include "src/pp/executor.h"
 #include "src/pp/handshake.h"
 #include "src/pp/launch.h"
 #include "src/pp/plan.h"
+#include "src/pp/schedule.h"
 #include "src/pp/state.h"
 #include "src/pp/transport.h"
 
@@ -184,7 +186,6 @@ EvalResult finish(const at::Tensor& logits, const Prepared& p, const EvalOptions
   return r;
 }
 
-constexpr int kTagEval = 7;
 constexpr int kTagHandshakeDown = 1 << 24, kTagHandshakeUp = (1 << 24) + 1;
 
 // What every stage of one evaluation must agree on: hand-launched ranks given another model,
@@ -265,20 +266,22 @@ int eval_main(const EvalOptions& o, int argc, char** argv) {
   try {
     model::MambaLM stage = build_stage(p, spec, o, device);
     eval_handshake(tx, p, o, stage);
-    c10::NoGradGuard no_grad;
-    at::Tensor x = p.ids.to(device);
-    if (!spec.is_first()) {
-      x = at::empty(stage->boundary_shape(p.ids.size(0), p.ids.size(1)),
-                    at::TensorOptions().dtype(stage->residual_dtype()).device(device));
-      tx.recv(x, env.rank - 1, kTagEval, "the activations");
-    }
-    x = stage->forward(x);
-    if (!spec.is_last()) {
-      tx.isend(x, env.rank + 1, kTagEval, "the activations");
-      tx.wait_sends();
-    } else {
-      print_eval(finish(x, p, o), o);
-    }
+    // One microbatch (the whole input) through a forward-only schedule on the stage executor.
+    const Schedule schedule = make_forward_only(o.pp, 1);
+    const at::Tensor ids = p.ids.to(device);
+    StageStep st;
+    st.model = stage.get();
+    st.actions = &schedule.actions[static_cast<size_t>(env.rank)];
+    st.training = false;
+    st.tx = &tx;
+    st.prev = env.rank - 1;
+    st.next = env.rank + 1;
+    st.device = device;
+    st.rows = p.ids.size(0);
+    st.seq_len = p.ids.size(1);
+    st.input = [&](int) { return ids; };
+    const StageResult r = run_stage(st);
+    if (spec.is_last()) print_eval(finish(r.outputs[0], p, o), o);
     tx.barrier("the end of evaluation");
   } catch (const std::exception& e) {
     // So the other stages say why, not just that this one went away.

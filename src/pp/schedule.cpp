@@ -67,6 +67,15 @@ Schedule make_1f1b(int p, int m) {
   return sch;
 }
 
+Schedule make_forward_only(int p, int m) {
+  check_sizes(p, m);
+  Schedule sch{"forward", p, m, std::vector<std::vector<Action>>(static_cast<size_t>(p)), false};
+  for (int s = 0; s < p; ++s) {
+    for (int i = 0; i < m; ++i) forward(sch.actions[s], s, p, i);
+  }
+  return sch;
+}
+
 Schedule make_schedule(const std::string& name, int stages, int microbatches) {
   if (name == "gpipe") return make_gpipe(stages, microbatches);
   if (name == "1f1b") return make_1f1b(stages, microbatches);
@@ -97,9 +106,15 @@ ScheduleStats check_schedule(const Schedule& sch) {
     }
     for (int i = 0; i < m; ++i) {
       if (!seen.count({Op::kForward, i})) fail("stage " + std::to_string(s) + " never runs forward " + std::to_string(i));
-      if (!seen.count({Op::kBackward, i})) fail("stage " + std::to_string(s) + " never runs backward " + std::to_string(i));
+      if (!sch.training) {
+        for (Op op : {Op::kRecvGrad, Op::kBackward, Op::kSendGrad}) {
+          if (seen.count({op, i})) fail("stage " + std::to_string(s) + " of a forward-only schedule has " + op_name(op) + " " + std::to_string(i));
+        }
+      }
+      if (sch.training && !seen.count({Op::kBackward, i})) fail("stage " + std::to_string(s) + " never runs backward " + std::to_string(i));
       if (s > 0 && !seen.count({Op::kRecvAct, i})) fail("stage " + std::to_string(s) + " never receives activation " + std::to_string(i));
       if (s < p - 1 && !seen.count({Op::kSendAct, i})) fail("stage " + std::to_string(s) + " never sends activation " + std::to_string(i) + " (stage " + std::to_string(s + 1) + " waits for it)");
+      if (!sch.training) continue;
       if (s < p - 1 && !seen.count({Op::kRecvGrad, i})) fail("stage " + std::to_string(s) + " never receives gradient " + std::to_string(i));
       if (s > 0 && !seen.count({Op::kSendGrad, i})) fail("stage " + std::to_string(s) + " never sends gradient " + std::to_string(i) + " (stage " + std::to_string(s - 1) + " waits for it)");
     }

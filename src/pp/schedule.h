@@ -25,6 +25,7 @@ struct Schedule {
   int stages = 1;
   int microbatches = 1;
   std::vector<std::vector<Action>> actions;  // [stage] -> ordered actions of one training step
+  bool training = true;  // false: forwards only (evaluation), no backwards expected
 };
 
 class ScheduleError : public std::runtime_error {
@@ -37,6 +38,8 @@ class ScheduleError : public std::runtime_error {
 Schedule make_gpipe(int stages, int microbatches);
 /// One-forward-one-backward: stage s runs min(p - s - 1, m) warm-up forwards, then alternates.
 Schedule make_1f1b(int stages, int microbatches);
+/// Forwards only, in microbatch order (evaluation).
+Schedule make_forward_only(int stages, int microbatches);
 /// "gpipe" | "1f1b"; throws ScheduleError otherwise.
 Schedule make_schedule(const std::string& name, int stages, int microbatches);
 

@@ -22,10 +22,13 @@
 #include "src/model/mamba.h"
 #include "src/pp/device.h"
 #include "src/pp/errors.h"
+#include "src/pp/executor.h"
+#include "src/pp/grads.h"
 #include "src/pp/handshake.h"
 #include "src/pp/launch.h"
 #include "src/pp/plan.h"
 #include "src/pp/schedule.h"
+#include "src/pp/settings.h"
 #include "src/pp/signals.h"
 #include "src/pp/state.h"
 #include "src/pp/transport.h"
@@ -43,27 +46,10 @@ double learning_rate(const TrainOptions& o, int64_t step) {
 
 namespace {
 
-constexpr int kTagBase = 1 << 24;
-constexpr int kTagHandshakeDown = kTagBase, kTagHandshakeUp = kTagBase + 1;
-constexpr int kTagTieToLast = kTagBase + 2, kTagTieToFirst = kTagBase + 3;
-int act_tag(int mb) { return 2 * mb; }
-int grad_tag(int mb) { return 2 * mb + 1; }
+constexpr int kTagHandshakeDown = 1 << 24, kTagHandshakeUp = (1 << 24) + 1;
 
 double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-
-// Sum of squares of a float tensor in float64, element by element in storage order: the same
-// number whatever the thread count, on every stage and at PP = 1. On a GPU, the device's own
-// reduction (its order depends only on the shape, which is the same at every PP degree).
-double sum_of_squares(const at::Tensor& g) {
-  if (!g.is_cpu()) return g.detach().to(at::kDouble).pow(2).sum().item<double>();
-  const at::Tensor c = g.detach().to(at::kFloat).contiguous();
-  const float* p = c.data_ptr<float>();
-  double s = 0;
-  for (int64_t i = 0, n = c.numel(); i < n; ++i) s += static_cast<double>(p[i]) * static_cast<double>(p[i]);
-  return s;
 }
 
 // Everything one rank holds during a run.
@@ -180,67 +166,39 @@ void Rank::setup() {
 void Rank::handshake() {
   if (!tx_) return;
   using F = HeaderField;
-  exchange_headers(*tx_,
-                   {F::integer("magic", 0x706d616d6261),  // "pmamba"
-                    F::integer("schema version", 2),
-                    F::integer("boundary mode", model_->boundary() == model::BoundaryMode::kPacked ? 0 : 1),
-                    F::integer("boundary dtype", static_cast<int64_t>(model_->residual_dtype())),
-                    F::integer("microbatch size", o_.microbatch_size),
-                    F::integer("sequence length", data_->seq_len()),
-                    F::integer("d_model", config_.d_model),
-                    F::integer("config digest", static_cast<int64_t>(model::config_digest(config_))),
-                    F::text("schedule", o_.schedule),
-                    F::integer("microbatches", o_.microbatches),
-                    F::integer("pipeline stages", o_.pp),
-                    F::text("partition", model::partition_string(stages_)),
-                    F::integer("data seed", static_cast<int64_t>(o_.data.seed)),
-                    F::integer("start step", start_step_),
-                    F::integer("samples consumed", samples_),
-                    // The data by kind, options and content, not by path: the same file may be
-                    // mounted under other names on other hosts, and another file under the same one.
-                    F::text("data options", [&] {
-                      ojson d = data_to_json(o_.data, data_->content());
-                      d["source"] = data_kind(o_.data.source);
-                      return d.dump();
-                    }()),
-                    F::integer("autocast dtype", static_cast<int64_t>(autocast_)),
-                    F::integer("init seed", static_cast<int64_t>(o_.seed)),
-                    F::integer("--steps", o_.steps),
-                    F::integer("--stop-after", o_.stop_after),
-                    F::real("--lr", o_.lr),
-                    F::real("--min-lr", o_.min_lr),
-                    F::integer("--warmup", o_.warmup),
-                    F::real("--clip", o_.clip),
-                    F::real("--beta1", o_.adamw.beta1),
-                    F::real("--beta2", o_.adamw.beta2),
-                    F::real("AdamW eps", o_.adamw.eps),
-                    F::real("--weight-decay", o_.adamw.weight_decay),
-                    F::text("--ckpt-dir", o_.ckpt_dir),
-                    F::integer("--overwrite", o_.overwrite ? 1 : 0),
-                    F::integer("--ckpt-every", o_.ckpt_every),
-                    F::integer("--keep-last", o_.keep_last),
-                    F::text("--compression", o_.compression)},
+  std::vector<HeaderField> fields = {
+      F::integer("magic", 0x706d616d6261),  // "pmamba"
+      F::integer("schema version", 2),
+      F::integer("boundary mode", model_->boundary() == model::BoundaryMode::kPacked ? 0 : 1),
+      F::integer("boundary dtype", static_cast<int64_t>(model_->residual_dtype())),
+      F::integer("sequence length", data_->seq_len()),
+      F::integer("d_model", config_.d_model),
+      F::integer("config digest", static_cast<int64_t>(model::config_digest(config_))),
+      F::text("partition", model::partition_string(stages_)),
+      F::integer("data seed", static_cast<int64_t>(o_.data.seed)),
+      F::integer("start step", start_step_),
+      F::integer("samples consumed", samples_),
+      // The data by kind, options and content, not by path: the same file may be mounted
+      // under other names on other hosts, and another file under the same one.
+      F::text("data options", [&] {
+        ojson d = data_to_json(o_.data, data_->content());
+        d["source"] = data_kind(o_.data.source);
+        return d.dump();
+      }()),
+      F::integer("autocast dtype", static_cast<int64_t>(autocast_))};
+  for (HeaderField& f : run_setting_fields(o_)) fields.push_back(std::move(f));
+  exchange_headers(*tx_, fields,
                    kTagHandshakeDown, kTagHandshakeUp);
 }
 
 ojson Rank::train_state() const {
   ojson t;
   t["step"] = start_step_;
-  t["seed"] = o_.seed;
+  t["seed"] = nullptr;  // (the table below fills it; listed here to keep the keys in this order)
   t["samples_consumed"] = samples_;
   t["tokens_consumed"] = tokens_;
   t["data"] = data_to_json(o_.data, data_->content());
-  t["lr_schedule"] = ojson{{"lr", o_.lr}, {"min_lr", o_.min_lr}, {"warmup", o_.warmup}, {"steps", o_.steps}};
-  t["optimizer"] = ojson{{"beta1", o_.adamw.beta1},
-                         {"beta2", o_.adamw.beta2},
-                         {"eps", o_.adamw.eps},
-                         {"weight_decay", o_.adamw.weight_decay},
-                         {"clip", o_.clip}};
-  t["batch"] = ojson{{"samples_per_step", static_cast<int64_t>(o_.microbatches) * o_.microbatch_size},
-                     {"microbatches", o_.microbatches},
-                     {"microbatch_size", o_.microbatch_size},
-                     {"schedule", o_.schedule},
-                     {"autocast", o_.autocast}};
+  write_run_settings(o_, t);
   return t;
 }
 
@@ -266,126 +224,36 @@ bool Rank::step(int64_t step) {
 
   // The pipeline phase (the schedule's actions) is what (p - 1) / (m + p - 1) describes; the
   // tied exchange, grad norm and optimizer after it are timed apart.
-  const double pipe_t0 = now_s();
-  std::vector<at::Tensor> inputs(m), outputs(m), grads_in(m), losses(m);
-  std::vector<int64_t> correct(m, 0);
-  double idle = 0, bytes_sent = 0;
-  const auto shape = model_->boundary_shape(o_.microbatch_size, data_->seq_len());
-  const auto boptions = at::TensorOptions().dtype(model_->residual_dtype()).device(device_);
-  // Activation high-water mark of this stage over the pipeline phase, measured: memory in use
-  // above the phase's start after each action, less the parameter gradients (the first
-  // backward allocates them, the same under every schedule). What the schedule's live
-  // microbatch count predicts, in bytes.
-  const int64_t mem0 = memory_in_use(device_);
-  int64_t act_peak = 0;
-  auto sample_memory = [&]() {
-    if (mem0 < 0) return;
-    int64_t grads = 0;
-    for (const auto& p : model_->parameters()) {
-      if (p.grad().defined()) grads += static_cast<int64_t>(p.grad().nbytes());
-    }
-    act_peak = std::max(act_peak, memory_in_use(device_) - mem0 - grads);
+  StageStep ss;
+  ss.model = model_.get();
+  ss.actions = &schedule_.actions[static_cast<size_t>(rank_)];
+  ss.tx = tx_.get();
+  ss.prev = rank_ - 1;
+  ss.next = rank_ + 1;
+  ss.device = device_;
+  ss.autocast = autocast_;
+  ss.rows = o_.microbatch_size;
+  ss.seq_len = data_->seq_len();
+  ss.input = [&](int i) { return mb_slice(batch.inputs, i); };
+  ss.loss = [&](int i, const at::Tensor& y, int64_t* correct) {
+    const at::Tensor mask = mb_slice(batch.mask, i).reshape({-1});
+    // The loss in float32 whatever the logits' dtype (a no-op without autocast).
+    const at::Tensor logits = y.reshape({-1, y.size(-1)}).index({mask}).to(at::kFloat);  // (P, V)
+    const at::Tensor target = mb_slice(batch.targets, i).reshape({-1}).index({mask});
+    *correct = logits.argmax(-1).eq(target).sum().item<int64_t>();
+    // Summed per microbatch, divided by the global count: PP and PP = 1 see the same loss.
+    return at::cross_entropy_loss(logits, target, {}, at::Reduction::Sum) / global_tokens;
   };
-  for (const Action& a : schedule_.actions[static_cast<size_t>(rank_)]) {
-    sample_memory();
-    const int i = a.mb;
-    switch (a.op) {
-      case Op::kRecvAct: {
-        at::Tensor t = at::empty(shape, boptions);
-        const double w = now_s();
-        tx_->recv(t, rank_ - 1, act_tag(i), "activation " + std::to_string(i));
-        idle += now_s() - w;
-        inputs[i] = t.requires_grad_(true);
-        break;
-      }
-      case Op::kForward: {
-        const at::Tensor x = first ? mb_slice(batch.inputs, i) : inputs[i];
-        // Autocast covers the forward only: backward ops follow the dtypes the forward chose.
-        AutocastGuard autocast(device_.type(), autocast_);
-        at::Tensor y = model_->forward(x);
-        if (last) {
-          const at::Tensor mask = mb_slice(batch.mask, i).reshape({-1});
-          // The loss in float32 whatever the logits' dtype (a no-op without autocast).
-          const at::Tensor logits = y.reshape({-1, y.size(-1)}).index({mask}).to(at::kFloat);  // (P, V)
-          const at::Tensor target = mb_slice(batch.targets, i).reshape({-1}).index({mask});
-          // Summed per microbatch, divided by the global count: PP and PP = 1 see the same loss.
-          losses[i] = at::cross_entropy_loss(logits, target, {}, at::Reduction::Sum) / global_tokens;
-          correct[i] = logits.argmax(-1).eq(target).sum().item<int64_t>();
-        } else {
-          outputs[i] = y;
-        }
-        break;
-      }
-      case Op::kSendAct:
-        bytes_sent += static_cast<double>(outputs[i].nbytes());
-        tx_->isend(outputs[i].detach(), rank_ + 1, act_tag(i), "activation " + std::to_string(i));
-        break;
-      case Op::kRecvGrad: {
-        at::Tensor t = at::empty(shape, boptions);
-        const double w = now_s();
-        tx_->recv(t, rank_ + 1, grad_tag(i), "gradient " + std::to_string(i));
-        idle += now_s() - w;
-        grads_in[i] = t;
-        break;
-      }
-      case Op::kBackward:
-        if (last) {
-          losses[i].backward();
-        } else {
-          outputs[i].backward(grads_in[i]);
-          outputs[i] = at::Tensor();
-          grads_in[i] = at::Tensor();
-        }
-        break;
-      case Op::kSendGrad:
-        bytes_sent += static_cast<double>(inputs[i].grad().nbytes());
-        tx_->isend(inputs[i].grad(), rank_ - 1, grad_tag(i), "gradient " + std::to_string(i));
-        inputs[i] = at::Tensor();
-        break;
-    }
-  }
-  sample_memory();
-  if (tx_) tx_->wait_sends();
-  const double pipe_time = now_s() - pipe_t0;
+  const StageResult res = run_stage(ss);
+  const std::vector<at::Tensor>& losses = res.losses;
+  const std::vector<int64_t>& correct = res.correct;
+  const double idle = res.idle_s, pipe_time = res.pipe_s;
+  const int64_t act_peak = res.activation_peak;
+  double bytes_sent = res.bytes_sent;
 
-  // Tied embedding: both ends form embedding_grad + head_grad in the same order.
-  if (config_.tie_embeddings) {
-    if (world_ == 1) {
-      model::sync_tied_gradients(*model_, *model_);
-    } else if (first || last) {
-      at::Tensor& mine = first ? model_->backbone->embedding->weight.mutable_grad() : model_->lm_head->weight.mutable_grad();
-      const int peer = first ? world_ - 1 : 0;
-      at::Tensor theirs = at::empty_like(mine);
-      tx_->isend(mine, peer, first ? kTagTieToLast : kTagTieToFirst, "the tied-embedding gradient");
-      tx_->recv(theirs, peer, first ? kTagTieToFirst : kTagTieToLast, "the tied-embedding gradient");
-      tx_->wait_sends();
-      mine = first ? model::tied_gradient_sum(mine, theirs) : model::tied_gradient_sum(theirs, mine);
-      bytes_sent += static_cast<double>(mine.nbytes());
-    }
-  }
-
-  // Global grad norm: each stage fills the entries of the parameters it owns, the all-reduce
-  // adds zeros to them (exact), and every rank sums the vector in canonical FQN order.
-  at::Tensor sq = at::zeros({static_cast<int64_t>(norm_order_.size())}, at::kDouble);
-  {
-    std::map<std::string, at::Tensor> grads;
-    for (const auto& item : model_->named_parameters()) grads[item.key()] = item.value().grad();
-    for (size_t k = 0; k < norm_order_.size(); ++k) {
-      auto it = grads.find(norm_order_[k]);
-      if (it != grads.end() && it->second.defined()) sq[static_cast<int64_t>(k)] = sum_of_squares(it->second);
-    }
-  }
-  if (tx_) tx_->allreduce_sum(sq, "the grad-norm reduction");
-  double total = 0;
-  for (int64_t k = 0; k < sq.numel(); ++k) total += sq[k].item<double>();
-  const double grad_norm = std::sqrt(total);
-  if (o_.clip > 0 && grad_norm > o_.clip) {
-    const double coef = o_.clip / (grad_norm + 1e-6);
-    c10::NoGradGuard no_grad;
-    for (auto& p : model_->parameters()) {
-      if (p.grad().defined()) p.mutable_grad().mul_(coef);
-    }
-  }
+  bytes_sent += sum_tied_gradients(*model_, tx_.get(), first ? world_ - 1 : 0);
+  const double grad_norm = global_grad_norm(*model_, norm_order_, tx_.get(), [](const std::string&) { return true; });
+  clip_gradients(*model_, grad_norm, o_.clip);
   const double lr = learning_rate(o_, step);
   opt_->step(lr);
   // Autocast keeps bfloat16 copies of the weights for the step; they are stale now.
@@ -409,7 +277,7 @@ bool Rank::step(int64_t step) {
   shared[0] = pipe_time > 0 ? idle / pipe_time : 0.0;
   shared[1] = bytes_sent;
   shared[2] = stop_signal() != 0 ? 1.0 : 0.0;
-  shared[3 + rank_] = static_cast<double>(mem0 < 0 ? -1 : act_peak);
+  shared[3 + rank_] = static_cast<double>(act_peak);
   if (tx_) tx_->allreduce_sum(shared, "the metrics reduction");
   // A stop requested anywhere is seen by every rank in this same reduction, so all of them
   // stop after this step and commit it together.
