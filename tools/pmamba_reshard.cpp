@@ -23,6 +23,9 @@ int main(int argc, char** argv) {
   app.add_option("out", o.out, "output checkpoint root")->required();
   app.add_option("--pp", o.pp, "number of output stages (1 merges into one shard)")->required()->check(CLI::Range(1, 4096));
   app.add_option("--partition", o.partition, "layers per stage, e.g. 3,5,4 (default balanced)");
+  app.add_option("--files-per-stage", o.files_per_stage,
+                 "spread each stage's tensors over K files (as K data-parallel writers do; default 1)")
+      ->check(CLI::Range(1, 4096));
   app.add_option("--compression", o.compression, "keep (default), none, zstd or zstd:LEVEL");
   app.add_flag("--verify,!--no-verify", o.verify,
                "check every input digest while copying and the output before committing (the default; --no-verify skips it)");

@@ -56,12 +56,22 @@ void check_manifest(const Manifest& m, Problems& p) {
             std::to_string(s.layer_end) + ") but should start at layer " + std::to_string(next));
       layout_ok = false;
     }
-    if (s.file != shard_file_name(i, n)) {
-      p.add("stage " + std::to_string(i) + " file is '" + fs::printable(s.file) + "', expected '" +
-            shard_file_name(i, n) + "'");
+    const int parts = static_cast<int>(s.files.size());
+    if (parts < 1 || (parts > 1 && m.format_version < 3)) {
+      p.add("stage " + std::to_string(i) + " lists " + std::to_string(parts) + " files (format version " +
+            std::to_string(m.format_version) + " has one per stage)");
       layout_ok = false;
     }
-    if (s.bytes < 0) p.add("stage " + std::to_string(i) + " records a negative shard size " + std::to_string(s.bytes));
+    for (int k = 0; k < parts; ++k) {
+      const ShardFile& f = s.files[static_cast<size_t>(k)];
+      const std::string expect = shard_file_name(i, n, k, parts);
+      if (f.file != expect) {
+        p.add("stage " + std::to_string(i) + " file " + std::to_string(k) + " is '" + fs::printable(f.file) + "', expected '" +
+              expect + "'");
+        layout_ok = false;
+      }
+      if (f.bytes < 0) p.add("stage " + std::to_string(i) + " records a negative shard size " + std::to_string(f.bytes));
+    }
     next = s.layer_end;
   }
   if (next != m.config.n_layer) {
@@ -83,14 +93,16 @@ void check_manifest(const Manifest& m, Problems& p) {
     const TensorEntry* t = m.find(param.fqn);
     const int owner = model::owner_stage(param, specs);
     if (!t) {
-      p.add("checkpoint lacks '" + param.fqn + "' (expected in " + shard_file_name(owner, n) + ")");
+      p.add("checkpoint lacks '" + param.fqn + "' (expected in a file of stage " + std::to_string(owner) + ")");
       continue;
     }
     if (t->stage != owner) {
       p.add("'" + param.fqn + "' is stored by stage " + std::to_string(t->stage) + " but stage " +
             std::to_string(owner) + " owns it in this layout");
     }
-    if (t->file != shard_file_name(owner, n)) p.add("'" + param.fqn + "' names file '" + fs::printable(t->file) + "'");
+    bool in_owner = false;
+    for (const auto& f : m.stages[static_cast<size_t>(owner)].files) in_owner = in_owner || f.file == t->file;
+    if (!in_owner) p.add("'" + param.fqn + "' names file '" + fs::printable(t->file) + "', not one of stage " + std::to_string(owner) + "'s");
     if (!param.tied_to.empty()) {
       if (t->alias_of != param.tied_to) {
         p.add("'" + param.fqn + "' is tied to '" + param.tied_to + "' but is not stored as its alias");
@@ -231,20 +243,22 @@ void check_train_state(const ojson& t, int64_t step, Problems& p) {
     integer(*b, "microbatch_size", "train.batch.microbatch_size", 1, 1 << 20);
     text(*b, "schedule", "train.batch.schedule");
     text(*b, "autocast", "train.batch.autocast");
+    text(*b, "grad_reduce", "train.batch.grad_reduce");
   }
 }
 
-bool check_shard(const Manifest& m, const StageEntry& s, const std::string& dir, Problems& p, CheckedShard& out) {
-  const std::string path = fs::join(dir, s.file);
+bool check_shard(const Manifest& m, const StageEntry& s, const ShardFile& f, const std::string& dir, Problems& p,
+                 CheckedShard& out) {
+  const std::string path = fs::join(dir, f.file);
   const std::string name = "shard '" + path + "'";
   if (!fs::is_file(path)) {
-    p.add("missing shard '" + s.file + "' (stage " + std::to_string(s.stage) + ", listed in the manifest of '" + dir + "')");
+    p.add("missing shard '" + f.file + "' (stage " + std::to_string(s.stage) + ", listed in the manifest of '" + dir + "')");
     return false;
   }
   const int64_t size = fs::file_size(path);
-  if (size != s.bytes) {
-    p.add(name + " is " + std::to_string(size) + " bytes but the manifest records " + std::to_string(s.bytes) +
-          (size < s.bytes ? " (truncated)" : ""));
+  if (size != f.bytes) {
+    p.add(name + " is " + std::to_string(size) + " bytes but the manifest records " + std::to_string(f.bytes) +
+          (size < f.bytes ? " (truncated)" : ""));
   }
   try {
     out.reader = std::make_unique<ShardReader>(path);
@@ -260,6 +274,12 @@ bool check_shard(const Manifest& m, const StageEntry& s, const std::string& dir,
           std::to_string(h.layer_begin) + ", " + std::to_string(h.layer_end) + "), step " + std::to_string(h.step) +
           "; the manifest says stage " + std::to_string(s.stage) + " of " + std::to_string(n) + ", layers [" +
           std::to_string(s.layer_begin) + ", " + std::to_string(s.layer_end) + "), step " + std::to_string(m.step));
+  }
+  int part = 0;
+  while (part < static_cast<int>(s.files.size()) && s.files[static_cast<size_t>(part)].file != f.file) ++part;
+  if (h.part != part || h.parts != static_cast<int>(s.files.size())) {
+    p.add(name + " says it is file " + std::to_string(h.part) + " of " + std::to_string(h.parts) + " of its stage; the manifest says " +
+          std::to_string(part) + " of " + std::to_string(s.files.size()));
   }
   if (out.reader->format_version() != m.format_version) {
     p.add(name + " is format version " + std::to_string(out.reader->format_version()) + " but the manifest is " +
@@ -290,7 +310,7 @@ bool check_shard(const Manifest& m, const StageEntry& s, const std::string& dir,
   // stored twice), each as the manifest describes it.
   std::set<std::string> expected;
   for (const auto& t : m.tensors) {
-    if (t.file != s.file || !t.alias_of.empty()) continue;
+    if (t.file != f.file || !t.alias_of.empty()) continue;
     for (const auto& [slot, se] : t.slots) {
       expected.insert(se.path);
       auto f = out.datasets.find(se.path);

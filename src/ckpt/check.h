@@ -52,12 +52,12 @@ struct CheckedShard {
   std::unordered_map<std::string, StoredDataset> datasets;  // by HDF5 path, as scanned
 };
 
-/// Opens the shard of `stage` in `dir` and checks it against the manifest: its size, its
-/// header (stage, stage count, layers, step, config, training state, compression), and that it
+/// Opens `file` (one of `stage`'s files) in `dir` and checks it against the manifest: its size,
+/// its header (stage, stage count, layers, part, step, config, training state, compression), and that it
 /// holds exactly the datasets the manifest assigns to it, each with the manifest's shape, dtype
 /// and digest attribute, compressed as the manifest's compression says. Returns false when the
 /// shard cannot be used at all (problems recorded); `out` is filled otherwise.
-bool check_shard(const Manifest& m, const StageEntry& stage, const std::string& dir, Problems& problems,
+bool check_shard(const Manifest& m, const StageEntry& stage, const ShardFile& file, const std::string& dir, Problems& problems,
                  CheckedShard& out);
 
 /// Tied copies were equal when written: each alias's digests equal the stored tensor's.

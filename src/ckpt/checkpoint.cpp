@@ -330,7 +330,9 @@ CheckpointReader::CheckpointReader(const std::string& path, int threads) {
   // Every shard is checked now, before anything is allocated or loaded: a checkpoint either
   // passes what verify checks (digests aside, which are checked as tensors are read) or is refused.
   Problems problems(Problems::Mode::kThrow);
-  for (const auto& s : manifest_.stages) check_shard(manifest_, s, dir_, problems, shards_[s.file]);
+  for (const auto& s : manifest_.stages) {
+    for (const auto& f : s.files) check_shard(manifest_, s, f, dir_, problems, shards_[f.file]);
+  }
   check_ties(manifest_, problems);
   pool_ = std::make_unique<ThreadPool>(threads > 0 ? threads : ThreadPool::default_threads());
 }

@@ -39,9 +39,13 @@ int64_t parse_step_dir_name(const std::string& name) {
   return v;
 }
 
-std::string shard_file_name(int stage, int num_stages) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "stage-%02d-of-%02d.h5", stage, num_stages);
+std::string shard_file_name(int stage, int num_stages, int part, int parts) {
+  char buf[96];
+  if (parts <= 1) {
+    std::snprintf(buf, sizeof buf, "stage-%02d-of-%02d.h5", stage, num_stages);
+  } else {
+    std::snprintf(buf, sizeof buf, "stage-%02d-of-%02d.part-%d-of-%d.h5", stage, num_stages, part, parts);
+  }
   return buf;
 }
 

@@ -20,8 +20,12 @@ namespace pmamba::ckpt {
 inline constexpr const char* kFormatName = "pmamba-ckpt";
 // Version 2: string attributes are fixed-length (they live in the checksummed object header,
 // not in HDF5's unchecksummed global heap); the manifest carries the run id and a digest of
-// its training state. Version 1 checkpoints are still read.
-inline constexpr int64_t kFormatVersion = 2;
+// its training state. Version 3: a stage's tensors may be spread over several files (one per
+// writing data-parallel rank): shards carry `part` and `num_parts`, the manifest lists each
+// stage's files. Versions 1 and 2 are still read.
+inline constexpr int64_t kFormatVersion = 3;
+/// Most files one stage may be spread over.
+inline constexpr int kMaxFilesPerStage = 4096;
 inline constexpr const char* kManifestName = "manifest.json";
 inline constexpr const char* kLatestName = "latest";
 inline constexpr uint32_t kZstdFilterId = 32015;  // registered HDF5 id (hdf5plugin's Zstd)
@@ -49,8 +53,8 @@ struct StoredDataset {
 std::string step_dir_name(int64_t step);
 /// Parses "step-00000100" -> 100; -1 for anything else (temp names included).
 int64_t parse_step_dir_name(const std::string& name);
-/// "stage-00-of-04.h5"
-std::string shard_file_name(int stage, int num_stages);
+/// "stage-00-of-04.h5" (one file per stage), "stage-00-of-04.part-1-of-2.h5" (part 1 of 2).
+std::string shard_file_name(int stage, int num_stages, int part = 0, int parts = 1);
 
 /// HDF5 path of a slot of an FQN: ("a.b.c", kParam) -> "/model/a/b/c",
 /// ("a.b.c", kExpAvg) -> "/optim/a/b/c/exp_avg".

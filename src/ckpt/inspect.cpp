@@ -61,7 +61,8 @@ void print_info(const std::string& path, std::ostream& out, bool json) {
   const int64_t params = model::count_parameters(m.config);
   const int64_t raw = m.total_raw_bytes(), stored = m.total_stored_bytes();
   int64_t file_bytes = 0;
-  for (const auto& s : m.stages) file_bytes += s.bytes;
+  for (const auto& s : m.stages)
+    for (const auto& f : s.files) file_bytes += f.bytes;
   if (json) {
     ojson j;
     j["checkpoint"] = dir;
@@ -82,8 +83,11 @@ void print_info(const std::string& path, std::ostream& out, bool json) {
       const auto& s = m.stages[i];
       stages.push_back(ojson{{"stage", s.stage},
                              {"layers", {s.layer_begin, s.layer_end}},
-                             {"file", s.file},
-                             {"bytes", s.bytes},
+                             {"files", [&] {
+                                ojson files = ojson::array();
+                                for (const auto& f : s.files) files.push_back(ojson{{"file", f.file}, {"bytes", f.bytes}});
+                                return files;
+                              }()},
                              {"tensors", stage_tensors[i]},
                              {"raw_bytes", stage_raw[i]},
                              {"compression_ratio", stage_stored[i] ? double(stage_raw[i]) / double(stage_stored[i]) : 1.0}});
@@ -108,12 +112,18 @@ void print_info(const std::string& path, std::ostream& out, bool json) {
   out << "layout      " << m.stages.size() << " stage" << (m.stages.size() == 1 ? "" : "s") << "\n";
   for (size_t i = 0; i < m.stages.size(); ++i) {
     const auto& s = m.stages[i];
-    char line[256];
+    int64_t bytes = 0;
+    for (const auto& f : s.files) bytes += f.bytes;
+    const std::string files = s.files.size() == 1 ? s.files[0].file : std::to_string(s.files.size()) + " files";
+    char line[320];
     std::snprintf(line, sizeof line, "  stage %-3d layers [%lld, %lld)  %-20s %14s bytes  %4lld tensors  ratio %.2fx\n",
-                  s.stage, static_cast<long long>(s.layer_begin), static_cast<long long>(s.layer_end), s.file.c_str(),
-                  with_commas(s.bytes).c_str(), static_cast<long long>(stage_tensors[i]),
+                  s.stage, static_cast<long long>(s.layer_begin), static_cast<long long>(s.layer_end), files.c_str(),
+                  with_commas(bytes).c_str(), static_cast<long long>(stage_tensors[i]),
                   stage_stored[i] ? double(stage_raw[i]) / double(stage_stored[i]) : 1.0);
     out << line;
+    if (s.files.size() > 1) {
+      for (const auto& f : s.files) out << "      " << f.file << "  " << with_commas(f.bytes) << " bytes\n";
+    }
   }
   out << "bytes       " << with_commas(raw) << " raw, " << with_commas(stored) << " stored ("
       << fmt("%.2f", stored ? double(raw) / double(stored) : 1.0) << "x), " << with_commas(file_bytes)

@@ -1,5 +1,6 @@
 #include "src/ckpt/manifest.h"
 
+#include <algorithm>
 #include <set>
 #include <unordered_map>
 
@@ -62,6 +63,45 @@ const Slot kAllSlots[] = {Slot::kParam, Slot::kExpAvg, Slot::kExpAvgSq, Slot::kS
 
 }  // namespace
 
+std::map<std::string, int> assign_balanced(const std::vector<std::pair<std::string, int64_t>>& sizes, int parts) {
+  std::vector<int64_t> load(static_cast<size_t>(std::max(parts, 1)), 0);
+  std::map<std::string, int> out;
+  for (const auto& [name, n] : sizes) {
+    const auto it = std::min_element(load.begin(), load.end());
+    out[name] = static_cast<int>(it - load.begin());
+    *it += n;
+  }
+  return out;
+}
+
+std::map<std::string, int> assign_parts(const model::MambaConfig& config, const model::StageSpec& stage, int parts) {
+  std::vector<std::pair<std::string, int64_t>> sizes;
+  std::vector<std::pair<std::string, std::string>> followers;  // (alias, target) both on this stage
+  for (const auto& p : model::list_parameters(config)) {
+    if (!model::stage_owns(p, stage)) continue;
+    if (!p.tied_to.empty()) {
+      bool here = false;
+      for (const auto& q : model::list_parameters(config)) here = here || (q.fqn == p.tied_to && model::stage_owns(q, stage));
+      if (here) {
+        followers.emplace_back(p.fqn, p.tied_to);
+        continue;
+      }
+      sizes.emplace_back(p.fqn, 0);  // an alias holds no data
+      continue;
+    }
+    sizes.emplace_back(p.fqn, p.numel());
+  }
+  std::map<std::string, int> out = assign_balanced(sizes, parts);
+  for (const auto& [alias, target] : followers) out[alias] = out.at(target);
+  return out;
+}
+
+std::string file_holding(const model::MambaConfig& config, const std::vector<model::StageSpec>& stages, int stage,
+                         int parts, const std::string& fqn) {
+  const model::StageSpec& s = stages.at(static_cast<size_t>(stage));
+  return shard_file_name(s.stage, s.num_stages, assign_parts(config, s, parts).at(fqn), parts);
+}
+
 uint64_t train_digest(const ojson& train) {
   const std::string text = train.dump();
   return bytes_digest(text.data(), text.size());
@@ -69,7 +109,11 @@ uint64_t train_digest(const ojson& train) {
 
 Manifest build_manifest(const std::string& dir, const std::string& run_id, const model::MambaConfig& config,
                         const std::vector<model::StageSpec>& stages, int64_t step, const Compression& compression,
-                        bool has_optimizer, const ojson& train) {
+                        bool has_optimizer, const ojson& train, int files_per_stage) {
+  if (files_per_stage < 1 || files_per_stage > kMaxFilesPerStage) {
+    throw UsageError("files per stage must be in [1, " + std::to_string(kMaxFilesPerStage) + "], not " +
+                     std::to_string(files_per_stage));
+  }
   Manifest m;
   m.run_id = run_id;
   m.step = step;
@@ -79,32 +123,35 @@ Manifest build_manifest(const std::string& dir, const std::string& run_id, const
   m.train = train;
   std::unordered_map<std::string, TensorEntry> found;
   for (const auto& spec : stages) {
-    const std::string file = shard_file_name(spec.stage, spec.num_stages);
-    const std::string path = fs::join(dir, file);
-    if (!fs::is_file(path)) throw FormatError("shard '" + path + "' is missing");
-    m.stages.push_back(StageEntry{spec.stage, spec.layer_begin, spec.layer_end, file, fs::file_size(path)});
-    ShardReader shard(path);
-    for (auto& d : shard.scan()) {
-      auto [it, inserted] = found.try_emplace(d.fqn);
-      TensorEntry& t = it->second;
-      if (inserted) {
-        t.fqn = d.fqn;
-        t.stage = spec.stage;
-        t.file = file;
-      } else if (t.file != file) {
-        throw FormatError("'" + d.fqn + "' is stored twice: in " + t.file + " and in " + file);
+    m.stages.push_back(StageEntry{spec.stage, spec.layer_begin, spec.layer_end, {}});
+    for (int part = 0; part < files_per_stage; ++part) {
+      const std::string file = shard_file_name(spec.stage, spec.num_stages, part, files_per_stage);
+      const std::string path = fs::join(dir, file);
+      if (!fs::is_file(path)) throw FormatError("shard '" + path + "' is missing");
+      m.stages.back().files.push_back(ShardFile{file, fs::file_size(path)});
+      ShardReader shard(path);
+      for (auto& d : shard.scan()) {
+        auto [it, inserted] = found.try_emplace(d.fqn);
+        TensorEntry& t = it->second;
+        if (inserted) {
+          t.fqn = d.fqn;
+          t.stage = spec.stage;
+          t.file = file;
+        } else if (t.file != file) {
+          throw FormatError("'" + d.fqn + "' is stored twice: in " + t.file + " and in " + file);
+        }
+        d.compressed = false;  // the manifest does not record it; check_shard compares it with the compression
+        t.slots[d.slot] = std::move(d);
       }
-      d.compressed = false;  // the manifest does not record it; check_shard compares it with the compression
-      t.slots[d.slot] = std::move(d);
-    }
-    for (const auto& a : shard.aliases()) {
-      auto [it, inserted] = found.try_emplace(a.fqn);
-      if (!inserted) throw FormatError("'" + a.fqn + "' is stored twice: in " + it->second.file + " and as an alias in " + file);
-      it->second.fqn = a.fqn;
-      it->second.stage = spec.stage;
-      it->second.file = file;
-      it->second.alias_of = a.alias_of;
-      it->second.alias_digests = a.digests;
+      for (const auto& a : shard.aliases()) {
+        auto [it, inserted] = found.try_emplace(a.fqn);
+        if (!inserted) throw FormatError("'" + a.fqn + "' is stored twice: in " + it->second.file + " and as an alias in " + file);
+        it->second.fqn = a.fqn;
+        it->second.stage = spec.stage;
+        it->second.file = file;
+        it->second.alias_of = a.alias_of;
+        it->second.alias_digests = a.digests;
+      }
     }
   }
   for (const auto& p : model::list_parameters(config)) {
@@ -120,8 +167,10 @@ Manifest build_manifest(const std::string& dir, const std::string& run_id, const
   Problems problems(Problems::Mode::kThrow, "checkpoint '" + dir + "': ");
   check_manifest(m, problems);
   for (const auto& s : m.stages) {
-    CheckedShard shard;
-    check_shard(m, s, dir, problems, shard);
+    for (const auto& f : s.files) {
+      CheckedShard shard;
+      check_shard(m, s, f, dir, problems, shard);
+    }
   }
   check_ties(m, problems);
   return m;
@@ -151,7 +200,16 @@ std::string manifest_to_json(const Manifest& m) {
   ojson stages = ojson::array();
   for (const auto& s : m.stages) {
     partition.push_back(s.layer_end - s.layer_begin);
-    stages.push_back(ojson{{"stage", s.stage}, {"layers", {s.layer_begin, s.layer_end}}, {"file", s.file}, {"bytes", s.bytes}});
+    ojson e{{"stage", s.stage}, {"layers", {s.layer_begin, s.layer_end}}};
+    if (m.format_version >= 3) {
+      ojson files = ojson::array();
+      for (const auto& f : s.files) files.push_back(ojson{{"file", f.file}, {"bytes", f.bytes}});
+      e["files"] = files;
+    } else {
+      e["file"] = s.files.at(0).file;
+      e["bytes"] = s.files.at(0).bytes;
+    }
+    stages.push_back(e);
   }
   layout["partition"] = partition;
   layout["stages"] = stages;
@@ -333,8 +391,18 @@ Manifest parse_manifest(const std::string& text, const std::string& where) {
     if (!layers.is_array() || layers.size() != 2) throw FormatError(w + ".layers must be [begin, end]");
     e.layer_begin = as_int(layers.at(0), w + ".layers");
     e.layer_end = as_int(layers.at(1), w + ".layers");
-    e.file = string_field(st, "file", w);
-    e.bytes = int_field(st, "bytes", w);
+    if (m.format_version >= 3) {
+      const ojson& files = field(st, "files", w);
+      if (!files.is_array() || files.empty() || files.size() > static_cast<size_t>(kMaxFilesPerStage)) {
+        throw FormatError(w + ".files must be an array of 1 to " + std::to_string(kMaxFilesPerStage) + " files");
+      }
+      for (const auto& f : files) {
+        const std::string wf = w + ".files[" + std::to_string(e.files.size()) + "]";
+        e.files.push_back(ShardFile{string_field(f, "file", wf), int_field(f, "bytes", wf)});
+      }
+    } else {
+      e.files.push_back(ShardFile{string_field(st, "file", w), int_field(st, "bytes", w)});
+    }
     m.stages.push_back(e);
   }
   const int64_t num_stages = int_field(layout, "num_stages", "layout");

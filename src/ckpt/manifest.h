@@ -22,18 +22,22 @@ class Problems;
 struct TensorEntry {
   std::string fqn;
   int stage = 0;          // stage whose shard holds it (for an alias: the stage holding the alias)
-  std::string file;       // shard file name
+  std::string file;       // shard file name (one of its stage's files)
   std::map<Slot, StoredDataset> slots;  // param and, with optimizer state, exp_avg/exp_avg_sq/step
   std::string alias_of;   // non-empty for a tied parameter stored once under another FQN
   std::map<Slot, uint64_t> alias_digests;  // digests of the alias holder's own copies
+};
+
+struct ShardFile {
+  std::string file;   // shard file name
+  int64_t bytes = 0;  // its size
 };
 
 struct StageEntry {
   int stage = 0;
   int64_t layer_begin = 0;
   int64_t layer_end = 0;
-  std::string file;
-  int64_t bytes = 0;  // shard file size
+  std::vector<ShardFile> files;  // part 0, 1, ... (one before version 3)
 };
 
 struct Manifest {
@@ -55,14 +59,25 @@ struct Manifest {
   int64_t total_raw_bytes() const;
 };
 
-/// Scans the shards of `dir` (one per stage of `stages`), builds the manifest and puts it
+/// Which of a stage's `parts` files holds each FQN the stage owns (with its optimizer state):
+/// in canonical order, each to the file with the fewest elements so far (the lowest index on a
+/// tie); a tied alias goes with its target when the stage holds both. Deterministic, so every
+/// writer of a stage agrees without talking, and balanced by bytes.
+std::map<std::string, int> assign_parts(const model::MambaConfig& config, const model::StageSpec& stage, int parts);
+/// The rule itself over (name, element count) pairs.
+std::map<std::string, int> assign_balanced(const std::vector<std::pair<std::string, int64_t>>& sizes, int parts);
+/// The file of `stage` (in `stages`) that holds `fqn` when every stage has `parts` files.
+std::string file_holding(const model::MambaConfig& config, const std::vector<model::StageSpec>& stages, int stage,
+                         int parts, const std::string& fqn);
+
+/// Scans the shards of `dir` (`files_per_stage` per stage of `stages`), builds the manifest and puts it
 /// through every check a reader will make (check.h), throwing FormatError on the first
 /// problem: a missing shard, an FQN stored twice or missing, a shape or dtype that disagrees
 /// with the config, tied copies that differ.
 Manifest build_manifest(const std::string& dir, const std::string& run_id, const model::MambaConfig& config,
                         const std::vector<model::StageSpec>& stages, int64_t step,
                         const Compression& compression, bool has_optimizer,
-                        const nlohmann::ordered_json& train);
+                        const nlohmann::ordered_json& train, int files_per_stage = 1);
 
 std::string manifest_to_json(const Manifest& m);  // one line per key and per tensor, canonical order
 /// Parses and checks (format, version, run id, config, layout, completeness, shapes, training

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <map>
 
 #include "src/ckpt/checkpoint.h"
 #include "src/ckpt/errors.h"
@@ -36,6 +37,11 @@ ReshardResult reshard(const ReshardOptions& o) {
   } catch (const model::ConfigError& e) {
     throw UsageError(std::string("cannot reshard to that layout: ") + e.what());
   }
+  if (o.files_per_stage < 1 || o.files_per_stage > kMaxFilesPerStage) {
+    throw UsageError("--files-per-stage must be in [1, " + std::to_string(kMaxFilesPerStage) + "], found " +
+                     std::to_string(o.files_per_stage));
+  }
+  const int parts = o.files_per_stage;
   const bool keep = o.compression == "keep";
   const Compression target = keep ? src.compression : Compression::parse(o.compression);
   check_output_location(o.out, {o.in});
@@ -92,55 +98,61 @@ ReshardResult reshard(const ReshardOptions& o) {
       header.num_stages = spec.num_stages;
       header.layer_begin = spec.layer_begin;
       header.layer_end = spec.layer_end;
-      ShardWriter writer(tmp, header, w);
-      for (const auto& p : params) {
-        if (!model::stage_owns(p, spec)) continue;
-        const TensorEntry* entry = src.find(p.fqn);
-        if (!entry->alias_of.empty()) {
-          AliasToSave a;
-          a.fqn = p.fqn;
-          a.alias_of = entry->alias_of;
-          a.digests = entry->alias_digests;
-          const model::ParamInfo* owner = nullptr;
-          for (const auto& q : params) {
-            if (q.fqn == entry->alias_of) owner = &q;
+      header.parts = parts;
+      const std::map<std::string, int> where = assign_parts(config, spec, parts);
+      for (int part = 0; part < parts; ++part) {
+        header.part = part;
+        ShardWriter writer(tmp, header, w);
+        for (const auto& p : params) {
+          if (!model::stage_owns(p, spec) || where.at(p.fqn) != part) continue;
+          const TensorEntry* entry = src.find(p.fqn);
+          if (!entry->alias_of.empty()) {
+            AliasToSave a;
+            a.fqn = p.fqn;
+            a.alias_of = entry->alias_of;
+            a.digests = entry->alias_digests;
+            const model::ParamInfo* owner = nullptr;
+            for (const auto& q : params) {
+              if (q.fqn == entry->alias_of) owner = &q;
+            }
+            const int owner_stage = owner ? model::owner_stage(*owner, stages) : 0;
+            const std::string target = file_holding(config, stages, owner_stage, parts, entry->alias_of);
+            a.target_file = target == shard_file_name(spec.stage, spec.num_stages, part, parts) ? "" : target;
+            writer.add_alias(a);
+            continue;
           }
-          const int owner_stage = owner ? model::owner_stage(*owner, stages) : 0;
-          a.target_file = owner_stage == spec.stage ? "" : shard_file_name(owner_stage, spec.num_stages);
-          writer.add_alias(a);
-          continue;
-        }
-        for (Slot slot : kSlots) {
-          auto it = entry->slots.find(slot);
-          if (it == entry->slots.end()) continue;
-          const StoredDataset& se = it->second;
-          ShardReader& reader = in.shard(entry->file);
-          const StoredDataset& info = in.shard_datasets(entry->file).at(se.path);
-          const bool same_encoding = keep || (target.zstd == src.compression.zstd &&
-                                              (!target.zstd || target.level == src.compression.level));
-          if (same_encoding && !o.verify) {
-            writer.copy(reader, info);
-            ++result.copied;
-          } else if (same_encoding) {
-            // Decoded into one reused buffer (the copy does not need the tensor): peak memory
-            // stays one tensor, and fresh memory is touched once.
-            at::Tensor t = scratch.view(se.shape, dtype_from_name(se.dtype), largest, "verifying '" + p.fqn + "'");
-            in.read(p.fqn, slot, t);  // decodes and checks the digest
-            writer.copy(reader, info);
-            ++result.copied;
-          } else {
-            at::Tensor t = in.read(p.fqn, slot);  // decodes and checks the digest
-            writer.add(TensorToSave{p.fqn, slot, t});
-            ++result.reencoded;
+          for (Slot slot : kSlots) {
+            auto it = entry->slots.find(slot);
+            if (it == entry->slots.end()) continue;
+            const StoredDataset& se = it->second;
+            ShardReader& reader = in.shard(entry->file);
+            const StoredDataset& info = in.shard_datasets(entry->file).at(se.path);
+            const bool same_encoding = keep || (target.zstd == src.compression.zstd &&
+                                                (!target.zstd || target.level == src.compression.level));
+            if (same_encoding && !o.verify) {
+              writer.copy(reader, info);
+              ++result.copied;
+            } else if (same_encoding) {
+              // Decoded into one reused buffer (the copy does not need the tensor): peak memory
+              // stays one tensor, and fresh memory is touched once.
+              at::Tensor t = scratch.view(se.shape, dtype_from_name(se.dtype), largest, "verifying '" + p.fqn + "'");
+              in.read(p.fqn, slot, t);  // decodes and checks the digest
+              writer.copy(reader, info);
+              ++result.copied;
+            } else {
+              at::Tensor t = in.read(p.fqn, slot);  // decodes and checks the digest
+              writer.add(TensorToSave{p.fqn, slot, t});
+              ++result.reencoded;
+            }
+            done += se.raw_bytes;
+            if (o.progress) o.progress(done, total);
           }
-          done += se.raw_bytes;
-          if (o.progress) o.progress(done, total);
         }
+        writer.finish();
       }
-      writer.finish();
     }
     scratch.release();  // before verify_contents takes its own
-    result.manifest = build_manifest(tmp, run_id, config, stages, src.step, target, src.has_optimizer, src.train);
+    result.manifest = build_manifest(tmp, run_id, config, stages, src.step, target, src.has_optimizer, src.train, parts);
     if (o.verify) {  // the output is checked before it is committed
       VerifyReport report;
       verify_contents(tmp, result.manifest, VerifyOptions{false, o.threads}, report);

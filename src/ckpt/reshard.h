@@ -18,6 +18,7 @@ struct ReshardOptions {
   std::string out;  // output root; refused when it exists and is not empty, unless force
   int pp = 1;
   std::string partition;          // "" = balanced
+  int files_per_stage = 1;        // spread each stage over this many files (as K writers would)
   std::string compression = "keep";  // keep | none | zstd | zstd:LEVEL
   bool verify = true;             // check every input digest while copying and the output after
   bool force = false;             // write into a non-empty output root (of the same run)

@@ -258,7 +258,7 @@ ShardWriter::ShardWriter(const std::string& dir, const ShardHeader& header, cons
   m.dir = dir;
   m.header = header;
   m.options = options;
-  m.final_path = fs::join(dir, shard_file_name(header.stage, header.num_stages));
+  m.final_path = fs::join(dir, shard_file_name(header.stage, header.num_stages, header.part, header.parts));
   m.tmp = m.final_path + ".tmp";
   try {
     m.file = h5::create_file(m.tmp);
@@ -271,6 +271,8 @@ ShardWriter::ShardWriter(const std::string& dir, const ShardHeader& header, cons
     h5::write_attr(root.get(), "num_stages", static_cast<int64_t>(header.num_stages));
     h5::write_attr(root.get(), "layer_begin", header.layer_begin);
     h5::write_attr(root.get(), "layer_end", header.layer_end);
+    h5::write_attr(root.get(), "part", static_cast<int64_t>(header.part));
+    h5::write_attr(root.get(), "num_parts", static_cast<int64_t>(header.parts));
     h5::write_attr(root.get(), "step", header.step);
     h5::write_attr(root.get(), "config", header.config_json);
     h5::write_attr(root.get(), "train", header.train_json.empty() ? std::string("{}") : header.train_json);
@@ -436,6 +438,10 @@ ShardReader::ShardReader(const std::string& path) : path_(path) {
     header_.num_stages = static_cast<int>(small_int("num_stages"));
     header_.layer_begin = small_int("layer_begin");
     header_.layer_end = small_int("layer_end");
+    if (format_version_ >= 3) {
+      header_.part = static_cast<int>(small_int("part"));
+      header_.parts = static_cast<int>(small_int("num_parts"));
+    }
     header_.step = h5::read_attr_int(root.get(), "step");
     header_.config_json = text("config");
     header_.train_json = text("train");

@@ -26,6 +26,8 @@ struct ShardHeader {
   int64_t layer_begin = 0;
   int64_t layer_end = 0;
   int64_t step = 0;
+  int part = 0;    // this file's index among its stage's files (version 3; 0 before)
+  int parts = 1;   // how many files the stage is spread over
   std::string config_json;  // the model config, compact JSON
   std::string train_json;   // training state, compact JSON or "{}"
   std::string compression;  // read side only: the root attribute ("" when absent)

@@ -23,8 +23,10 @@ void verify_contents(const std::string& dir, const Manifest& m, const VerifyOpti
   Problems problems(Problems::Mode::kCollect);
   std::map<std::string, CheckedShard> shards;
   for (const auto& s : m.stages) {
-    CheckedShard shard;
-    if (check_shard(m, s, dir, problems, shard)) shards[s.file] = std::move(shard);
+    for (const auto& f : s.files) {
+      CheckedShard shard;
+      if (check_shard(m, s, f, dir, problems, shard)) shards[f.file] = std::move(shard);
+    }
   }
   check_ties(m, problems);
   for (const auto& p : problems.list()) r.problems.push_back(p);

@@ -61,8 +61,10 @@ TEST_F(CheckpointErrors, RejectsDirectoryWithoutManifest) {
 }
 
 TEST_F(CheckpointErrors, RejectsUnknownFormatAndNewerVersion) {
-  edit_manifest("\"format_version\": 2", "\"format_version\": 3");
-  PMAMBA_EXPECT_THROW_WITH(CheckpointReader r(root_), FormatError, "format_version 3 is newer than this pmamba supports (2)");
+  const std::string now = std::to_string(kFormatVersion), next = std::to_string(kFormatVersion + 1);
+  edit_manifest("\"format_version\": " + now, "\"format_version\": " + next);
+  PMAMBA_EXPECT_THROW_WITH(CheckpointReader r(root_), FormatError,
+                           "format_version " + next + " is newer than this pmamba supports (" + now + ")");
   edit_manifest("\"format\": \"pmamba-ckpt\"", "\"format\": \"something-else\"");
   PMAMBA_EXPECT_THROW_WITH(CheckpointReader r(root_), FormatError, "not a pmamba checkpoint manifest");
 }

@@ -205,7 +205,7 @@ TEST_F(Reliability, RejectsFractionalNumbersWhereIntegersBelong) {
   const std::string text = fs::read_file(step + "/manifest.json");
   test::write_text(step + "/manifest.json", test::replace_all(text, "\"shape\":[64]", "\"shape\":[64.5]"));
   PMAMBA_EXPECT_THROW_WITH(CheckpointReader r(step), FormatError, "must be an integer, found 64.5");
-  test::write_text(step + "/manifest.json", test::replace_all(text, "\"format_version\": 2", "\"format_version\": 1.5"));
+  test::write_text(step + "/manifest.json", test::replace_all(text, "\"format_version\": " + std::to_string(kFormatVersion), "\"format_version\": 1.5"));
   PMAMBA_EXPECT_THROW_WITH(CheckpointReader r(step), FormatError, "format_version must be an integer, found 1.5");
 }
 

@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <map>
+
 #include "src/ckpt/diff.h"
 #include "src/ckpt/errors.h"
 #include "src/ckpt/h5.h"
@@ -84,6 +86,67 @@ TEST_F(Reshard, ChainReturnsByteIdenticalTensors) {
   ASSERT_EQ(a.size(), b.size());
   for (const auto& [k, t] : a) EXPECT_TRUE(test::bitwise_equal(t, b.at(k))) << k;
   EXPECT_GT(a.size(), 40u);
+}
+
+TEST_F(Reshard, FilesPerStageSpreadEachStageAndComeBackByteIdentical) {
+  for (bool tie : {true, false}) {
+    const auto c = with(3, tie);
+    const std::string start = test::save_trained(dir_ + "/s" + std::to_string(tie), "1,2", "zstd", c);
+    ReshardOptions o;
+    o.in = start;
+    o.out = dir_ + "/k3-" + std::to_string(tie);
+    o.pp = 2;
+    o.files_per_stage = 3;
+    const std::string k3 = reshard(o).out_dir;
+    const Manifest m = CheckpointReader(k3).manifest();
+    EXPECT_EQ(m.format_version, kFormatVersion);
+    for (const auto& st : m.stages) {
+      ASSERT_EQ(st.files.size(), 3u);
+      for (int k = 0; k < 3; ++k) EXPECT_EQ(st.files[static_cast<size_t>(k)].file, shard_file_name(st.stage, 2, k, 3));
+    }
+    // Every file holds something (balanced by bytes), each FQN one file of its stage.
+    std::map<std::string, int> per_file;
+    for (const auto& t : m.tensors) per_file[t.file] += 1;
+    EXPECT_EQ(per_file.size(), 6u);
+    EXPECT_TRUE(verify_checkpoint(k3, {}).ok());
+    EXPECT_TRUE(diff_checkpoints(start, k3, {}).equal());
+    // ... and back to one file per stage at another degree: the same bytes.
+    o.in = k3;
+    o.out = dir_ + "/back-" + std::to_string(tie);
+    o.pp = 3;
+    o.files_per_stage = 1;
+    const std::string back = reshard(o).out_dir;
+    const auto a = test::load_everything(start), b = test::load_everything(back);
+    ASSERT_EQ(a.size(), b.size());
+    for (const auto& [key, t] : a) EXPECT_TRUE(test::bitwise_equal(t, b.at(key))) << key;
+  }
+}
+
+TEST_F(Reshard, RejectsAMissingOrMisplacedPartFile) {
+  const std::string in = test::save_trained(dir_ + "/in", "2,2", "none", with(4, true));
+  ReshardOptions o;
+  o.in = in;
+  o.out = dir_ + "/k2";
+  o.pp = 2;
+  o.files_per_stage = 2;
+  const std::string k2 = reshard(o).out_dir;
+  {
+    // A part renamed away: the reader names the missing file.
+    const std::string gone = k2 + "/" + shard_file_name(1, 2, 1, 2);
+    fs::rename_path(gone, gone + ".moved");
+    PMAMBA_EXPECT_THROW_WITH(CheckpointReader r(k2), FormatError, "missing shard 'stage-01-of-02.part-1-of-2.h5'");
+    fs::rename_path(gone + ".moved", gone);
+  }
+  // Two parts swapped under each other's names: their headers say which part they are.
+  const std::string p0 = k2 + "/" + shard_file_name(0, 2, 0, 2), p1 = k2 + "/" + shard_file_name(0, 2, 1, 2);
+  fs::rename_path(p0, p0 + ".x");
+  fs::rename_path(p1, p0);
+  fs::rename_path(p0 + ".x", p1);
+  EXPECT_THROW(CheckpointReader r(k2), FormatError);
+  EXPECT_FALSE(verify_checkpoint(k2, {}).ok());
+  o.files_per_stage = 0;
+  o.out = dir_ + "/zero";
+  PMAMBA_EXPECT_THROW_WITH(reshard(o), UsageError, "--files-per-stage must be in [1, 4096]");
 }
 
 TEST_F(Reshard, RecompressionKeepsDigests) {

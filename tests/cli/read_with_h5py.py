@@ -34,7 +34,9 @@ def main(root):
         assert len(manifest["run_id"]) == 32, manifest["run_id"]
         train_text = json.dumps(manifest["train"], separators=(",", ":"), ensure_ascii=False)
         assert xxhash.xxh3_64_hexdigest(train_text.encode("utf-8")) == manifest["train_xxh3_64"], train_text
-    files = {s["file"]: h5py.File(os.path.join(step_dir, s["file"]), "r") for s in manifest["layout"]["stages"]}
+    # Version 3 lists each stage's files; versions 1 and 2 one "file" per stage.
+    names = [f["file"] for s in manifest["layout"]["stages"] for f in s.get("files", [s])]
+    files = {n: h5py.File(os.path.join(step_dir, n), "r") for n in names}
     for f, h in files.items():
         assert text(h.attrs["format"]) == "pmamba-ckpt"
         assert h.attrs["format_version"] == manifest["format_version"]

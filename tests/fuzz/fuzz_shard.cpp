@@ -58,11 +58,13 @@ Template make_template(const std::string& name, const std::string& compression) 
   });
   const ckpt::CheckpointReader r(t.step);
   for (const auto& s : r.manifest().stages) {
-    t.files.push_back(s.file);
-    std::vector<std::string> paths;
-    ckpt::ShardReader shard(t.step + "/" + s.file);
-    for (const auto& d : shard.scan()) paths.push_back(d.path);
-    t.datasets.push_back(paths);
+    for (const auto& f : s.files) {
+      t.files.push_back(f.file);
+      std::vector<std::string> paths;
+      ckpt::ShardReader shard(t.step + "/" + f.file);
+      for (const auto& d : shard.scan()) paths.push_back(d.path);
+      t.datasets.push_back(paths);
+    }
   }
   return t;
 }
