@@ -11,4 +11,5 @@ mkdir -p "$DIR"
 "$BIN/pmamba-bench" ckpt --dir "$DIR/ckpt" --repeats 7
 "$BIN/pmamba-bench" reshard --dir "$DIR/reshard" --repeats 3
 bench/pp_bench.sh "$BUILD" 12 | tail -1
+bench/dp_bench.sh "$BUILD" 12 | tail -1
 rm -rf "$DIR"

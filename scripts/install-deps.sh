@@ -13,6 +13,7 @@ packages=(
   libcli11-dev nlohmann-json3-dev libgtest-dev
   python3
   python3-torch  # torchrun, for the test that launches pmamba-train under it
+  iproute2       # ip netns, for the test that runs ranks on two simulated hosts
 )
 
 # `make fuzz`: clang with its libFuzzer and sanitizer runtimes.

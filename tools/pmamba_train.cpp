@@ -10,13 +10,14 @@ int main(int argc, char** argv) {
   pmamba::pp::install_stop_signals("pmamba-train");
   CLI::App app{"Train a Mamba LM with pipeline parallelism over c10d (Gloo on CPU, NCCL on CUDA). Without launcher "
                "variables, --pp N starts N local processes; under torchrun/Slurm/mpirun each process is "
-               "one stage.",
+               "one rank (stage rank / dp, DP index rank % dp).",
                "pmamba-train"};
   app.footer(
       "Examples:\n"
       "  pmamba-train --preset tiny --data selective-copy --pp 2 --schedule 1f1b --microbatches 4 \\\n"
       "               --steps 30 --ckpt-every 10 --ckpt-dir run\n"
       "  pmamba-train --pp 3 --resume run --ckpt-dir run --steps 30        # resume at another PP degree\n"
+      "  pmamba-train --preset tiny --pp 2 --dp 2 --zero 1 --microbatches 8 --ckpt-dir run2  # 4 ranks, bitwise = pp 1\n"
       "  torchrun --no-python --nproc-per-node 4 build/bin/pmamba-train --pp 4 --preset small --data text:book.txt\n"
       "           (with a CUDA LibTorch: stage k on GPU LOCAL_RANK, activations over NCCL)\n"
       "SIGTERM, SIGINT or SIGUSR1 stop the run after the step in progress, commit it and exit 0; a second one exits 1 at once.\n"
@@ -35,7 +36,14 @@ int main(int argc, char** argv) {
   app.add_option("--pp", o.pp, "pipeline stages (processes)")->check(CLI::Range(1, 4096));
   app.add_option("--partition", o.partition, "layers per stage, e.g. 3,5,4 (default balanced)");
   app.add_option("--schedule", o.schedule, "gpipe or 1f1b")->check(CLI::IsMember({"gpipe", "1f1b"}));
-  app.add_option("--microbatches", o.microbatches, "microbatches per step")->check(CLI::Range(1, 1 << 20));
+  app.add_option("--dp", o.dp, "data-parallel replicas of the pipeline (world = pp x dp)")->check(CLI::Range(1, 4096));
+  app.add_option("--zero", o.zero, "1: shard the AdamW state over the DP ranks of each stage (ZeRO-1)")
+      ->check(CLI::IsMember({0, 1}));
+  app.add_option("--grad-reduce", o.grad_reduce,
+                 "tree: one fixed summation tree over the global microbatches (bitwise the same at every --dp); "
+                 "allreduce: the backend's all-reduce (faster on NCCL, not bitwise across --dp)")
+      ->check(CLI::IsMember({"tree", "allreduce"}));
+  app.add_option("--microbatches", o.microbatches, "microbatches per step, all DP replicas together")->check(CLI::Range(1, 1 << 20));
   app.add_option("--microbatch-size", o.microbatch_size, "samples per microbatch")->check(CLI::Range(1, 1 << 20));
   app.add_option("--data", data, "selective-copy, induction, text:FILE, tokens:FILE.bin (or a path)");
   app.add_option("--seq-len", o.data.seq_len, "sequence length (induction, text, tokens)");

@@ -39,13 +39,13 @@ struct Child {
   int signal = 0;  // the signal that killed it, or 0
 };
 
-void emit(int stage, std::string& buf, FILE* to, bool flush_all, ProgressBar& bar) {
+void emit(const std::string& label, std::string& buf, FILE* to, bool flush_all, ProgressBar& bar) {
   size_t nl;
   while ((nl = buf.find('\n')) != std::string::npos || (flush_all && !buf.empty())) {
     const std::string line = nl == std::string::npos ? buf : buf.substr(0, nl);
     buf.erase(0, nl == std::string::npos ? buf.size() : nl + 1);
     bar.clear();
-    std::fprintf(to, "[stage %d] %s\n", stage, line.c_str());
+    std::fprintf(to, "[%s] %s\n", label.c_str(), line.c_str());
   }
   std::fflush(to);
 }
@@ -72,6 +72,7 @@ void ProgressBar::clear() {
 }
 
 int launch_local(const LaunchOptions& o) {
+  auto label = [&](int r) { return (o.dp > 1 ? "rank " : "stage ") + std::to_string(r); };
   LauncherStore store(o.timeout);
   std::vector<Child> kids(static_cast<size_t>(o.ranks));
   const std::string exe = self_exe();
@@ -163,7 +164,7 @@ int launch_local(const LaunchOptions& o) {
       const ssize_t n = ::read(fds[i].fd, buf, sizeof buf);
       std::string& acc = is_err ? kids[r].err_buf : kids[r].out_buf;
       if (n <= 0) {
-        emit(r, acc, is_err ? stderr : stdout, true, bar);
+        emit(label(r), acc, is_err ? stderr : stdout, true, bar);
         ::close(fds[i].fd);
         (is_err ? kids[r].err : kids[r].out) = -1;
         --open_fds;
@@ -176,10 +177,10 @@ int launch_local(const LaunchOptions& o) {
         std::string last = nl == std::string::npos ? "" : acc.substr(0, nl);
         const size_t prev = last.rfind('\n');
         last = prev == std::string::npos ? last : last.substr(prev + 1);
-        emit(r, acc, stdout, false, bar);
+        emit(label(r), acc, stdout, false, bar);
         if (std::regex_search(last, m, step_re)) bar.draw(std::stod(m[1]), std::stod(m[2]));
       } else {
-        emit(r, acc, is_err ? stderr : stdout, false, bar);
+        emit(label(r), acc, is_err ? stderr : stdout, false, bar);
       }
     }
     for (int r = 0; r < o.ranks; ++r) {
@@ -201,8 +202,8 @@ int launch_local(const LaunchOptions& o) {
         if (!k.exited) {
           const int r = static_cast<int>(&k - kids.data());
           bar.clear();
-          std::fprintf(stderr, "%s: stage %d did not exit within %lld s of another stage's failure; killing it\n",
-                       o.tool.c_str(), r, static_cast<long long>(o.grace.count() / 1000));
+          std::fprintf(stderr, "%s: %s did not exit within %lld s of another stage's failure; killing it\n",
+                       o.tool.c_str(), rank_name(r, o.dp).c_str(), static_cast<long long>(o.grace.count() / 1000));
           killed_by_us[static_cast<size_t>(r)] = true;
           ::kill(k.pid, SIGKILL);
         }
@@ -224,13 +225,13 @@ int launch_local(const LaunchOptions& o) {
   }
   for (int r = 0; r < o.ranks; ++r) {
     if (own[r]) {
-      std::fprintf(stderr, "%s: stage %d failed: %s\n", o.tool.c_str(), r, reports[r].c_str());
+      std::fprintf(stderr, "%s: %s failed: %s\n", o.tool.c_str(), rank_name(r, o.dp).c_str(), reports[r].c_str());
       return kids[r].code != 0 ? kids[r].code : 1;
     }
   }
   for (int r = 0; r < o.ranks; ++r) {
     if (kids[r].signal != 0 && !killed_by_us[r]) {
-      std::fprintf(stderr, "%s: stage %d was killed by %s\n", o.tool.c_str(), r, signal_name(kids[r].signal).c_str());
+      std::fprintf(stderr, "%s: %s was killed by %s\n", o.tool.c_str(), rank_name(r, o.dp).c_str(), signal_name(kids[r].signal).c_str());
       return 1;
     }
   }
@@ -242,13 +243,13 @@ int launch_local(const LaunchOptions& o) {
   }
   for (int r = 0; r < o.ranks; ++r) {
     if (kids[r].code != 0) {
-      std::fprintf(stderr, "%s: stage %d exited with code %d\n", o.tool.c_str(), r, kids[r].code);
+      std::fprintf(stderr, "%s: %s exited with code %d\n", o.tool.c_str(), rank_name(r, o.dp).c_str(), kids[r].code);
       return kids[r].code;
     }
   }
   for (int r = 0; r < o.ranks; ++r) {
     if (killed_by_us[r]) {
-      std::fprintf(stderr, "%s: stage %d stopped answering and was killed\n", o.tool.c_str(), r);
+      std::fprintf(stderr, "%s: %s stopped answering and was killed\n", o.tool.c_str(), rank_name(r, o.dp).c_str());
       return 1;
     }
   }

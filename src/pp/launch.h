@@ -26,6 +26,7 @@ struct LaunchOptions {
   int lock_fd = -1;                              // a checkpoint root's lock, handed to rank 0 (it commits)
   std::map<std::string, std::string> env;        // more variables for every rank
   std::string tool = "pmamba";                   // names the launcher in its own lines
+  int dp = 1;                                    // ranks are (stage, DP index) pairs: named so
 };
 
 /// Returns 0 when every rank exits 0. Otherwise prints one line naming what happened and

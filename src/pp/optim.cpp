@@ -3,6 +3,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "src/model/fqn.h"
@@ -46,13 +47,8 @@ const ParamState& AdamW::state(const std::string& fqn) const {
 
 void AdamW::step(double lr) {
   c10::NoGradGuard no_grad;
-  at::Tensor leader_param, follower_param;
   for (auto& [fqn, p] : params_) {
-    if (fqn == follower_) {
-      follower_param = p;
-      continue;
-    }
-    if (fqn == leader_) leader_param = p;
+    if (fqn == follower_ || !owns(fqn)) continue;
     ParamState& s = state_.at(fqn);
     at::Tensor g = p.grad().defined() ? p.grad().to(at::kFloat) : at::zeros_like(s.exp_avg);
     if (!s.exp_avg.defined()) s.exp_avg = at::zeros(p.sizes(), p.options().dtype(at::kFloat));
@@ -66,7 +62,28 @@ void AdamW::step(double lr) {
     const at::Tensor denom = (s.exp_avg_sq.sqrt() / std::sqrt(bc2)).add_(options_.eps);
     p.addcdiv_(s.exp_avg, denom, -lr / bc1);
   }
-  if (follower_param.defined()) follower_param.copy_(leader_param);
+  sync_follower();
+}
+
+void AdamW::sync_follower() {
+  if (follower_.empty()) return;
+  c10::NoGradGuard no_grad;
+  at::Tensor leader, follower;
+  for (auto& [fqn, p] : params_) {
+    if (fqn == leader_) leader = p;
+    if (fqn == follower_) follower = p;
+  }
+  follower.copy_(leader);
+}
+
+void AdamW::set_owned(std::set<std::string> owned) {
+  sharded_ = true;
+  owned_ = std::move(owned);
+}
+
+bool AdamW::owns(const std::string& fqn) const {
+  if (!sharded_) return true;
+  return owned_.count(fqn == follower_ ? leader_ : fqn) != 0;
 }
 
 void AdamW::to(c10::Device device) {

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <map>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -50,6 +51,14 @@ class AdamW {
   /// Every state entry (the follower of a tie has none of its own).
   const std::map<std::string, ParamState>& states() const { return state_; }
   const AdamWOptions& options() const { return options_; }
+  /// ZeRO-1: only the FQNs in `owned` are updated here (their state lives on this rank; the
+  /// others' parameters arrive from their owners). The tied follower goes with its leader.
+  void set_owned(std::set<std::string> owned);
+  /// Whether this rank updates `fqn` (always, without set_owned).
+  bool owns(const std::string& fqn) const;
+  /// Copies the tie's leader into its follower (step() does it; call again after parameters
+  /// arrived from their owners).
+  void sync_follower();
   /// Moves the moments to `device` (after a load on the CPU, for a model on a GPU).
   void to(c10::Device device);
 
@@ -58,6 +67,8 @@ class AdamW {
   std::map<std::string, bool> no_decay_;
   std::map<std::string, ParamState> state_;
   std::string follower_, leader_;
+  bool sharded_ = false;
+  std::set<std::string> owned_;
   AdamWOptions options_;
 };
 

@@ -54,6 +54,10 @@ model::MambaConfig load_config_file(const std::string& path) {
 void check_train_options(const TrainOptions& o) {
   const double inf = HUGE_VAL;
   require(o.pp >= 1 && o.pp <= 4096, "--pp", "in [1, 4096]", std::to_string(o.pp));
+  require(o.dp >= 1 && o.dp <= 4096, "--dp", "in [1, 4096]", std::to_string(o.dp));
+  require(static_cast<int64_t>(o.pp) * o.dp <= 4096, "--pp x --dp", "at most 4096 ranks", std::to_string(int64_t{o.pp} * o.dp));
+  require(o.zero == 0 || o.zero == 1, "--zero", "0 or 1", std::to_string(o.zero));
+  require(o.grad_reduce == "tree" || o.grad_reduce == "allreduce", "--grad-reduce", "tree or allreduce", "'" + o.grad_reduce + "'");
   require(o.microbatches >= 1 && o.microbatches <= (1 << 20), "--microbatches", "in [1, 1048576]", std::to_string(o.microbatches));
   require(o.microbatch_size >= 1 && o.microbatch_size <= (1 << 20), "--microbatch-size", "in [1, 1048576]",
           std::to_string(o.microbatch_size));
@@ -126,6 +130,28 @@ std::string content_text(const ojson& c) {
 }
 
 }  // namespace
+
+void check_data_parallel(const TrainOptions& o) {
+  if (o.microbatches % o.dp != 0) {
+    throw UsageError("--microbatches " + std::to_string(o.microbatches) + " is the global count and must divide evenly over --dp " +
+                     std::to_string(o.dp) + " replicas");
+  }
+  const int per = o.microbatches / o.dp;
+  // A replica's range of microbatches must be a node of the fixed summation tree, which it is
+  // exactly when its length is a power of two (one replica: the whole tree, always).
+  if (o.dp > 1 && o.grad_reduce == "tree" && (per & (per - 1)) != 0) {
+    std::string ok;
+    for (int d = 1; d <= o.microbatches; ++d) {
+      const int q = o.microbatches / d;
+      if (o.microbatches % d == 0 && (d == 1 || (q & (q - 1)) == 0)) ok += (ok.empty() ? "" : ", ") + std::to_string(d);
+    }
+    throw UsageError("--grad-reduce tree with --microbatches " + std::to_string(o.microbatches) + " and --dp " +
+                     std::to_string(o.dp) + " gives each replica " + std::to_string(per) +
+                     " microbatches, which is not a power of two, so a replica's gradient would not be a node of the "
+                     "summation tree that makes every --dp give the same bits; use --dp in {" + ok +
+                     "} or --grad-reduce allreduce");
+  }
+}
 
 std::vector<int64_t> stage_parameter_bytes(const model::MambaConfig& config, const std::vector<model::StageSpec>& stages) {
   std::vector<int64_t> bytes(stages.size(), 0);
@@ -212,7 +238,8 @@ TrainPlan plan_training(const TrainOptions& options, bool commits, int stage) {
     }
     parse_autocast(o.autocast);
     plan.stages = model::make_stages(plan.config.n_layer, o.pp, o.partition);
-    check_schedule(make_schedule(o.schedule, o.pp, o.microbatches));
+    check_data_parallel(o);
+    check_schedule(make_schedule(o.schedule, o.pp, o.microbatches / o.dp));
     const std::unique_ptr<DataSource> data = make_data(o.data);
     if (data->vocab_needed() > plan.config.vocab_size) {
       throw UsageError(data->describe() + " needs a vocabulary of " + std::to_string(data->vocab_needed()) +
@@ -227,15 +254,18 @@ TrainPlan plan_training(const TrainOptions& options, bool commits, int stage) {
                          content_text(plan.data_content) + "; resume with the same data, or start a new run");
       }
     }
-    // What the machine must hold: each local stage's weights, gradients and two AdamW moments
-    // (float32), before activations.
+    // What the machine must hold: each local rank's weights and gradients and its share of
+    // the two AdamW moments (float32), before activations and the summation tree's partial sums.
     const std::vector<int64_t> per_stage = stage_parameter_bytes(plan.config, plan.stages);
+    const int64_t moment_share = o.zero == 1 ? o.dp : 1;
     int64_t need = 0;
     for (size_t s = 0; s < per_stage.size(); ++s) {
-      if (stage < 0 || static_cast<int>(s) == stage) need += 4 * per_stage[s];
+      const int64_t rank_bytes = 2 * per_stage[s] + 2 * per_stage[s] / moment_share;
+      if (stage < 0) need += o.dp * rank_bytes;
+      if (static_cast<int>(s) == stage) need += rank_bytes;
     }
     ckpt::require_memory(need, std::string("training this model (weights, gradients and AdamW state of ") +
-                                   (stage < 0 ? "all its stages" : "stage " + std::to_string(stage)) +
+                                   (stage < 0 ? "all its ranks" : "stage " + std::to_string(stage)) +
                                    " on this machine)");
     if (commits && !root.empty()) {
       int64_t raw = 0;

@@ -41,6 +41,10 @@ model::MambaConfig load_config_file(const std::string& path);
 /// read: throws UsageError naming the option, what it must be and what was given.
 void check_train_options(const TrainOptions& o);
 
+/// --microbatches over --dp: an even split, and in tree mode a power-of-two share per replica.
+/// Throws UsageError with the --dp values that would work.
+void check_data_parallel(const TrainOptions& o);
+
 /// Plans the run (see above). `commits`: this process commits checkpoints and so takes (or,
 /// with PMAMBA_LOCK_FD from the launcher, adopts) the root's lock first. `stage`: the stage this
 /// process runs, or -1 when this machine runs them all (the memory estimate). Throws

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <map>
 
 #include "src/ckpt/errors.h"
 #include "src/ckpt/fs.h"
@@ -18,12 +19,15 @@ namespace pmamba::pp {
 
 using ckpt::Slot;
 
-ckpt::StageData collect_stage(model::MambaLMImpl& m, const AdamW* optim) {
+ckpt::StageData collect_stage(model::MambaLMImpl& m, const AdamW* optim, const std::vector<model::StageSpec>* stages,
+                              int parts, int part) {
   ckpt::StageData data;
   const model::MambaConfig& c = m.config();
   const model::StageSpec& stage = m.stage();
+  const std::map<std::string, int> where = parts > 1 ? ckpt::assign_parts(c, stage, parts) : std::map<std::string, int>{};
   for (const auto& item : m.named_parameters()) {
     const std::string& fqn = item.key();
+    if (parts > 1 && where.at(fqn) != part) continue;
     // Shards are written from host memory; for a model on the CPU these are the tensors themselves.
     const at::Tensor p = item.value().detach().cpu();
     at::Tensor exp_avg, exp_avg_sq;
@@ -41,7 +45,12 @@ ckpt::StageData collect_stage(model::MambaLMImpl& m, const AdamW* optim) {
       ckpt::AliasToSave a;
       a.fqn = fqn;
       a.alias_of = model::kEmbeddingFqn;
-      a.target_file = stage.is_first() ? "" : ckpt::shard_file_name(0, stage.num_stages);
+      if (parts > 1) {
+        const std::string target = ckpt::file_holding(c, *stages, 0, parts, a.alias_of);
+        a.target_file = target == ckpt::shard_file_name(stage.stage, stage.num_stages, part, parts) ? "" : target;
+      } else {
+        a.target_file = stage.is_first() ? "" : ckpt::shard_file_name(0, stage.num_stages);
+      }
       a.digests[Slot::kParam] = ckpt::tensor_digest(p);
       a.digests[Slot::kExpAvg] = ckpt::tensor_digest(exp_avg);
       a.digests[Slot::kExpAvgSq] = ckpt::tensor_digest(exp_avg_sq);
@@ -74,7 +83,7 @@ void load_stage(ckpt::CheckpointReader& reader, model::MambaLMImpl& m, AdamW* op
     at::Tensor p = item.value().detach();
     // Read straight into a contiguous CPU parameter; anything else gets a host buffer and a copy.
     requests.push_back({item.key(), Slot::kParam, p.is_cpu() && p.is_contiguous() ? p : at::Tensor()});
-    if (optim && !optim->is_follower(item.key())) {
+    if (optim && !optim->is_follower(item.key()) && optim->owns(item.key())) {
       requests.push_back({item.key(), Slot::kExpAvg, at::Tensor()});
       requests.push_back({item.key(), Slot::kExpAvgSq, at::Tensor()});
       requests.push_back({item.key(), Slot::kStep, at::Tensor()});
@@ -85,7 +94,7 @@ void load_stage(ckpt::CheckpointReader& reader, model::MambaLMImpl& m, AdamW* op
   for (auto& item : m.named_parameters()) {
     const ckpt::ReadRequest& r = requests[i++];
     if (r.dest.data_ptr() != item.value().data_ptr()) item.value().copy_(r.dest);
-    if (optim && !optim->is_follower(item.key())) {
+    if (optim && !optim->is_follower(item.key()) && optim->owns(item.key())) {
       ParamState& s = optim->state(item.key());
       s.exp_avg = requests[i++].dest.to(item.value().device());
       s.exp_avg_sq = requests[i++].dest.to(item.value().device());

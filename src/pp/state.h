@@ -13,8 +13,11 @@ namespace pmamba::pp {
 
 /// The tensors a stage writes: every parameter it owns with its AdamW state (zeros and step 0
 /// when `optim` is null). A tied lm_head is written as an alias of backbone.embedding.weight,
-/// carrying the digests of this stage's copies.
-ckpt::StageData collect_stage(model::MambaLMImpl& model, const AdamW* optim);
+/// carrying the digests of this stage's copies. With the stage spread over `parts` files
+/// (ckpt::assign_parts decides which FQN goes where; `stages` is the whole layout), only the
+/// FQNs of file `part`.
+ckpt::StageData collect_stage(model::MambaLMImpl& model, const AdamW* optim,
+                              const std::vector<model::StageSpec>* stages = nullptr, int parts = 1, int part = 0);
 
 /// Loads every parameter (and, when `optim` is given, its AdamW state) of the stage from the
 /// checkpoint, whatever layout wrote it. Throws ckpt errors; FormatError when the checkpoint's

@@ -10,13 +10,17 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <map>
 #include <memory>
+#include <set>
 #include <type_traits>
 #include <nlohmann/json.hpp>
 
 #include "kernels/threads.h"
 #include "src/ckpt/checkpoint.h"
 #include "src/ckpt/errors.h"
+#include "src/ckpt/fault.h"
+#include "src/ckpt/format.h"
 #include "src/ckpt/fs.h"
 #include "src/model/fqn.h"
 #include "src/model/mamba.h"
@@ -82,6 +86,12 @@ class Rank {
   c10::ScalarType autocast_ = c10::ScalarType::Undefined;
   std::unique_ptr<Transport> tx_;
   int rank_ = 0, world_ = 1;
+  DataParallel dp_;        // this rank's place among its stage's replicas
+  int per_replica_ = 1;    // microbatches each replica runs (M / D)
+  std::unique_ptr<GradientTree> tree_;  // --grad-reduce tree
+  std::map<std::string, int> owner_;    // FQN -> the DP index that updates and saves it
+  std::vector<std::pair<std::string, at::Tensor>> params_;  // the stage's parameters, in order
+  void check_replicas(int64_t step);
   model::MambaConfig config_;
   std::vector<model::StageSpec> stages_;
   model::StageSpec spec_;
@@ -103,16 +113,24 @@ class Rank {
 void Rank::setup() {
   rank_ = env_.present ? env_.rank : 0;
   world_ = env_.present ? env_.world : 1;
-  if (world_ != o_.pp) {
-    throw UsageError("--pp is " + std::to_string(o_.pp) + " but the launcher started " + std::to_string(world_) +
-                     " processes (" + env_.source + "); pmamba runs one process per pipeline stage");
+  if (world_ != o_.pp * o_.dp) {
+    throw UsageError("--pp " + std::to_string(o_.pp) + " x --dp " + std::to_string(o_.dp) + " is " +
+                     std::to_string(o_.pp * o_.dp) + " ranks but the launcher started " + std::to_string(world_) +
+                     " processes (" + env_.source + "); pmamba runs one process per (stage, replica)");
   }
+  // PP outermost: the DP ranks of one stage are consecutive.
+  dp_.dp = o_.dp;
+  dp_.index = rank_ % o_.dp;
+  dp_.stage_rank0 = rank_ - dp_.index;
+  per_replica_ = o_.microbatches / o_.dp;
+  env_.dp = o_.dp;
   if (o_.threads > 0) kernels::set_threads(o_.threads);
   device_ = resolve_device(o_.device, env_.local_rank);
   backend_ = resolve_backend(o_.backend, device_);
   make_current(device_);
   const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(o_.timeout_s * 1000));
   if (world_ > 1) tx_ = std::make_unique<Transport>(env_, timeout, backend_, device_);
+
   // Stage 0 commits, and its run id is the run's (under torchrun every rank planned its own).
   run_id_ = tx_ ? tx_->broadcast_string("run_id", plan_.run_id) : plan_.run_id;
 
@@ -123,11 +141,27 @@ void Rank::setup() {
   tokens_ = plan_.tokens;
   if (plan_.reader) resumed_from_ = plan_.reader->dir();
   autocast_ = parse_autocast(o_.autocast);  // after the resume, which may have supplied it
-  spec_ = stages_[static_cast<size_t>(rank_)];
+  spec_ = stages_[static_cast<size_t>(rank_ / o_.dp)];
   model_ = model::MambaLM(config_, spec_, model::parse_boundary(o_.boundary));
   std::vector<std::pair<std::string, at::Tensor>> named;
   for (const auto& item : model_->named_parameters()) named.emplace_back(item.key(), item.value());
   opt_ = std::make_unique<AdamW>(named, config_, o_.adamw);
+  params_ = named;
+  // Each FQN has one DP rank of its stage that saves it (and, with ZeRO-1, holds its AdamW
+  // state and updates it): the one whose checkpoint file holds it.
+  owner_ = ckpt::assign_parts(config_, spec_, o_.dp);
+  if (o_.zero == 1) {
+    std::set<std::string> mine;
+    for (const auto& [fqn, d] : owner_) {
+      if (d == dp_.index) mine.insert(fqn);
+    }
+    opt_->set_owned(mine);
+  }
+  if (o_.grad_reduce == "tree") {
+    std::vector<at::Tensor> ps;
+    for (const auto& item : named) ps.push_back(item.second);
+    tree_ = std::make_unique<GradientTree>(ps);
+  }
   if (plan_.reader) {
     load_stage(*plan_.reader, *model_, opt_.get());
     plan_.reader.reset();  // its shards stay closed from here on
@@ -144,9 +178,9 @@ void Rank::setup() {
     if (p.tied_to.empty()) norm_order_.push_back(p.fqn);  // the tie is counted once
   }
   data_ = make_data(o_.data);
-  schedule_ = make_schedule(o_.schedule, o_.pp, o_.microbatches);
+  schedule_ = make_schedule(o_.schedule, o_.pp, per_replica_);
   check_schedule(schedule_);
-  if (!o_.metrics_path.empty() && spec_.is_last()) {
+  if (!o_.metrics_path.empty() && spec_.is_last() && dp_.index == 0) {
     metrics_ = std::make_unique<std::ofstream>(o_.metrics_path, start_step_ > 0 ? std::ios::app : std::ios::trunc);
     if (!*metrics_) throw UsageError("cannot write metrics to '" + o_.metrics_path + "'");
     // The header of this run's lines: which run they belong to and where it started.
@@ -155,6 +189,14 @@ void Rank::setup() {
     h["start_step"] = start_step_;
     h["resumed_from"] = resumed_from_.empty() ? ojson(nullptr) : ojson(resumed_from_);
     h["pp"] = o_.pp;
+    h["dp"] = o_.dp;
+    h["zero"] = o_.zero;
+    h["grad_reduce"] = o_.grad_reduce;
+    // Proof of the split: each replica's global microbatch range [begin, end).
+    h["microbatches_per_rank"] = per_replica_;
+    ojson ranges = ojson::array();
+    for (int d = 0; d < o_.dp; ++d) ranges.push_back(ojson::array({d * per_replica_, (d + 1) * per_replica_}));
+    h["microbatch_ranges"] = ranges;
     h["partition"] = model::partition_string(stages_);
     *metrics_ << h.dump(-1, ' ', false, ojson::error_handler_t::replace) << "\n";
     metrics_->flush();
@@ -226,16 +268,24 @@ bool Rank::step(int64_t step) {
   // tied exchange, grad norm and optimizer after it are timed apart.
   StageStep ss;
   ss.model = model_.get();
-  ss.actions = &schedule_.actions[static_cast<size_t>(rank_)];
+  ss.actions = &schedule_.actions[static_cast<size_t>(spec_.stage)];
   ss.tx = tx_.get();
-  ss.prev = rank_ - 1;
-  ss.next = rank_ + 1;
+  ss.prev = rank_ - o_.dp;  // the same replica, one stage up or down
+  ss.next = rank_ + o_.dp;
   ss.device = device_;
   ss.autocast = autocast_;
   ss.rows = o_.microbatch_size;
   ss.seq_len = data_->seq_len();
-  ss.input = [&](int i) { return mb_slice(batch.inputs, i); };
+  // This replica's share of the global batch: global microbatches [g0, g0 + M / D).
+  const int g0 = dp_.index * per_replica_;
+  ss.first_index = g0;
+  ss.input = [&](int i) { return mb_slice(batch.inputs, g0 + i); };
+  if (tree_) {
+    ss.after_backward = [&](int) { tree_->push(); };
+    ss.gradient_bytes = [&] { return tree_->bytes(); };
+  }
   ss.loss = [&](int i, const at::Tensor& y, int64_t* correct) {
+    i += g0;
     const at::Tensor mask = mb_slice(batch.mask, i).reshape({-1});
     // The loss in float32 whatever the logits' dtype (a no-op without autocast).
     const at::Tensor logits = y.reshape({-1, y.size(-1)}).index({mask}).to(at::kFloat);  // (P, V)
@@ -251,11 +301,46 @@ bool Rank::step(int64_t step) {
   const int64_t act_peak = res.activation_peak;
   double bytes_sent = res.bytes_sent;
 
-  bytes_sent += sum_tied_gradients(*model_, tx_.get(), first ? world_ - 1 : 0);
-  const double grad_norm = global_grad_norm(*model_, norm_order_, tx_.get(), [](const std::string&) { return true; });
+  // (1) The step's gradient over all M microbatches: along the tree (inside this rank, then
+  // across the stage's replicas), or the backend's all-reduce.
+  const double reduce_t0 = now_s();
+  {
+    std::vector<at::Tensor> grads;
+    if (tree_) {
+      grads = tree_->take();
+    } else {
+      for (auto& [fqn, p] : params_) grads.push_back(p.grad());
+    }
+    if (o_.dp > 1) {
+      bytes_sent += tree_ ? reduce_over_replicas(grads, dp_, *tx_) : allreduce_over_replicas(grads, dp_, *tx_);
+    }
+    for (size_t k = 0; k < params_.size(); ++k) params_[k].second.mutable_grad() = grads[k];
+  }
+  const double reduce_time = now_s() - reduce_t0;
+  // (2) The tie, between the two ends of this replica's pipeline. (3) Each FQN's square sum
+  // once (DP index 0 holds what every replica holds). (4) Clip.
+  const int last_rank = (o_.pp - 1) * o_.dp + dp_.index;
+  bytes_sent += sum_tied_gradients(*model_, tx_.get(), first ? last_rank : dp_.index);
+  const double grad_norm = global_grad_norm(*model_, norm_order_, tx_.get(), [&](const std::string&) { return dp_.index == 0; });
   clip_gradients(*model_, grad_norm, o_.clip);
   const double lr = learning_rate(o_, step);
+  // (5) AdamW; with ZeRO-1 each parameter's owner updates it and sends it to the other replicas.
   opt_->step(lr);
+  if (o_.zero == 1 && o_.dp > 1) {
+    c10::NoGradGuard no_grad;
+    for (auto& [fqn, p] : params_) {
+      if (opt_->is_follower(fqn)) continue;
+      at::Tensor data = p.detach();
+      tx_->group_broadcast(data, dp_.rank(owner_.at(fqn)), "the parameter broadcast");
+      if (owner_.at(fqn) == dp_.index) bytes_sent += static_cast<double>(data.nbytes()) * (o_.dp - 1);
+    }
+    opt_->sync_follower();
+  }
+  if (ckpt::fault_injected("corrupt-replica", rank_) && step == start_step_ + 1) {
+    c10::NoGradGuard no_grad;
+    at::Tensor w = params_.front().second.detach().view({-1});  // flips one bit of one weight
+    w.view(at::kInt)[0].bitwise_xor_(1);
+  }
   // Autocast keeps bfloat16 copies of the weights for the step; they are stale now.
   if (autocast_ != c10::ScalarType::Undefined) AutocastGuard::clear_cache();
   samples_ += static_cast<int64_t>(m) * o_.microbatch_size;
@@ -264,16 +349,17 @@ bool Rank::step(int64_t step) {
   const double step_time = now_s() - t0;
 
   // Metrics: the last stage knows the loss; bubble and traffic are summed over ranks.
-  double loss = 0;
-  int64_t n_correct = 0;
+  // bubble, bytes sent, stop requests, each rank's activation peak, then each global
+  // microbatch's loss and correct count (from the replica that ran it; zeros elsewhere add
+  // exactly), so the loss is summed in global-index order at every layout.
+  const int64_t loss_at = 3 + world_, correct_at = loss_at + m;
+  at::Tensor shared = at::zeros({3 + world_ + 2 * m}, at::kDouble);
   if (last) {
-    for (int i = 0; i < m; ++i) {
-      loss += losses[i].item<double>();
-      n_correct += correct[i];
+    for (int i = 0; i < per_replica_; ++i) {
+      shared[loss_at + g0 + i] = losses[static_cast<size_t>(i)].item<double>();
+      shared[correct_at + g0 + i] = static_cast<double>(correct[static_cast<size_t>(i)]);
     }
   }
-  // bubble, bytes sent, stop requests, then each stage's activation peak
-  at::Tensor shared = at::zeros({3 + world_}, at::kDouble);
   shared[0] = pipe_time > 0 ? idle / pipe_time : 0.0;
   shared[1] = bytes_sent;
   shared[2] = stop_signal() != 0 ? 1.0 : 0.0;
@@ -282,12 +368,20 @@ bool Rank::step(int64_t step) {
   // A stop requested anywhere is seen by every rank in this same reduction, so all of them
   // stop after this step and commit it together.
   const bool stop = shared[2].item<double>() > 0;
+  double loss = 0;
+  int64_t n_correct = 0;
+  for (int i = 0; i < m; ++i) {
+    loss += shared[loss_at + i].item<double>();
+    n_correct += static_cast<int64_t>(shared[correct_at + i].item<double>());
+  }
+  const bool final_step = step == (o_.stop_after > 0 ? std::min(o_.stop_after, o_.steps) : o_.steps);
+  if (o_.dp > 1 && (stop || final_step || (o_.ckpt_every > 0 && step % o_.ckpt_every == 0))) check_replicas(step);
   last_ckpt_s_ = 0;
   const bool save_now = !o_.ckpt_dir.empty() &&
                         (stop || (o_.ckpt_every > 0 && step % o_.ckpt_every == 0) ||
-                         step == (o_.stop_after > 0 ? std::min(o_.stop_after, o_.steps) : o_.steps));
+                         final_step);
   if (save_now) save(step);
-  if (last) {
+  if (last && dp_.index == 0) {
     ojson j;
     j["step"] = step;
     j["loss"] = loss;
@@ -297,6 +391,7 @@ bool Rank::step(int64_t step) {
     j["tokens_per_s"] = static_cast<double>(m) * o_.microbatch_size * data_->seq_len() / step_time;
     j["step_time_s"] = step_time;
     j["pipe_time_s"] = pipe_time;
+    j["reduce_time_s"] = reduce_time;  // this rank's: the tree (or all-reduce) over microbatches and replicas
     j["bubble"] = shared[0].item<double>() / world_;
     j["bytes_sent"] = shared[1].item<double>();
     std::vector<int64_t> peaks;
@@ -306,6 +401,28 @@ bool Rank::step(int64_t step) {
     log(j);
   }
   return stop;
+}
+
+// Replicas that disagree (a bug, a bit flip) must not go on silently: every rank publishes a
+// digest of its parameters and each stage's replicas are compared, on every rank, so all of
+// them stop with the same message.
+void Rank::check_replicas(int64_t step) {
+  std::vector<uint64_t> digests;
+  for (auto& [fqn, p] : params_) digests.push_back(ckpt::tensor_digest(p.detach().cpu()));
+  at::Tensor all = at::zeros({world_}, at::kLong);
+  all[rank_] = static_cast<int64_t>(ckpt::bytes_digest(digests.data(), digests.size() * sizeof(uint64_t)));
+  tx_->allreduce_sum(all, "the replica check");
+  for (int stage = 0; stage < o_.pp; ++stage) {
+    const int r0 = stage * o_.dp;
+    for (int j = 1; j < o_.dp; ++j) {
+      const int64_t a = all[r0].item<int64_t>(), b = all[r0 + j].item<int64_t>();
+      if (a == b) continue;
+      throw PipelineError("the replicas of stage " + std::to_string(stage) + " differ after step " + std::to_string(step) +
+                          ": " + rank_name(r0, o_.dp) + " has parameter digest " + ckpt::digest_hex(static_cast<uint64_t>(a)) +
+                          ", " + rank_name(r0 + j, o_.dp) + " has " + ckpt::digest_hex(static_cast<uint64_t>(b)) +
+                          "; replicas must stay bit-identical (a bug or a hardware fault); stopping before it spreads");
+    }
+  }
 }
 
 bool Rank::stop_requested_anywhere() {
@@ -339,6 +456,8 @@ void Rank::save(int64_t step) {
   if (rank_ == 0) tmp = ckpt::begin_step_dir(o_.ckpt_dir, step);
   if (tx_) tmp = tx_->broadcast_string("ckpt/" + std::to_string(step), tmp);
   const ojson train = train_state();
+  // Each FQN is written once, by its owner: with D replicas a stage is spread over D files,
+  // one per DP rank (the content, and so `pmamba-ckpt diff`, does not depend on the layout).
   try {
     ckpt::ShardHeader h;
     h.stage = spec_.stage;
@@ -346,12 +465,14 @@ void Rank::save(int64_t step) {
     h.layer_begin = spec_.layer_begin;
     h.layer_end = spec_.layer_end;
     h.step = step;
+    h.part = dp_.index;
+    h.parts = o_.dp;
     h.config_json = model::config_to_json_string(config_);
     h.train_json = train.dump();
     ckpt::WriteOptions w;
     w.compression = ckpt::Compression::parse(o_.compression);
     w.threads = o_.threads;
-    const ckpt::StageData d = collect_stage(*model_, opt_.get());
+    const ckpt::StageData d = collect_stage(*model_, opt_.get(), &stages_, o_.dp, dp_.index);
     ckpt::write_shard(tmp, h, d.tensors, d.aliases, w);
   } catch (const std::exception& e) {
     error = e.what();
@@ -363,7 +484,7 @@ void Rank::save(int64_t step) {
   if (failed.item<int>() == 0 && rank_ == 0) {
     try {
       const ckpt::Manifest man = ckpt::build_manifest(tmp, run_id_, config_, stages_, step,
-                                                      ckpt::Compression::parse(o_.compression), true, train);
+                                                      ckpt::Compression::parse(o_.compression), true, train, o_.dp);
       const ckpt::CommitResult c = ckpt::commit_step_dir(o_.ckpt_dir, tmp, man, ckpt::CommitOptions{o_.keep_last, o_.overwrite});
       saved_dir_ = c.dir;
       note = c.latest_error;
@@ -412,11 +533,21 @@ int Rank::run_steps() {
     std::printf("%s", print_schedule(schedule_).c_str());
   }
   handshake();
+  // After the handshake, so that ranks started with another layout fail there, naming it.
+  if (o_.dp > 1) {
+    std::vector<int> group;
+    for (int j = 0; j < o_.dp; ++j) group.push_back(dp_.rank(j));
+    tx_->join_group(group);
+  }
   if (world_ == 1 && !o_.quiet && ::isatty(2) && !std::getenv("PMAMBA_LOCAL_LAUNCH")) bar_ = std::make_unique<ProgressBar>();
   const int64_t stop = o_.stop_after > 0 ? std::min(o_.stop_after, o_.steps) : o_.steps;
-  if (spec_.is_last() && !o_.quiet) {
+  if (spec_.is_last() && dp_.index == 0 && !o_.quiet) {
     std::string where = device_.str();
-    if (o_.pp > 1) where += " over " + backend_;
+    if (world_ > 1) where += " over " + backend_;
+    if (o_.dp > 1) {
+      where += ", " + std::to_string(o_.dp) + " data-parallel replicas (" + std::to_string(per_replica_) +
+               " microbatches each, gradients by " + o_.grad_reduce + (o_.zero ? ", ZeRO-1" : "") + ")";
+    }
     if (autocast_ != c10::ScalarType::Undefined) where += ", bf16 autocast";
     std::printf("training %s: %d stage%s (partition %s, %s, %s boundary) on %s, %d x %d samples per step, %s; %s\n",
                 o_.preset.empty() ? "model" : o_.preset.c_str(), o_.pp, o_.pp == 1 ? "" : "s",
@@ -462,7 +593,7 @@ int run_train(const TrainOptions& o, int argc, char** argv) {
     // One rank of a launched job: the stage that commits (rank 0) holds the root's lock (its
     // own, or the one the local launcher handed it).
     check_master_address(env);
-    TrainPlan plan = plan_training(o, env.rank == 0, env.rank);
+    TrainPlan plan = plan_training(o, env.rank == 0, env.rank / std::max(1, o.dp));
     if (env.rank == 0 && plan.o.ckpt_dir.empty() && !std::getenv("PMAMBA_LOCAL_LAUNCH")) {
       std::printf("pmamba-train: note: no --ckpt-dir: this run saves no checkpoint\n");
       std::fflush(stdout);
@@ -475,20 +606,21 @@ int run_train(const TrainOptions& o, int argc, char** argv) {
   if (plan.o.ckpt_dir.empty()) std::printf("pmamba-train: note: no --ckpt-dir: this run saves no checkpoint\n");
   if (!plan.note.empty()) std::printf("pmamba-train: note: %s\n", plan.note.c_str());
   std::fflush(stdout);
-  if (o.pp == 1) {
+  if (o.pp * o.dp == 1) {
     Rank r(std::move(plan), env);
     return r.run();
   }
   resolve_backend(o.backend, resolve_device(o.device, 0));
-  if (o.print_schedule && o.resume.empty()) std::printf("%s", print_schedule(make_schedule(o.schedule, o.pp, o.microbatches)).c_str());
+  if (o.print_schedule && o.resume.empty()) std::printf("%s", print_schedule(make_schedule(o.schedule, o.pp, o.microbatches / o.dp)).c_str());
   LaunchOptions l;
-  l.ranks = o.pp;
+  l.ranks = o.pp * o.dp;
   l.argv.assign(argv, argv + argc);
   l.timeout = std::chrono::milliseconds(static_cast<int64_t>(o.timeout_s * 1000));
   l.progress_bar = !o.quiet && ::isatty(2);
   l.lock_fd = plan.lock.fd();
   l.env["PMAMBA_RUN_ID"] = plan.run_id;
   l.tool = "pmamba-train";
+  l.dp = o.dp;
   plan.reader.reset();
   return launch_local(l);
 }

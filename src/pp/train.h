@@ -27,8 +27,12 @@ struct TrainOptions {
   int pp = 1;
   std::string partition;
   std::string schedule = "1f1b";
-  int microbatches = 4;
+  int microbatches = 4;       // global: all data-parallel replicas together
   int microbatch_size = 4;
+  // data parallelism (DESIGN.md §4a)
+  int dp = 1;                          // replicas of the pipeline; world = pp x dp
+  int zero = 0;                        // 1: each FQN's AdamW state on one DP rank of its stage
+  std::string grad_reduce = "tree";    // tree (bitwise at every dp) | allreduce (the backend's)
   // data
   DataOptions data;
   // optimisation

@@ -16,6 +16,7 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -26,6 +27,11 @@
 #include "src/pp/errors.h"
 
 namespace pmamba::pp {
+
+std::string rank_name(int rank, int dp) {
+  if (dp <= 1) return "stage " + std::to_string(rank);
+  return "rank " + std::to_string(rank) + " (stage " + std::to_string(rank / dp) + ", dp index " + std::to_string(rank % dp) + ")";
+}
 
 namespace {
 
@@ -59,8 +65,8 @@ std::string first_line(const std::string& s) {
 }
 
 // How a stage says that another one gave up on its own and why (from its failure report).
-PeerFailure gave_up(int stage, int waiter, const std::string& what, const std::string& report) {
-  return PeerFailure("stage " + std::to_string(stage) + " gave up while stage " + std::to_string(waiter) +
+PeerFailure gave_up(int stage, int waiter, const std::string& what, const std::string& report, int dp) {
+  return PeerFailure(rank_name(stage, dp) + " gave up while " + rank_name(waiter, dp) +
                      " waited for " + what + "; it reported: " + report);
 }
 
@@ -190,6 +196,13 @@ struct Transport::Impl {
   c10d::Work* waiting = nullptr;
   c10::Device device{c10::kCPU};       // where the backend wants its tensors
   c10::intrusive_ptr<c10d::ProcessGroupGloo> gloo;
+  c10::intrusive_ptr<c10d::ProcessGroupGloo::Options> gloo_options;
+  // The one subgroup (join_group): its members' world ranks and its process group.
+  std::vector<int> group_ranks;
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> group_gloo;
+#ifdef USE_C10D_NCCL
+  c10::intrusive_ptr<c10d::ProcessGroupNCCL> group_nccl;
+#endif
 #ifdef USE_C10D_NCCL
   // One communicator per direction. NCCL has no tags: it pairs the sends and receives between
   // two ranks in the order they were issued, on one stream per communicator. 1F1B sends an
@@ -240,7 +253,7 @@ void arm_deadline(c10d::Store& store, const std::string& key, std::chrono::milli
 
 Transport::Transport(const DistEnv& e, std::chrono::milliseconds timeout, const std::string& backend,
                      c10::Device device)
-    : impl_(std::make_unique<Impl>()), rank_(e.rank), world_(e.world), agent_store_(e.agent_store), timeout_(timeout) {
+    : impl_(std::make_unique<Impl>()), rank_(e.rank), world_(e.world), dp_(std::max(1, e.dp)), agent_store_(e.agent_store), timeout_(timeout) {
   if (backend != "gloo" && backend != "nccl") throw UsageError("unknown c10d backend '" + backend + "'");
   if (backend == "nccl" && !device.is_cuda()) throw UsageError("the NCCL backend needs a CUDA device");
 #ifndef USE_C10D_NCCL
@@ -276,7 +289,7 @@ Transport::Transport(const DistEnv& e, std::chrono::milliseconds timeout, const 
         throw PipelineError("stage 0 cannot serve the rendezvous store on port " + std::to_string(e.master_port) + ": " +
                             first_line(ex.what()));
       }
-      throw PeerFailure("stage " + std::to_string(e.rank) + " could not reach the rendezvous store at " + address +
+      throw PeerFailure(rank_name(e.rank, e.dp) + " could not reach the rendezvous store at " + address +
                         " (served by " + e.store_host + ") within " + seconds(timeout) + " s: " + first_line(ex.what()) +
                         (e.store_host == "stage 0" ? " (did stage 0 start?)" : ""));
     }
@@ -288,8 +301,8 @@ Transport::Transport(const DistEnv& e, std::chrono::milliseconds timeout, const 
     for (int r = 0; r < e.world && mismatch.empty(); ++r) {
       const std::vector<uint8_t> b = impl_->store->get("backend/" + std::to_string(r));
       if (std::string(b.begin(), b.end()) != backend) {
-        mismatch = "stage " + std::to_string(r) + " uses the " + std::string(b.begin(), b.end()) +
-                   " backend but stage " + std::to_string(e.rank) + " uses " + backend +
+        mismatch = rank_name(r, e.dp) + " uses the " + std::string(b.begin(), b.end()) +
+                   " backend but " + rank_name(e.rank, e.dp) + " uses " + backend +
                    "; all stages must be started with the same --device and --backend";
       }
     }
@@ -303,6 +316,7 @@ Transport::Transport(const DistEnv& e, std::chrono::milliseconds timeout, const 
         options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
       }
       impl_->gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(impl_->store, e.rank, e.world, options);
+      impl_->gloo_options = options;
     }
 #ifdef USE_C10D_NCCL
     if (mismatch.empty() && backend == "nccl") {
@@ -355,8 +369,8 @@ Transport::Transport(const DistEnv& e, std::chrono::milliseconds timeout, const 
     throw;
   } catch (const std::exception& ex) {
     stop_heart();
-    throw PipelineError("rendezvous of " + std::to_string(e.world) + " stages at " + address + " failed for stage " +
-                        std::to_string(e.rank) + ": " + first_line(ex.what()));
+    throw PipelineError("rendezvous of " + std::to_string(e.world) + " stages at " + address + " failed for " +
+                        rank_name(e.rank, e.dp) + ": " + first_line(ex.what()));
   }
   if (!mismatch.empty()) {
     stop_heart();
@@ -381,8 +395,8 @@ void Transport::rendezvous(const DistEnv& e) {
     if (Clock::now() >= until) {
       std::string names;
       for (size_t i = 0; i < missing.size(); ++i) names += (i ? ", " : "") + std::to_string(missing[i]);
-      throw PipelineError("stage " + std::to_string(e.rank) + " waited " + seconds(timeout_) + " s for stage" +
-                          (missing.size() == 1 ? " " : "s ") + names + " of " + std::to_string(e.world) +
+      throw PipelineError(rank_name(e.rank, e.dp) + " waited " + seconds(timeout_) + " s for " +
+                          (e.dp > 1 ? "rank" : "stage") + (missing.size() == 1 ? " " : "s ") + names + " of " + std::to_string(e.world) +
                           " to join the rendezvous at " + e.master_addr + ":" + std::to_string(e.master_port) +
                           " (not started, or exited before joining)");
     }
@@ -434,7 +448,7 @@ Transport::~Transport() {
   impl_->sends.clear();
 #ifdef USE_C10D_NCCL
   // After a failure NCCL kernels may wait forever for a peer that is gone: abort them.
-  for (auto& pg : {impl_->down, impl_->up}) {
+  for (auto& pg : {impl_->down, impl_->up, impl_->group_nccl}) {
     if (!pg) continue;
     try {
       if (impl_->failed) {
@@ -457,7 +471,7 @@ void Transport::peer_failed(int peer, const std::string& what, const std::string
     const std::string key = "failed/" + std::to_string(peer);
     if (impl_->store->check({key})) {
       const std::vector<uint8_t> msg = impl_->store->get(key);
-      throw gave_up(peer, rank_, what, first_line(std::string(msg.begin(), msg.end())));
+      throw gave_up(peer, rank_, what, first_line(std::string(msg.begin(), msg.end())), dp_);
     }
   } catch (const PipelineError&) {
     throw;
@@ -466,12 +480,12 @@ void Transport::peer_failed(int peer, const std::string& what, const std::string
     // The store is gone too: whoever serves it (stage 0, the launcher or torchrun's agent) went
     // first, and the peer may only have followed it.
     if (!agent_store_ && peer != 0) {
-      throw PeerFailure("stage 0 stopped answering (its rendezvous store is unreachable) and so did stage " +
-                        std::to_string(peer) + ": stage " + std::to_string(rank_) + " waited for " + what + ": " +
+      throw PeerFailure(rank_name(0, dp_) + " stopped answering (its rendezvous store is unreachable) and so did " +
+                        rank_name(peer, dp_) + ": " + rank_name(rank_, dp_) + " waited for " + what + ": " +
                         first_line(detail));
     }
   }
-  throw PeerFailure("stage " + std::to_string(peer) + " stopped answering: stage " + std::to_string(rank_) +
+  throw PeerFailure(rank_name(peer, dp_) + " stopped answering: " + rank_name(rank_, dp_) +
                     " waited for " + what + " (timeout " + seconds(timeout_) + " s): " + first_line(detail));
 }
 
@@ -510,7 +524,7 @@ bool Transport::await(c10d::Work& work, const std::string& what, bool sliced) {
     if (!impl_->reported.load()) return;
     impl_->failed = true;
     std::lock_guard<std::mutex> lock(impl_->mu);
-    throw gave_up(impl_->report_stage, rank_, what, impl_->report);
+    throw gave_up(impl_->report_stage, rank_, what, impl_->report, dp_);
   };
   if (!impl_->gloo) return work.wait(timeout_);
   reported();
@@ -582,7 +596,7 @@ std::string Transport::missing_peers() {
     std::string names;
     for (int r = 0; r < world_; ++r) {
       if (r == rank_ || after[r] != before[r] || impl_->store->check({"failed/" + std::to_string(r)})) continue;
-      names += (names.empty() ? "stage " : ", stage ") + std::to_string(r);
+      names += (names.empty() ? "" : ", ") + rank_name(r, dp_);
     }
     return names;
   } catch (const std::exception&) {
@@ -632,15 +646,86 @@ void Transport::allreduce_sum(at::Tensor& tensor, const std::string& what) {
         const std::string key = "failed/" + std::to_string(r);
         if (r == rank_ || !impl_->store->check({key})) continue;
         const std::vector<uint8_t> msg = impl_->store->get(key);
-        throw gave_up(r, rank_, what, first_line(std::string(msg.begin(), msg.end())));
+        throw gave_up(r, rank_, what, first_line(std::string(msg.begin(), msg.end())), dp_);
       }
     } catch (const PipelineError&) {
       throw;
     } catch (const std::exception&) {
     }
   }
-  throw PeerFailure((who.empty() ? std::string("a peer") : who) + " stopped answering: stage " +
-                    std::to_string(rank_) + " waited during " + what + " (timeout " + seconds(timeout_) + " s): " + detail);
+  throw PeerFailure((who.empty() ? std::string("a peer") : who) + " stopped answering: " +
+                    rank_name(rank_, dp_) + " waited during " + what + " (timeout " + seconds(timeout_) + " s): " + detail);
+}
+
+void Transport::join_group(const std::vector<int>& ranks) {
+  const auto me = std::find(ranks.begin(), ranks.end(), rank_);
+  if (me == ranks.end() || !impl_->group_ranks.empty()) throw PipelineError("internal: bad process-group membership");
+  impl_->group_ranks = ranks;
+  const int index = static_cast<int>(me - ranks.begin()), size = static_cast<int>(ranks.size());
+  auto prefixed = c10::make_intrusive<c10d::PrefixStore>("group-" + std::to_string(ranks.front()), impl_->store);
+  try {
+    if (impl_->gloo) {
+      impl_->group_gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(prefixed, index, size, impl_->gloo_options);
+    }
+#ifdef USE_C10D_NCCL
+    if (impl_->down) {
+      auto options = c10d::ProcessGroupNCCL::Options::create();
+      options->timeout = timeout_ + std::chrono::seconds(60);
+      impl_->group_nccl = c10::make_intrusive<c10d::ProcessGroupNCCL>(prefixed, index, size, options);
+    }
+#endif
+  } catch (const std::exception& ex) {
+    impl_->failed = true;
+    const std::string who = missing_peers();
+    throw PeerFailure(rank_name(rank_, dp_) + " could not form its data-parallel group" +
+                      (who.empty() ? std::string() : " (" + who + " stopped answering)") + ": " + first_line(ex.what()));
+  }
+}
+
+// A collective on the group, waited for like the world's (sliced, so a failure reported
+// elsewhere stops it within a heartbeat); a member that stopped answering is named.
+void Transport::group_collective(at::Tensor& tensor, const std::string& what, int root) {
+  if (impl_->group_ranks.empty()) throw PipelineError("internal: no process group joined");
+  const bool direct = tensor.device() == impl_->device && tensor.is_contiguous();
+  std::vector<at::Tensor> ts{direct ? tensor : impl_->wire(tensor)};
+  std::string detail;
+  try {
+    c10::intrusive_ptr<c10d::Work> work;
+    if (root < 0) {
+      c10d::AllreduceOptions ar;
+#ifdef USE_C10D_NCCL
+      if (impl_->group_nccl) work = impl_->group_nccl->allreduce(ts, ar);
+#endif
+      if (!work) work = impl_->group_gloo->allreduce(ts, ar);
+    } else {
+      c10d::BroadcastOptions b;
+      const auto it = std::find(impl_->group_ranks.begin(), impl_->group_ranks.end(), root);
+      b.rootRank = static_cast<int64_t>(it - impl_->group_ranks.begin());
+#ifdef USE_C10D_NCCL
+      if (impl_->group_nccl) work = impl_->group_nccl->broadcast(ts, b);
+#endif
+      if (!work) work = impl_->group_gloo->broadcast(ts, b);
+    }
+    if (await(*work, what, true)) {
+      if (!direct) tensor.copy_(ts[0]);
+      return;
+    }
+    detail = "timed out";
+  } catch (const PipelineError&) {
+    throw;
+  } catch (const std::exception& ex) {
+    detail = first_line(ex.what());
+  }
+  impl_->failed = true;
+  const std::string who = missing_peers();
+  throw PeerFailure((who.empty() ? std::string("a peer") : who) + " stopped answering: " + rank_name(rank_, dp_) +
+                    " waited during " + what + " (timeout " + seconds(timeout_) + " s): " + detail);
+}
+
+void Transport::group_allreduce_sum(at::Tensor& tensor, const std::string& what) { group_collective(tensor, what, -1); }
+
+void Transport::group_broadcast(at::Tensor& tensor, int root, const std::string& what) {
+  group_collective(tensor, what, root);
 }
 
 void Transport::barrier(const std::string& what) {
@@ -663,7 +748,7 @@ std::string Transport::broadcast_string(const std::string& key, const std::strin
       if (impl_->reported.load()) {
         impl_->failed = true;
         std::lock_guard<std::mutex> lock(impl_->mu);
-        throw gave_up(impl_->report_stage, rank_, "'" + key + "'", impl_->report);
+        throw gave_up(impl_->report_stage, rank_, "'" + key + "'", impl_->report, dp_);
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
@@ -675,11 +760,11 @@ std::string Transport::broadcast_string(const std::string& key, const std::strin
   }
   impl_->failed = true;
   if (detail == "timed out") {
-    throw PeerFailure("stage 0 did not publish '" + key + "' within the timeout: stage " + std::to_string(rank_) +
+    throw PeerFailure("stage 0 did not publish '" + key + "' within the timeout: " + rank_name(rank_, dp_) +
                       " gave up waiting");
   }
-  throw PeerFailure(store_host_ + " stopped answering (its rendezvous store is unreachable): stage " +
-                    std::to_string(rank_) + " waited for '" + key + "': " + detail);
+  throw PeerFailure(store_host_ + " stopped answering (its rendezvous store is unreachable): " +
+                    rank_name(rank_, dp_) + " waited for '" + key + "': " + detail);
 }
 
 // ---- the launcher's store ----

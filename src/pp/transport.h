@@ -4,7 +4,7 @@
 // Callers pass tensors on any device: the transport moves them to where its backend wants them.
 // Every wait has a deadline, store operations included (a store whose host stopped answering
 // fails them instead of blocking forever); a peer that stops answering (timeout, closed
-// connection) becomes a PeerFailure naming the stage. Rank == stage (pipeline parallelism only).
+// connection) becomes a PeerFailure naming the stage (and DP index). Peers are world ranks.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -40,7 +40,12 @@ struct DistEnv {
   bool agent_store = false;
   std::string store_prefix;             // "/worker/attempt_N" with the agent's store
   std::string store_host = "stage 0";   // who serves the store, for messages
+  int dp = 1;  // data-parallel degree (set by the trainer): ranks are named by (stage, dp index)
 };
+
+/// How messages name a rank: "stage 2" without data parallelism, "rank 5 (stage 2, dp index 1)"
+/// with it.
+std::string rank_name(int rank, int dp);
 /// Throws UsageError for inconsistent or malformed variables (a rank outside the world, a
 /// MASTER_PORT that is not a port, a MASTER_ADDR that is not a valid numeric address).
 DistEnv dist_env_from_environment();
@@ -98,6 +103,15 @@ class Transport {
   /// launcher can say what happened); `own` is false when it only followed another stage's
   /// failure. Never throws.
   void report_failure(const std::string& message, bool own) noexcept;
+  /// Joins the c10d group of `ranks` (world ranks, ascending, this rank among them): a process
+  /// group of the same backend on the same store under a prefix of its own. Every member must
+  /// call it, with the same list, before using the group. One group per transport.
+  void join_group(const std::vector<int>& ranks);
+  /// Sum over the group's ranks, in place, blocking.
+  void group_allreduce_sum(at::Tensor& tensor, const std::string& what);
+  /// The group's rank `root` (a world rank) sends `tensor` to every other member, in place.
+  void group_broadcast(at::Tensor& tensor, int root, const std::string& what);
+
   /// Rank 0 publishes a string under `key`, every rank returns it.
   std::string broadcast_string(const std::string& key, const std::string& value);
 
@@ -108,10 +122,11 @@ class Transport {
   // be gone or stopped).
   void shorten_store_deadline() noexcept;
   bool await(c10d::Work& work, const std::string& what, bool sliced);
+  void group_collective(at::Tensor& tensor, const std::string& what, int root);  // root -1: all-reduce
   std::string missing_peers();
   struct Impl;
   std::unique_ptr<Impl> impl_;
-  int rank_ = 0, world_ = 1;
+  int rank_ = 0, world_ = 1, dp_ = 1;
   bool agent_store_ = false;
   std::string store_host_;  // who serves the store ("stage 0", "the launcher", "the torchrun agent")
   std::chrono::milliseconds timeout_;
