@@ -11,6 +11,9 @@
 #      be bitwise equal), then resume that checkpoint at PP 3 on the CPU.
 #   4. bf16 autocast on the GPU: runs, and its losses differ from float32's.
 #   5. A GPU-written checkpoint verifies and evaluates on the CPU.
+#   6. Data parallelism on the device: PP 1 x DP 2 (NCCL with two GPUs, else Gloo), ZeRO 0 and 1,
+#      against PP 1 on the device (checkpoint diff reported; with NCCL the DP group's broadcasts
+#      and the tree's point-to-point messages are NCCL's).
 # Usage: scripts/gpu-train-check.sh BUILD_DIR    (DEVICE=cpu runs the same steps on the CPU,
 # which tests the script itself on a machine without a GPU)
 set -uo pipefail
@@ -75,4 +78,13 @@ echo "== 5. the $DEV checkpoint on the CPU"
 "$BIN/pmamba-ckpt" verify "$T/dev1" >/dev/null 2>&1 && echo "   verify: ok" || bad "verify of the $DEV checkpoint failed"
 "$BIN/pmamba-eval" --ckpt "$T/dev1" --device cpu --data selective-copy --samples 32 2>&1 | sed 's/^/   cpu eval: /' | tail -1
 "$BIN/pmamba-eval" --ckpt "$T/dev1" --device $DEV --data selective-copy --samples 32 2>&1 | sed "s/^/   $DEV eval: /" | tail -1
+echo "== 6. PP 1 x DP 2 on $DEV"
+if [ "$NGPU" -ge 2 ]; then be=nccl; else be=gloo; fi
+for z in 0 1; do
+  if train devdp$z --pp 1 --dp 2 --zero $z --device $DEV --backend $be; then
+    echo "   zero $z over $be vs PP 1: $(compare devdp$z dev1)"
+    "$BIN/pmamba-ckpt" diff "$T/devdp$z" "$T/dev1" >"$T/diffdp.out" 2>&1
+    echo "   pmamba-ckpt diff: exit $? ($(grep -E '^(EQUAL|DIFFERENT)' "$T/diffdp.out" | head -1))"
+  fi
+done
 exit $FAILED
