@@ -12,6 +12,8 @@
 //   step-dir   creating a step directory fails (the committing stage fails on its own)
 //   latest-write  writing `latest` fails after the step directory was renamed (disk full there)
 //   no-room    the filesystem of a checkpoint root reports 1 KiB free
+//   corrupt-replica@R  training rank R flips one bit of a weight after its first step (the
+//              replica check must catch it)
 #pragma once
 
 #include <string>
