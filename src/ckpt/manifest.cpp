@@ -75,24 +75,22 @@ std::map<std::string, int> assign_balanced(const std::vector<std::pair<std::stri
 }
 
 std::map<std::string, int> assign_parts(const model::MambaConfig& config, const model::StageSpec& stage, int parts) {
-  std::vector<std::pair<std::string, int64_t>> sizes;
-  std::vector<std::pair<std::string, std::string>> followers;  // (alias, target) both on this stage
+  std::vector<model::ParamInfo> owned;
+  std::set<std::string> here;
   for (const auto& p : model::list_parameters(config)) {
     if (!model::stage_owns(p, stage)) continue;
-    if (!p.tied_to.empty()) {
-      bool here = false;
-      for (const auto& q : model::list_parameters(config)) here = here || (q.fqn == p.tied_to && model::stage_owns(q, stage));
-      if (here) {
-        followers.emplace_back(p.fqn, p.tied_to);
-        continue;
-      }
-      sizes.emplace_back(p.fqn, 0);  // an alias holds no data
-      continue;
-    }
-    sizes.emplace_back(p.fqn, p.numel());
+    owned.push_back(p);
+    here.insert(p.fqn);
+  }
+  std::vector<std::pair<std::string, int64_t>> sizes;
+  for (const auto& p : owned) {
+    if (p.tied_to.empty()) sizes.emplace_back(p.fqn, p.numel());
+    if (!p.tied_to.empty() && !here.count(p.tied_to)) sizes.emplace_back(p.fqn, 0);  // an alias holds no data
   }
   std::map<std::string, int> out = assign_balanced(sizes, parts);
-  for (const auto& [alias, target] : followers) out[alias] = out.at(target);
+  for (const auto& p : owned) {
+    if (!p.tied_to.empty() && here.count(p.tied_to)) out[p.fqn] = out.at(p.tied_to);  // with its target
+  }
   return out;
 }
 

@@ -636,10 +636,14 @@ void Transport::allreduce_sum(at::Tensor& tensor, const std::string& what) {
     detail = first_line(ex.what());
   }
   (void)seq;
+  collective_failed(what, detail);
+}
+
+// After a collective failed (world or group): who went silent, or, when nobody did, the report
+// of a rank that gave up on its own (it closed its connections, and its report says why).
+void Transport::collective_failed(const std::string& what, const std::string& detail) {
   impl_->failed = true;
   const std::string who = missing_peers();
-  // Nobody went silent: a stage that gave up on its own closed its connections, and its
-  // report says why.
   if (who.empty() && !impl_->store_dead.load()) {
     try {
       for (int r = 0; r < world_; ++r) {
@@ -716,10 +720,7 @@ void Transport::group_collective(at::Tensor& tensor, const std::string& what, in
   } catch (const std::exception& ex) {
     detail = first_line(ex.what());
   }
-  impl_->failed = true;
-  const std::string who = missing_peers();
-  throw PeerFailure((who.empty() ? std::string("a peer") : who) + " stopped answering: " + rank_name(rank_, dp_) +
-                    " waited during " + what + " (timeout " + seconds(timeout_) + " s): " + detail);
+  collective_failed(what, detail);
 }
 
 void Transport::group_allreduce_sum(at::Tensor& tensor, const std::string& what) { group_collective(tensor, what, -1); }

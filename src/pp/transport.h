@@ -123,6 +123,7 @@ class Transport {
   void shorten_store_deadline() noexcept;
   bool await(c10d::Work& work, const std::string& what, bool sliced);
   void group_collective(at::Tensor& tensor, const std::string& what, int root);  // root -1: all-reduce
+  [[noreturn]] void collective_failed(const std::string& what, const std::string& detail);
   std::string missing_peers();
   struct Impl;
   std::unique_ptr<Impl> impl_;
