@@ -6,6 +6,7 @@
 #include "src/ckpt/diff.h"
 #include "src/ckpt/inspect.h"
 #include "src/ckpt/verify.h"
+#include "src/pp/plan.h"
 #include "src/pp/state.h"
 #include "tools/tool_main.h"
 
@@ -63,7 +64,22 @@ int main(int argc, char** argv) {
   diff_cmd->add_flag("--verbose", verbose, "also list equal tensors");
   diff_cmd->add_flag("--json", json, "one JSON object");
 
+  std::string params_preset, params_config;
+  auto* params_cmd = app.add_subcommand("params", "a model's FQN table and parameter count, from the config alone");
+  params_cmd->footer("Example:\n  pmamba-ckpt params --preset bamba-9b --json");
+  auto* psrc = params_cmd->add_option_group("model");
+  psrc->add_option("--preset", params_preset, "model preset (tiny, mamba2-130m, bamba-9b, ...)");
+  psrc->add_option("--config", params_config, "model config JSON file (pmamba's or mamba_ssm's config.json)");
+  psrc->require_option(1);
+  params_cmd->add_flag("--json", json, "one JSON object");
+
   return pmamba::tools::run_tool(app, argc, argv, [&]() -> int {
+    if (*params_cmd) {
+      const auto config = params_preset.empty() ? pmamba::pp::load_config_file(params_config)
+                                                : pmamba::model::preset(params_preset);
+      pmamba::ckpt::print_params(config, std::cout, json);
+      return 0;
+    }
     if (*init_cmd) {
       const std::string dir = pmamba::pp::init_checkpoint(init);
       if (init_json) {

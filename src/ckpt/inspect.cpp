@@ -101,9 +101,7 @@ void print_info(const std::string& path, std::ostream& out, bool json) {
   out << "checkpoint  " << dir << "\n";
   out << "step        " << m.step << "  (format_version " << m.format_version << ")\n";
   out << "run         " << (m.run_id.empty() ? "(none: version 1)" : m.run_id) << "\n";
-  out << "model       d_model " << c.d_model << ", n_layer " << c.n_layer << ", vocab " << c.vocab_size << " (padded "
-      << c.padded_vocab() << "), d_state " << c.d_state << ", d_conv " << c.d_conv << ", expand " << c.expand
-      << ", dt_rank " << c.dt_rank_value() << (c.tie_embeddings ? ", tied embeddings" : ", untied") << "\n";
+  out << "model       " << model::describe(c) << "\n";
   out << "parameters  " << with_commas(params) << " (tie counted once)\n";
   out << "tensors     " << (m.tensors.size() - static_cast<size_t>(aliases)) << " stored"
       << (aliases ? " + " + std::to_string(aliases) + " tied alias" : "")
@@ -169,6 +167,33 @@ void print_ls(const std::string& path, std::ostream& out, bool json, bool all) {
                   r.contains("alias_of") ? ("  -> alias of " + r["alias_of"].get<std::string>()).c_str() : "");
     out << line;
   }
+}
+
+void print_params(const model::MambaConfig& config, std::ostream& out, bool json) {
+  const auto params = model::list_parameters(config);
+  const int64_t total = model::count_parameters(config);
+  if (json) {
+    ojson rows = ojson::array();
+    for (const auto& p : params) {
+      ojson row = {{"fqn", p.fqn}, {"shape", p.shape}, {"numel", p.numel()}, {"layer", p.layer},
+                   {"kind", p.layer >= 0 ? model::layer_kind_name(config.layer_kind(p.layer)) : "lm"},
+                   {"no_weight_decay", p.no_weight_decay}};
+      if (!p.tied_to.empty()) row["tied_to"] = p.tied_to;
+      rows.push_back(std::move(row));
+    }
+    ojson j = {{"config", model::config_to_json(config)}, {"parameters", rows},
+               {"tensors", params.size()}, {"total", total}};
+    out << j.dump() << "\n";
+    return;
+  }
+  out << "model  " << model::describe(config) << "\n";
+  char line[400];
+  for (const auto& p : params) {
+    std::snprintf(line, sizeof line, "%-48s %-20s %15s%s\n", p.fqn.c_str(), shape_text(p.shape).c_str(),
+                  with_commas(p.numel()).c_str(), p.tied_to.empty() ? "" : ("  (tied to " + p.tied_to + ")").c_str());
+    out << line;
+  }
+  out << "total  " << with_commas(total) << " parameters in " << params.size() << " tensors (a tied head counted once)\n";
 }
 
 }  // namespace pmamba::ckpt

@@ -1,8 +1,11 @@
-// pmamba-ckpt info and ls: what a checkpoint holds, from its manifest (no tensor is decoded).
+// pmamba-ckpt info and ls: what a checkpoint holds, from its manifest (no tensor is decoded);
+// pmamba-ckpt params: what a config's model holds, from the config alone.
 #pragma once
 
 #include <ostream>
 #include <string>
+
+#include "src/model/config.h"
 
 namespace pmamba::ckpt {
 
@@ -13,5 +16,9 @@ void print_info(const std::string& path, std::ostream& out, bool json);
 /// Every FQN with shape, dtype, owner stage, stored bytes and digest; with `all`, optimizer
 /// slots too (one row per slot).
 void print_ls(const std::string& path, std::ostream& out, bool json, bool all);
+
+/// The config-only parameter table (nothing allocated): every FQN with shape, element count
+/// and layer kind, and the total with a tied head counted once.
+void print_params(const model::MambaConfig& config, std::ostream& out, bool json);
 
 }  // namespace pmamba::ckpt

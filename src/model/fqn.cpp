@@ -37,17 +37,49 @@ std::vector<ParamInfo> list_parameters(const MambaConfig& c) {
     const std::string p = layer_prefix(i);
     add(p + "norm.weight", {d}, i, true);
     if (!c.rms_norm) add(p + "norm.bias", {d}, i, true);
-    add(p + "mixer.in_proj.weight", {2 * di, d}, i, false);
-    if (c.bias) add(p + "mixer.in_proj.bias", {2 * di}, i, true);
-    add(p + "mixer.conv1d.weight", {di, 1, k}, i, false);
-    if (c.conv_bias) add(p + "mixer.conv1d.bias", {di}, i, true);
-    add(p + "mixer.x_proj.weight", {r + 2 * n, di}, i, false);
-    add(p + "mixer.dt_proj.weight", {di, r}, i, false);
-    add(p + "mixer.dt_proj.bias", {di}, i, true);
-    add(p + "mixer.A_log", {di, n}, i, true);
-    add(p + "mixer.D", {di}, i, true);
-    add(p + "mixer.out_proj.weight", {d, di}, i, false);
-    if (c.bias) add(p + "mixer.out_proj.bias", {d}, i, true);
+    switch (c.layer_kind(i)) {
+      case LayerKind::kMamba1:
+        add(p + "mixer.in_proj.weight", {2 * di, d}, i, false);
+        if (c.bias) add(p + "mixer.in_proj.bias", {2 * di}, i, true);
+        add(p + "mixer.conv1d.weight", {di, 1, k}, i, false);
+        if (c.conv_bias) add(p + "mixer.conv1d.bias", {di}, i, true);
+        add(p + "mixer.x_proj.weight", {r + 2 * n, di}, i, false);
+        add(p + "mixer.dt_proj.weight", {di, r}, i, false);
+        add(p + "mixer.dt_proj.bias", {di}, i, true);
+        add(p + "mixer.A_log", {di, n}, i, true);
+        add(p + "mixer.D", {di}, i, true);
+        add(p + "mixer.out_proj.weight", {d, di}, i, false);
+        if (c.bias) add(p + "mixer.out_proj.bias", {d}, i, true);
+        break;
+      case LayerKind::kMamba2: {
+        const int64_t h = c.nheads(), conv = c.conv_dim();
+        add(p + "mixer.in_proj.weight", {c.d_in_proj(), d}, i, false);  // rows [z, x, B, C, dt]
+        if (c.bias) add(p + "mixer.in_proj.bias", {c.d_in_proj()}, i, true);
+        add(p + "mixer.conv1d.weight", {conv, 1, k}, i, false);  // channels [x, B, C]
+        if (c.conv_bias) add(p + "mixer.conv1d.bias", {conv}, i, true);
+        add(p + "mixer.dt_bias", {h}, i, true);
+        add(p + "mixer.A_log", {h}, i, true);
+        add(p + "mixer.D", c.D_has_hdim ? std::vector<int64_t>{di} : std::vector<int64_t>{h}, i, true);
+        if (c.ssm_rmsnorm) add(p + "mixer.norm.weight", {di}, i, true);
+        add(p + "mixer.out_proj.weight", {d, di}, i, false);
+        if (c.bias) add(p + "mixer.out_proj.bias", {d}, i, true);
+        break;
+      }
+      case LayerKind::kAttention: {
+        const int64_t hd = c.attn_head_dim(), qkv = (c.attn.num_heads + 2 * c.attn_heads_kv()) * hd;
+        add(p + "mixer.in_proj.weight", {qkv, d}, i, false);  // rows [q, k, v]
+        if (c.attn.qkv_proj_bias) add(p + "mixer.in_proj.bias", {qkv}, i, true);
+        add(p + "mixer.out_proj.weight", {d, c.attn.num_heads * hd}, i, false);
+        if (c.attn.out_proj_bias) add(p + "mixer.out_proj.bias", {d}, i, true);
+        break;
+      }
+    }
+    if (c.d_intermediate > 0) {
+      add(p + "norm2.weight", {d}, i, true);
+      if (!c.rms_norm) add(p + "norm2.bias", {d}, i, true);
+      add(p + "mlp.fc1.weight", {2 * c.mlp_hidden(), d}, i, false);  // rows [value, gate]
+      add(p + "mlp.fc2.weight", {d, c.mlp_hidden()}, i, false);
+    }
   }
   add("backbone.norm_f.weight", {d}, -1, true);
   if (!c.rms_norm) add("backbone.norm_f.bias", {d}, -1, true);

@@ -1,11 +1,14 @@
 #include "src/model/mamba.h"
 
 #include <ATen/ATen.h>
+#include <torch/version.h>
 
+#include <cmath>
 #include <sstream>
 
 #include "kernels/causal_conv1d.h"
 #include "kernels/selective_scan.h"
+#include "kernels/ssd_scan.h"
 #include "src/model/errors.h"
 #include "src/model/fqn.h"
 #include "src/model/init.h"
@@ -123,26 +126,250 @@ at::Tensor MixerImpl::step(const at::Tensor& h, LayerCache& cache) {
   return out_proj->forward(y);  // (B, D)
 }
 
+// ---- Mamba-2 mixer ----
+
+GatedNormImpl::GatedNormImpl(int64_t dim, int64_t groups_, double eps_) : groups(groups_), eps(eps_) {
+  weight = register_parameter("weight", at::empty({dim}));
+}
+
+at::Tensor GatedNormImpl::forward(const at::Tensor& y, const at::Tensor& z) {
+  const at::Tensor v = y.to(at::kFloat) * at::silu(z.to(at::kFloat));  // (..., E)
+  std::vector<int64_t> grouped(v.sizes().begin(), v.sizes().end());
+  grouped.back() = v.size(-1) / groups;
+  grouped.insert(grouped.end() - 1, groups);
+  const at::Tensor vg = v.reshape(grouped);  // (..., G, E / G)
+  const at::Tensor normed = (vg * at::rsqrt(vg.pow(2).mean(-1, /*keepdim=*/true) + eps)).reshape(v.sizes());
+  // mamba_ssm multiplies by the weight in fp32 and casts once at the end.
+  return (normed * weight.to(at::kFloat)).to(y.scalar_type());
+}
+
+Mamba2MixerImpl::Mamba2MixerImpl(const MambaConfig& c)
+    : d_inner_(c.d_inner()),
+      d_state_(c.d_state),
+      heads_(c.nheads()),
+      headdim_(c.headdim),
+      groups_(c.ngroups),
+      chunk_size_(c.chunk_size),
+      dt_lo_(c.dt_limit_min),
+      dt_hi_(c.dt_limit_max),
+      D_has_hdim_(c.D_has_hdim) {
+  in_proj = register_module("in_proj", Dense(c.d_model, c.d_in_proj(), c.bias));
+  conv1d = register_module("conv1d", ConvParams(c.conv_dim(), c.d_conv, c.conv_bias));
+  dt_bias = register_parameter("dt_bias", at::empty({heads_}));
+  A_log = register_parameter("A_log", at::empty({heads_}));
+  D = register_parameter("D", at::empty({D_has_hdim_ ? d_inner_ : heads_}));
+  if (c.ssm_rmsnorm) norm = register_module("norm", GatedNorm(d_inner_, groups_, 1e-5));
+  out_proj = register_module("out_proj", Dense(d_inner_, c.d_model, c.bias));
+}
+
+at::Tensor Mamba2MixerImpl::time_step(const at::Tensor& dt) const {
+  // softplus with threshold 20 (identity above), as mamba_ssm's kernels; clamp only when
+  // dt_limit is not the default (0, inf), as mamba_ssm does.
+  at::Tensor delta = at::softplus(dt.to(at::kFloat) + dt_bias.to(at::kFloat), 1.0, 20.0);
+  if (dt_lo_ > 0.0 || !std::isinf(dt_hi_)) delta = at::clamp(delta, dt_lo_, dt_hi_);
+  return delta;
+}
+
+at::Tensor Mamba2MixerImpl::gate(const at::Tensor& y, const at::Tensor& z) {
+  if (norm) return norm->forward(y, z);
+  return y * at::silu(z);
+}
+
+at::Tensor Mamba2MixerImpl::forward(const at::Tensor& h) {
+  const int64_t B = h.size(0), L = h.size(1), E = d_inner_, GN = groups_ * d_state_;
+  const int64_t C = E + 2 * GN;
+  const at::Tensor zxbcdt = in_proj->forward(h);  // (B, L, 2E + 2GN + H)
+  const at::Tensor z = zxbcdt.narrow(-1, 0, E);   // (B, L, E)
+  const at::Tensor xBC = zxbcdt.narrow(-1, E, C).transpose(1, 2);  // (B, C, L)
+  const at::Tensor dt = zxbcdt.narrow(-1, E + C, heads_);          // (B, L, H)
+  const at::Tensor conv = kernels::causal_conv1d(xBC, conv1d->weight.squeeze(1), conv1d->bias, /*silu=*/true)
+                              .transpose(1, 2);  // (B, L, C)
+  const at::Tensor x = conv.narrow(-1, 0, E).reshape({B, L, heads_, headdim_});        // (B, L, H, P)
+  const at::Tensor Bm = conv.narrow(-1, E, GN).reshape({B, L, groups_, d_state_});     // (B, L, G, N)
+  const at::Tensor Cm = conv.narrow(-1, E + GN, GN).reshape({B, L, groups_, d_state_});  // (B, L, G, N)
+  const at::Tensor A = -at::exp(A_log.to(at::kFloat));  // (H)
+  const at::Tensor Dv = D_has_hdim_ ? D.to(at::kFloat).view({heads_, headdim_}) : D.to(at::kFloat);
+  kernels::SsdOptions opts;
+  opts.chunk_size = chunk_size_;
+  const at::Tensor y = kernels::ssd_scan(x, time_step(dt), A, Bm, Cm, Dv, opts).out.reshape({B, L, E});
+  return out_proj->forward(gate(y, z));  // (B, L, D)
+}
+
+LayerCache Mamba2MixerImpl::make_cache(int64_t batch) const {
+  LayerCache cache;
+  cache.conv_state = at::zeros({batch, conv1d->weight.size(0), conv1d->weight.size(2)},
+                               conv1d->weight.options().requires_grad(false));
+  cache.ssm_state = at::zeros({batch, heads_, headdim_, d_state_}, at::kFloat);
+  return cache;
+}
+
+at::Tensor Mamba2MixerImpl::step(const at::Tensor& h, LayerCache& cache) {
+  const int64_t B = h.size(0), E = d_inner_, GN = groups_ * d_state_;
+  const int64_t C = E + 2 * GN;
+  const at::Tensor zxbcdt = in_proj->forward(h);  // (B, 2E + 2GN + H)
+  const at::Tensor z = zxbcdt.narrow(-1, 0, E);
+  const at::Tensor conv = kernels::causal_conv1d_step(cache.conv_state, zxbcdt.narrow(-1, E, C),
+                                                      conv1d->weight.squeeze(1), conv1d->bias,
+                                                      /*silu=*/true);  // (B, C)
+  const at::Tensor x = conv.narrow(-1, 0, E).reshape({B, heads_, headdim_});          // (B, H, P)
+  const at::Tensor Bm = conv.narrow(-1, E, GN).reshape({B, groups_, d_state_});       // (B, G, N)
+  const at::Tensor Cm = conv.narrow(-1, E + GN, GN).reshape({B, groups_, d_state_});  // (B, G, N)
+  const at::Tensor A = -at::exp(A_log.to(at::kFloat));
+  const at::Tensor Dv = D_has_hdim_ ? D.to(at::kFloat).view({heads_, headdim_}) : D.to(at::kFloat);
+  const at::Tensor y = kernels::ssd_scan_step(cache.ssm_state, x, time_step(zxbcdt.narrow(-1, E + C, heads_)), A,
+                                              Bm, Cm, Dv)
+                           .reshape({B, E});
+  return out_proj->forward(gate(y, z));  // (B, D)
+}
+
+// ---- attention ----
+
+AttentionImpl::AttentionImpl(const MambaConfig& c)
+    : heads_(c.attn.num_heads),
+      heads_kv_(c.attn_heads_kv()),
+      head_dim_(c.attn_head_dim()),
+      rotary_dim_(c.attn.rotary_emb_dim),
+      rotary_base_(c.attn.rotary_emb_base),
+      scale_(c.attn_softmax_scale()) {
+  in_proj = register_module("in_proj", Dense(c.d_model, (heads_ + 2 * heads_kv_) * head_dim_, c.attn.qkv_proj_bias));
+  out_proj = register_module("out_proj", Dense(heads_ * head_dim_, c.d_model, c.attn.out_proj_bias));
+}
+
+at::Tensor AttentionImpl::rotate(const at::Tensor& x, int64_t offset) const {
+  if (rotary_dim_ == 0) return x;
+  const int64_t L = x.size(1), half = rotary_dim_ / 2;
+  // flash_attn's RotaryEmbedding: inv_freq = 1 / base^(2i / dim) and angle = t * inv_freq, in fp32.
+  const at::Tensor inv_freq =
+      1.0 / at::pow(rotary_base_, at::arange(0, rotary_dim_, 2, at::kFloat) / static_cast<double>(rotary_dim_));
+  const at::Tensor t = at::arange(offset, offset + L, at::kFloat);
+  const at::Tensor angle = at::outer(t, inv_freq).view({1, L, 1, half});  // (1, L, 1, rd / 2)
+  const at::Tensor cos = at::cos(angle), sin = at::sin(angle);
+  const at::Tensor xf = x.to(at::kFloat);
+  const at::Tensor x1 = xf.narrow(-1, 0, half), x2 = xf.narrow(-1, half, half);
+  std::vector<at::Tensor> parts = {x1 * cos - x2 * sin, x2 * cos + x1 * sin};
+  if (rotary_dim_ < head_dim_) parts.push_back(xf.narrow(-1, rotary_dim_, head_dim_ - rotary_dim_));
+  return at::cat(parts, -1).to(x.scalar_type());
+}
+
+at::Tensor AttentionImpl::attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) const {
+  const int64_t B = q.size(0), Lq = q.size(1), Lk = k.size(1);
+  // Query head h reads key/value head h / (Hq / Hkv).
+  const int64_t rep = heads_ / heads_kv_;
+  const at::Tensor kh = (rep > 1 ? k.repeat_interleave(rep, 2) : k).permute({0, 2, 1, 3});  // (B, Hq, Lk, Dh)
+  const at::Tensor vh = (rep > 1 ? v.repeat_interleave(rep, 2) : v).permute({0, 2, 1, 3});  // (B, Hq, Lk, Dh)
+  const at::Tensor qh = q.permute({0, 2, 1, 3});                                            // (B, Hq, Lq, Dh)
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
+  // The fused kernel where this LibTorch has one (2.1+, with `scale`). Its is_causal aligns the
+  // mask top-left, which is this mask only when Lq == Lk; one query (a step) needs no mask.
+  if (Lq == Lk || Lq == 1) {
+    const at::Tensor out = at::scaled_dot_product_attention(qh, kh, vh, {}, 0.0, /*is_causal=*/Lq > 1, scale_);
+    return out.permute({0, 2, 1, 3}).reshape({B, Lq, heads_ * head_dim_});
+  }
+#endif
+  // LibTorch 1.13 has no scaled_dot_product_attention: matmul + softmax, in fp32.
+  const at::Tensor scores = at::matmul(qh.to(at::kFloat), kh.to(at::kFloat).transpose(-1, -2)) * scale_;
+  // (B, Hq, Lq, Lk); query i sits at position Lk - Lq + i.
+  const at::Tensor masked =
+      Lq > 1 ? scores.masked_fill(at::ones({Lq, Lk}, at::kBool).triu(Lk - Lq + 1), -INFINITY) : scores;
+  const at::Tensor probs = at::softmax(masked, -1);
+  const at::Tensor out = at::matmul(probs, vh.to(at::kFloat)).to(q.scalar_type());  // (B, Hq, Lq, Dh)
+  return out.permute({0, 2, 1, 3}).reshape({B, Lq, heads_ * head_dim_});
+}
+
+at::Tensor AttentionImpl::forward(const at::Tensor& h) {
+  const int64_t B = h.size(0), L = h.size(1), dq = heads_ * head_dim_, dkv = heads_kv_ * head_dim_;
+  const at::Tensor qkv = in_proj->forward(h);  // (B, L, (Hq + 2 Hkv) Dh)
+  const at::Tensor q = rotate(qkv.narrow(-1, 0, dq).reshape({B, L, heads_, head_dim_}), 0);
+  const at::Tensor k = rotate(qkv.narrow(-1, dq, dkv).reshape({B, L, heads_kv_, head_dim_}), 0);
+  const at::Tensor v = qkv.narrow(-1, dq + dkv, dkv).reshape({B, L, heads_kv_, head_dim_});
+  return out_proj->forward(attend(q, k, v));  // (B, L, D)
+}
+
+LayerCache AttentionImpl::make_cache(int64_t batch) const {
+  LayerCache cache;
+  const auto opts = in_proj->weight.options().requires_grad(false);
+  cache.key = at::zeros({batch, 0, heads_kv_, head_dim_}, opts);
+  cache.value = at::zeros({batch, 0, heads_kv_, head_dim_}, opts);
+  return cache;
+}
+
+at::Tensor AttentionImpl::step(const at::Tensor& h, LayerCache& cache) {
+  const int64_t B = h.size(0), dq = heads_ * head_dim_, dkv = heads_kv_ * head_dim_;
+  const at::Tensor qkv = in_proj->forward(h).unsqueeze(1);  // (B, 1, (Hq + 2 Hkv) Dh)
+  const at::Tensor q = rotate(qkv.narrow(-1, 0, dq).reshape({B, 1, heads_, head_dim_}), cache.offset);
+  const at::Tensor k = rotate(qkv.narrow(-1, dq, dkv).reshape({B, 1, heads_kv_, head_dim_}), cache.offset);
+  const at::Tensor v = qkv.narrow(-1, dq + dkv, dkv).reshape({B, 1, heads_kv_, head_dim_});
+  cache.key = at::cat({cache.key, k}, 1);  // (B, T + 1, Hkv, Dh)
+  cache.value = at::cat({cache.value, v}, 1);
+  cache.offset += 1;
+  return out_proj->forward(attend(q, cache.key, cache.value).squeeze(1));  // (B, D)
+}
+
+// ---- gated MLP ----
+
+GatedMlpImpl::GatedMlpImpl(const MambaConfig& c) : hidden_(c.mlp_hidden()) {
+  fc1 = register_module("fc1", Dense(c.d_model, 2 * hidden_, false));
+  fc2 = register_module("fc2", Dense(hidden_, c.d_model, false));
+}
+
+at::Tensor GatedMlpImpl::forward(const at::Tensor& x) {
+  const at::Tensor y = fc1->forward(x);  // (..., 2h): [value, gate]
+  return fc2->forward(y.narrow(-1, 0, hidden_) * at::silu(y.narrow(-1, hidden_, hidden_)));
+}
+
 // ---- block ----
 
-BlockImpl::BlockImpl(const MambaConfig& c) : residual_in_fp32_(c.residual_in_fp32) {
+BlockImpl::BlockImpl(const MambaConfig& c, int64_t layer) : residual_in_fp32_(c.residual_in_fp32) {
   // Registration order follows mamba_ssm's Block: mixer, then norm.
-  mixer = register_module("mixer", Mixer(c));
+  switch (c.layer_kind(layer)) {
+    case LayerKind::kMamba1: mixer = register_module("mixer", Mixer(c)); break;
+    case LayerKind::kMamba2: mixer2 = register_module("mixer", Mamba2Mixer(c)); break;
+    case LayerKind::kAttention: attention = register_module("mixer", Attention(c)); break;
+  }
   norm = register_module("norm", Norm(c.d_model, c.norm_eps, c.rms_norm));
+  if (c.d_intermediate > 0) {
+    norm2 = register_module("norm2", Norm(c.d_model, c.norm_eps, c.rms_norm));
+    mlp = register_module("mlp", GatedMlp(c));
+  }
+}
+
+at::Tensor BlockImpl::mix(const at::Tensor& h) {
+  if (mixer) return mixer->forward(h);
+  if (mixer2) return mixer2->forward(h);
+  return attention->forward(h);
+}
+
+at::Tensor BlockImpl::mix_step(const at::Tensor& h, LayerCache& cache) {
+  if (mixer) return mixer->step(h, cache);
+  if (mixer2) return mixer2->step(h, cache);
+  return attention->step(h, cache);
+}
+
+LayerCache BlockImpl::make_cache(int64_t batch) const {
+  if (mixer) return mixer->make_cache(batch);
+  if (mixer2) return mixer2->make_cache(batch);
+  return attention->make_cache(batch);
+}
+
+StreamState BlockImpl::finish(const at::Tensor& h, at::Tensor residual) {
+  if (!mlp) return StreamState{h, residual};
+  residual = h + residual;  // (B, L, D)
+  if (residual_in_fp32_) residual = residual.to(at::kFloat);
+  return StreamState{mlp->forward(norm2->forward(residual.to(norm2->weight.scalar_type()))), residual};
 }
 
 StreamState BlockImpl::forward(const StreamState& in) {
   at::Tensor residual = combine_stream(in);  // (B, L, D)
   if (residual_in_fp32_) residual = residual.to(at::kFloat);
   const at::Tensor h = norm->forward(residual.to(norm->weight.scalar_type()));
-  return StreamState{mixer->forward(h), residual};
+  return finish(mix(h), residual);
 }
 
 StreamState BlockImpl::step(const StreamState& in, LayerCache& cache) {
   at::Tensor residual = combine_stream(in);  // (B, 1, D)
   if (residual_in_fp32_) residual = residual.to(at::kFloat);
   const at::Tensor h = norm->forward(residual.to(norm->weight.scalar_type()));
-  return StreamState{mixer->step(h.squeeze(1), cache).unsqueeze(1), residual};
+  return finish(mix_step(h.squeeze(1), cache).unsqueeze(1), residual);
 }
 
 // ---- backbone and LM ----
@@ -151,7 +378,7 @@ BackboneImpl::BackboneImpl(const MambaConfig& c, const StageSpec& stage) {
   if (stage.is_first()) embedding = register_module("embedding", Embedding(c.padded_vocab(), c.d_model));
   layers = register_module("layers", torch::nn::ModuleDict());
   for (int64_t i = stage.layer_begin; i < stage.layer_end; ++i) {
-    Block block(c);
+    Block block(c, i);
     layers->update({{std::to_string(i), block.ptr()}});
     ordered_layers.emplace_back(i, block);
   }
@@ -265,7 +492,7 @@ at::Tensor MambaLMImpl::step(const at::Tensor& input, InferenceCache& cache) {
 InferenceCache MambaLMImpl::make_cache(int64_t batch) const {
   InferenceCache cache;
   for (const auto& [index, block] : backbone->ordered_layers) {
-    cache[index] = block->mixer->make_cache(batch);
+    cache[index] = block->make_cache(batch);
   }
   return cache;
 }

@@ -1,12 +1,17 @@
 // The Mamba LM as a pipeline stage: MambaLM built from a StageSpec registers exactly the
-// parameters that stage owns, under their global FQNs (reference/mamba.md §2):
+// parameters that stage owns, under their global FQNs (mamba_ssm's MambaLMHeadModel names,
+// reference/mamba.md §2 and reference/scale-out.md §2):
 //   backbone.embedding.weight                (first stage only)
 //   backbone.layers.{i}.norm.weight, backbone.layers.{i}.mixer.*   (i = global layer index)
+//   backbone.layers.{i}.norm2.weight, backbone.layers.{i}.mlp.fc{1,2}.weight  (d_intermediate > 0)
 //   backbone.norm_f.weight, lm_head.weight   (last stage only)
-// backbone.layers is a ModuleDict keyed by the global index, run in ascending index order.
+// backbone.layers is a ModuleDict keyed by the global index, run in ascending index order;
+// each layer's mixer is Mamba-1, Mamba-2 or attention as config.layer_kind(i) says.
 //
 // Shape letters: B batch, L sequence, D d_model, E d_inner (= expand * D), N d_state,
-// R dt_rank, K d_conv, V padded vocabulary.
+// R dt_rank, K d_conv, V padded vocabulary; Mamba-2: H heads, P headdim, G ngroups,
+// C conv_dim = E + 2 G N; attention: Hq query heads, Hkv key/value heads, Dh head_dim,
+// T tokens in the KV cache.
 #pragma once
 
 #include <torch/nn/module.h>
@@ -43,8 +48,10 @@ at::Tensor combine_stream(const StreamState& state);
 
 /// Per-layer recurrent state for generation.
 struct LayerCache {
-  at::Tensor conv_state;  // (B, E, K) last K pre-conv inputs, parameter dtype
-  at::Tensor ssm_state;   // (B, E, N) fp32
+  at::Tensor conv_state;  // last K pre-conv inputs, parameter dtype: Mamba-1 (B, E, K), Mamba-2 (B, C, K)
+  at::Tensor ssm_state;   // fp32: Mamba-1 (B, E, N), Mamba-2 (B, H, P, N)
+  at::Tensor key, value;  // attention: (B, T, Hkv, Dh), every token seen so far
+  int64_t offset = 0;     // attention: T, the rotary position of the next token
 };
 using InferenceCache = std::map<int64_t, LayerCache>;  // keyed by global layer index
 
@@ -103,17 +110,95 @@ class MixerImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Mixer);
 
-/// Pre-norm residual block: r = h + r; h = mixer(norm(r)).
-class BlockImpl : public torch::nn::Module {
+/// mamba_ssm's RMSNormGated (norm_before_gate false): v = y * silu(z), normalised per group
+/// of E / G channels, times weight; fp32 inside, y's dtype out.
+class GatedNormImpl : public torch::nn::Module {
  public:
-  explicit BlockImpl(const MambaConfig& config);
-  StreamState forward(const StreamState& in);
-  StreamState step(const StreamState& in, LayerCache& cache);  // L == 1
+  GatedNormImpl(int64_t dim, int64_t groups, double eps);
+  at::Tensor forward(const at::Tensor& y, const at::Tensor& z);  // (..., E), (..., E) -> (..., E)
+  at::Tensor weight;
+  int64_t groups;
+  double eps;
+};
+TORCH_MODULE(GatedNorm);
 
-  Norm norm{nullptr};
-  Mixer mixer{nullptr};
+/// The Mamba-2 (SSD) mixer, mamba_ssm's `Mamba2` with d_ssm = d_inner.
+class Mamba2MixerImpl : public torch::nn::Module {
+ public:
+  explicit Mamba2MixerImpl(const MambaConfig& config);
+  at::Tensor forward(const at::Tensor& h);                  // (B, L, D) -> (B, L, D)
+  at::Tensor step(const at::Tensor& h, LayerCache& cache);  // (B, D) -> (B, D)
+  LayerCache make_cache(int64_t batch) const;
+
+  Dense in_proj{nullptr}, out_proj{nullptr};
+  ConvParams conv1d{nullptr};
+  GatedNorm norm{nullptr};  // absent when ssm_cfg.rmsnorm is false
+  at::Tensor dt_bias, A_log, D;
 
  private:
+  at::Tensor time_step(const at::Tensor& dt) const;  // softplus(dt + dt_bias), clamped; fp32
+  at::Tensor gate(const at::Tensor& y, const at::Tensor& z);
+  int64_t d_inner_, d_state_, heads_, headdim_, groups_, chunk_size_;
+  double dt_lo_, dt_hi_;
+  bool D_has_hdim_;
+};
+TORCH_MODULE(Mamba2Mixer);
+
+/// Causal grouped-query attention with rotary embeddings (mamba_ssm's MHA, d_conv 0, mlp_dim 0).
+class AttentionImpl : public torch::nn::Module {
+ public:
+  explicit AttentionImpl(const MambaConfig& config);
+  at::Tensor forward(const at::Tensor& h);                  // (B, L, D) -> (B, L, D)
+  at::Tensor step(const at::Tensor& h, LayerCache& cache);  // (B, D) -> (B, D)
+  LayerCache make_cache(int64_t batch) const;
+
+  Dense in_proj{nullptr}, out_proj{nullptr};
+
+ private:
+  /// Rotary (GPT-NeoX rotate_half) on the first rotary_dim dims; x (B, L, heads, Dh),
+  /// positions offset .. offset + L - 1.
+  at::Tensor rotate(const at::Tensor& x, int64_t offset) const;
+  /// q (B, Lq, Hq, Dh) over k, v (B, Lk, Hkv, Dh); query i sits at position Lk - Lq + i and sees
+  /// keys 0 .. its position. -> (B, Lq, Hq * Dh)
+  at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) const;
+  int64_t heads_, heads_kv_, head_dim_, rotary_dim_;
+  double rotary_base_, scale_;
+};
+TORCH_MODULE(Attention);
+
+/// mamba_ssm's GatedMLP: fc2(value * silu(gate)), fc1's rows are [value, gate].
+class GatedMlpImpl : public torch::nn::Module {
+ public:
+  explicit GatedMlpImpl(const MambaConfig& config);
+  at::Tensor forward(const at::Tensor& x);  // (..., D) -> (..., D)
+  Dense fc1{nullptr}, fc2{nullptr};
+
+ private:
+  int64_t hidden_;
+};
+TORCH_MODULE(GatedMlp);
+
+/// Pre-norm residual block (mamba_ssm's Block): r = h + r; h = mixer(norm(r)); with an MLP
+/// also r = h + r; h = mlp(norm2(r)).
+class BlockImpl : public torch::nn::Module {
+ public:
+  BlockImpl(const MambaConfig& config, int64_t layer);
+  StreamState forward(const StreamState& in);
+  StreamState step(const StreamState& in, LayerCache& cache);  // L == 1
+  LayerCache make_cache(int64_t batch) const;
+
+  Norm norm{nullptr};
+  // Exactly one of the three is set, registered as "mixer".
+  Mixer mixer{nullptr};
+  Mamba2Mixer mixer2{nullptr};
+  Attention attention{nullptr};
+  Norm norm2{nullptr};    // d_intermediate > 0 only
+  GatedMlp mlp{nullptr};  // d_intermediate > 0 only
+
+ private:
+  at::Tensor mix(const at::Tensor& h);
+  at::Tensor mix_step(const at::Tensor& h, LayerCache& cache);
+  StreamState finish(const at::Tensor& h, at::Tensor residual);
   bool residual_in_fp32_;
 };
 TORCH_MODULE(Block);

@@ -126,6 +126,100 @@ INSTANTIATE_TEST_SUITE_P(
              (std::get<1>(info.param) == BoundaryMode::kPacked ? "Packed" : "Summed");
     });
 
+// ---- Mamba-2 and hybrids: every layer kind, any split ----
+
+struct HybridCase {
+  const char* name;
+  MambaConfig config;
+};
+
+MambaConfig hybrid(int64_t n_layer, int64_t ngroups, std::vector<int64_t> attn, int64_t d_intermediate) {
+  MambaConfig c = preset("tiny-hybrid");
+  c.n_layer = n_layer;
+  c.ngroups = ngroups;
+  c.attn_layer_idx = std::move(attn);
+  c.d_intermediate = d_intermediate;
+  return c;
+}
+
+std::vector<HybridCase> hybrid_cases() {
+  std::vector<HybridCase> v;
+  v.push_back({"Groups1AttnFirstMlp", hybrid(3, 1, {0}, 64)});
+  v.push_back({"Groups2AttnMiddleNoMlp", hybrid(3, 2, {1}, 0)});
+  MambaConfig last = hybrid(4, 2, {3}, 96);
+  last.attn.qkv_proj_bias = false;
+  last.attn.out_proj_bias = false;
+  v.push_back({"Groups2AttnLastMlpNoBias", last});
+  MambaConfig m2 = hybrid(2, 2, {}, 64);  // Mamba-2 only, D per channel, no gated norm
+  m2.D_has_hdim = true;
+  m2.ssm_rmsnorm = false;
+  v.push_back({"Mamba2OnlyDHdimNoNorm", m2});
+  return v;
+}
+
+class HybridSplitMatrix : public ::testing::TestWithParam<std::tuple<int, BoundaryMode>> {};
+
+TEST_P(HybridSplitMatrix, ChainedStagesAreBitwiseEqualToUnsplit) {
+  const auto [index, mode] = GetParam();
+  const HybridCase hc = hybrid_cases()[static_cast<size_t>(index)];
+  int cases = 0;
+  for (const bool tie : {true, false}) {
+    MambaConfig c = hc.config;
+    c.tie_embeddings = tie;
+    c.residual_in_fp32 = tie;  // both settings of each, without doubling the cases
+    const int64_t n_layer = c.n_layer;
+    at::manual_seed(index * 10 + tie);
+    const at::Tensor ids = at::randint(0, c.vocab_size, {2, 12}, at::kLong);  // L 12: one and a half chunks
+    const at::Tensor targets = at::randint(0, c.vocab_size, {2, 12}, at::kLong);
+    const uint64_t seed = 300 + index;
+    const RunResult ref = run_chain(c, {whole_model(n_layer)}, mode, ids, targets, seed);
+    for (int pp = 1; pp <= std::min<int64_t>(4, n_layer + 1); ++pp) {
+      for (const auto& counts : layouts(n_layer, pp)) {
+        const auto stages = make_stages(n_layer, counts);
+        SCOPED_TRACE(std::string(hc.name) + " layout " + partition_string(stages) + " boundary " +
+                     boundary_name(mode) + " tie " + std::to_string(tie));
+        const RunResult got = run_chain(c, stages, mode, ids, targets, seed);
+        EXPECT_TRUE(test::bitwise_equal(got.logits, ref.logits))
+            << "max |diff| " << test::max_abs_diff(got.logits, ref.logits);
+        EXPECT_TRUE(test::bitwise_equal(got.loss, ref.loss));
+        ASSERT_EQ(got.grads.size(), ref.grads.size());
+        for (const auto& [fqn, g] : ref.grads) {
+          ASSERT_TRUE(got.grads.count(fqn)) << fqn;
+          EXPECT_TRUE(test::bitwise_equal(got.grads.at(fqn), g))
+              << fqn << " max |diff| " << test::max_abs_diff(got.grads.at(fqn), g);
+        }
+        ++cases;
+      }
+    }
+  }
+  EXPECT_GT(cases, 4);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Kinds, HybridSplitMatrix,
+    ::testing::Combine(::testing::Values(0, 1, 2, 3), ::testing::Values(BoundaryMode::kPacked, BoundaryMode::kSummed)),
+    [](const ::testing::TestParamInfo<HybridSplitMatrix::ParamType>& info) {
+      return std::string(hybrid_cases()[static_cast<size_t>(std::get<0>(info.param))].name) +
+             (std::get<1>(info.param) == BoundaryMode::kPacked ? "Packed" : "Summed");
+    });
+
+// The acceptance layouts on its config: Mamba-2 with ngroups 2 and chunk_size 8, L 20,
+// attention at layer 1, d_intermediate 96, 4 layers.
+TEST(HybridSplitMatrix, AcceptanceLayoutsAreBitwiseEqualToUnsplit) {
+  const MambaConfig c = hybrid(4, 2, {1}, 96);
+  at::manual_seed(77);
+  const at::Tensor ids = at::randint(0, c.vocab_size, {1, 20}, at::kLong);
+  const at::Tensor targets = at::randint(0, c.vocab_size, {1, 20}, at::kLong);
+  for (const auto& [layout, mode] : std::vector<std::pair<std::string, BoundaryMode>>{
+           {"1,2,0,1", BoundaryMode::kPacked}, {"1,1,2", BoundaryMode::kSummed}, {"0,1,1,1,1", BoundaryMode::kPacked}}) {
+    SCOPED_TRACE(layout);
+    const RunResult ref = run_chain(c, {whole_model(c.n_layer)}, mode, ids, targets, 3);
+    const RunResult got = run_chain(c, make_stages(c.n_layer, 0, layout), mode, ids, targets, 3);
+    EXPECT_TRUE(test::bitwise_equal(got.logits, ref.logits));
+    for (const auto& [fqn, g] : ref.grads) EXPECT_TRUE(test::bitwise_equal(got.grads.at(fqn), g)) << fqn;
+  }
+}
+
 TEST(SplitMatrix, TiedGradientsStayEqualAfterSync) {
   const MambaConfig c = preset("tiny");
   MambaLM m(c, whole_model(c.n_layer));
