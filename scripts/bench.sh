@@ -8,8 +8,10 @@ BIN=$BUILD/bin
 DIR=${BENCH_DIR:-$BUILD/bench-scratch}
 mkdir -p "$DIR"
 "$BIN/pmamba-bench" scan --json
+"$BIN/pmamba-ssd-bench"
 "$BIN/pmamba-bench" ckpt --dir "$DIR/ckpt" --repeats 7
 "$BIN/pmamba-bench" reshard --dir "$DIR/reshard" --repeats 3
 bench/pp_bench.sh "$BUILD" 12 | tail -1
 bench/dp_bench.sh "$BUILD" 12 | tail -1
+bench/hybrid_bench.sh "$BUILD" 10 2 | tail -1
 rm -rf "$DIR"
