@@ -99,14 +99,17 @@ void MambaConfig::validate() const {
     require(ngroups > 0, "ssm_cfg.ngroups", ngroups, "> 0");
     require(nheads() % ngroups == 0, "ssm_cfg.ngroups", ngroups,
             "a divisor of the head count d_inner / headdim");
-    require(chunk_size > 0, "ssm_cfg.chunk_size", chunk_size, "> 0");
+    require(chunk_size > 0 && chunk_size <= 65536, "ssm_cfg.chunk_size", chunk_size, "in [1, 65536]");
     require(A_init_min > 0, "ssm_cfg.A_init_range[0]", A_init_min, "> 0");
-    require(A_init_max >= A_init_min, "ssm_cfg.A_init_range[1]", A_init_max, ">= A_init_range[0]");
+    require(A_init_max >= A_init_min && std::isfinite(A_init_max), "ssm_cfg.A_init_range[1]", A_init_max,
+            "finite and >= A_init_range[0]");
     require(dt_limit_min >= 0, "ssm_cfg.dt_limit[0]", dt_limit_min, ">= 0");
     require(dt_limit_max > dt_limit_min, "ssm_cfg.dt_limit[1]", dt_limit_max, "> dt_limit[0]");
   }
   if (!attn_layer_idx.empty()) {
-    require(attn.num_heads > 0, "attn_cfg.num_heads", attn.num_heads, "> 0");
+    // Bounded so that every attention shape stays far from int64 overflow.
+    require(attn.num_heads > 0 && attn.num_heads <= 4096, "attn_cfg.num_heads", attn.num_heads, "in [1, 4096]");
+    require(attn.head_dim >= 0 && attn.head_dim <= 4096, "attn_cfg.head_dim", attn.head_dim, "in [1, 4096] (or absent)");
     require(attn.num_heads_kv >= 0, "attn_cfg.num_heads_kv", attn.num_heads_kv, ">= 0 (0 means num_heads)");
     require(attn.num_heads % attn_heads_kv() == 0, "attn_cfg.num_heads_kv", attn_heads_kv(),
             "a divisor of num_heads");
@@ -115,7 +118,8 @@ void MambaConfig::validate() const {
     require(attn_head_dim() > 0, "attn_cfg.head_dim", attn_head_dim(), "> 0");
     require(attn.rotary_emb_dim >= 0 && attn.rotary_emb_dim % 2 == 0 && attn.rotary_emb_dim <= attn_head_dim(),
             "attn_cfg.rotary_emb_dim", attn.rotary_emb_dim, "even and <= head_dim");
-    require(attn.rotary_emb_base > 0, "attn_cfg.rotary_emb_base", attn.rotary_emb_base, "> 0");
+    require(attn.rotary_emb_base > 0 && std::isfinite(attn.rotary_emb_base), "attn_cfg.rotary_emb_base",
+            attn.rotary_emb_base, "finite and > 0");
     require(attn.softmax_scale >= 0, "attn_cfg.softmax_scale", attn.softmax_scale, "> 0 (or absent)");
     if (!attn.causal) {
       throw ConfigError(

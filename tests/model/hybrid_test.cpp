@@ -206,6 +206,10 @@ TEST(HybridConfig, RefusesMathChangingOptionsByName) {
                            "ssm_cfg.headdim must be a divisor of d_inner");
   PMAMBA_EXPECT_THROW_WITH(load(R"("ssm_cfg": {"layer": "Mamba2", "headdim": 16, "ngroups": 3})"), ConfigError,
                            "ssm_cfg.ngroups must be a divisor of the head count");
+  PMAMBA_EXPECT_THROW_WITH(load(R"("ssm_cfg": {"layer": "Mamba2", "headdim": 8, "chunk_size": 0})"), ConfigError,
+                           "ssm_cfg.chunk_size must be in [1, 65536] but is 0");
+  PMAMBA_EXPECT_THROW_WITH(load(R"("attn_layer_idx": [0], "attn_cfg": {"num_heads": 100000, "causal": true})"),
+                           ConfigError, "attn_cfg.num_heads must be in [1, 4096] but is 100000");
   PMAMBA_EXPECT_THROW_WITH(load(R"("ssm_cfg": {"layer": "Mamba2", "headdm": 8})"), ConfigError,
                            "unknown key 'ssm_cfg.headdm'");
   PMAMBA_EXPECT_THROW_WITH(load(R"("d_state": 8, "ssm_cfg": {"layer": "Mamba2"})"), ConfigError,
