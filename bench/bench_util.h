@@ -31,6 +31,17 @@ inline double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+/// Runs a shell command (a child measuring itself in a fresh process) and returns the first line
+/// it prints; throws when it prints nothing.
+inline std::string child_first_line(const std::string& cmd) {
+  FILE* pipe = ::popen(cmd.c_str(), "r");
+  char buf[4096] = {0};
+  const bool got = pipe && std::fgets(buf, sizeof buf, pipe) != nullptr;
+  if (pipe) ::pclose(pipe);
+  if (!got) throw std::runtime_error("child failed: " + cmd);
+  return buf;
+}
+
 inline int64_t status_kb(const char* key) {
   std::ifstream f("/proc/self/status");
   std::string line;

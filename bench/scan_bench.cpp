@@ -158,12 +158,7 @@ int run_scan_bench(const ScanBenchOptions& o) {
     const std::string cmd = o.self + " scan-one --backend " + backend + (bwd ? " --bwd" : "") + " --batch " +
                             std::to_string(B) + " --dim " + std::to_string(D) + " --len " + std::to_string(L) +
                             " --dstate " + std::to_string(N) + " --threads " + std::to_string(o.threads);
-    FILE* pipe = ::popen(cmd.c_str(), "r");
-    char buf[256] = {0};
-    const bool got = pipe && std::fgets(buf, sizeof buf, pipe) != nullptr;
-    if (pipe) ::pclose(pipe);
-    if (!got) throw std::runtime_error("child failed: " + cmd);
-    const double mb = nlohmann::json::parse(buf).at("peak_mb").get<double>();
+    const double mb = nlohmann::json::parse(child_first_line(cmd)).at("peak_mb").get<double>();
     std::fprintf(stderr, "  peak %-9s %-7s +%7.0f MB (own process)\n", backend.c_str(), bwd ? "fwd+bwd" : "fwd", mb);
     return mb;
   };

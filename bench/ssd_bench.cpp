@@ -178,12 +178,7 @@ int run_bench(const SsdBenchOptions& o) {
   j["fwd_bwd_speedup"] = median(t["ref_fwd_bwd"]) / fast_fb;
   auto child_peak = [&](const std::string& backend, bool bwd) {
     const std::string cmd = o.self + " --one " + backend + (bwd ? " --bwd" : "") + shape_args(o);
-    FILE* pipe = ::popen(cmd.c_str(), "r");
-    char buf[256] = {0};
-    const bool got = pipe && std::fgets(buf, sizeof buf, pipe) != nullptr;
-    if (pipe) ::pclose(pipe);
-    if (!got) throw std::runtime_error("child failed: " + cmd);
-    const double mb = nlohmann::json::parse(buf).at("peak_mb").get<double>();
+    const double mb = nlohmann::json::parse(child_first_line(cmd)).at("peak_mb").get<double>();
     std::fprintf(stderr, "  peak %-9s %-7s +%7.0f MB (own process)\n", backend.c_str(), bwd ? "fwd+bwd" : "fwd", mb);
     return mb;
   };

@@ -6,6 +6,7 @@
 
 #include "kernels/cpu/conv_fast.h"
 #include "kernels/cpu/scan_fast.h"
+#include "kernels/fast_args.h"
 
 namespace pmamba::kernels::detail {
 
@@ -14,28 +15,10 @@ using torch::autograd::tensor_list;
 
 namespace {
 
-// The kernels compute in float32, or in float64 when the inputs are float64 (gradient checks);
-// 16-bit inputs are widened to float32.
-at::ScalarType compute_type(const at::Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
-at::Tensor as(const at::Tensor& t, at::ScalarType st) { return t.defined() ? t.to(st).contiguous() : t; }
-template <typename T>
-const T* ptr(const at::Tensor& t) {
-  return t.defined() ? t.data_ptr<T>() : nullptr;
-}
-template <typename T>
-T* mptr(at::Tensor& t) {
-  return t.defined() ? t.data_ptr<T>() : nullptr;
-}
-
 struct ScanArgs {
   at::Tensor u, delta, A, Bt, Ct, D, z, bias;  // float32, contiguous; Bt/Ct are (B, L, N)
   cpu::ScanShape shape;
 };
-
-// Absent optional inputs cross the autograd Function boundary as empty tensors: LibTorch 1.13's
-// custom functions cannot take undefined ones.
-at::Tensor placeholder(const at::Tensor& t) { return t.defined() ? t : at::empty({0}); }
-at::Tensor absent_if_empty(const at::Tensor& t) { return t.defined() && t.numel() > 0 ? t : at::Tensor(); }
 
 ScanArgs prepare(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bm,
                  const at::Tensor& Cm, const at::Tensor& D, const at::Tensor& z, const at::Tensor& bias) {

@@ -5,6 +5,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include "kernels/cpu/ssd_fast.h"
+#include "kernels/fast_args.h"
 #include "kernels/ssd_scan.h"
 
 namespace pmamba::kernels::detail {
@@ -13,23 +14,6 @@ using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
 
 namespace {
-
-// float32 math, or float64 for float64 x (gradient checks); 16-bit inputs are widened.
-at::ScalarType compute_type(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
-at::Tensor as(const at::Tensor& t, at::ScalarType st) { return t.defined() ? t.to(st).contiguous() : t; }
-template <typename T>
-const T* ptr(const at::Tensor& t) {
-  return t.defined() ? t.data_ptr<T>() : nullptr;
-}
-template <typename T>
-T* mptr(const at::Tensor& t) {
-  return t.defined() ? t.data_ptr<T>() : nullptr;
-}
-
-// LibTorch 1.13's custom functions cannot take undefined tensors: an absent D crosses the
-// Function boundary as an empty one.
-at::Tensor placeholder(const at::Tensor& t) { return t.defined() ? t : at::empty({0}); }
-at::Tensor absent_if_empty(const at::Tensor& t) { return t.defined() && t.numel() > 0 ? t : at::Tensor(); }
 
 struct SsdArgs {
   at::Tensor x, dt, A, B, C, D;  // compute dtype, contiguous

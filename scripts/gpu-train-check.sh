@@ -14,6 +14,8 @@
 #   6. Data parallelism on the device: PP 1 x DP 2 (NCCL with two GPUs, else Gloo), ZeRO 0 and 1,
 #      against PP 1 on the device (checkpoint diff reported; with NCCL the DP group's broadcasts
 #      and the tree's point-to-point messages are NCCL's).
+#   7. A hybrid (tiny-hybrid: Mamba-2 with the chunked torch-ops SSD on CUDA tensors, attention,
+#      gated MLP) on the device vs the CPU (losses reported), and PP 2 on the device vs PP 1 there.
 # Usage: scripts/gpu-train-check.sh BUILD_DIR    (DEVICE=cpu runs the same steps on the CPU,
 # which tests the script itself on a machine without a GPU)
 set -uo pipefail
@@ -87,4 +89,11 @@ for z in 0 1; do
     echo "   pmamba-ckpt diff: exit $? ($(grep -E '^(EQUAL|DIFFERENT)' "$T/diffdp.out" | head -1))"
   fi
 done
+echo "== 7. tiny-hybrid (Mamba-2 + attention + MLP) on $DEV"
+common=(--preset tiny-hybrid --data induction --microbatches 4 --microbatch-size 4 --steps 20 --warmup 2
+        --seed 7 --compression none --quiet --timeout 120 --schedule 1f1b)
+if train hcpu --pp 1 --device cpu && train hdev --pp 1 --device $DEV; then
+  echo "   $DEV vs cpu: $(compare hdev hcpu)"
+  train hdev2 --pp 2 --device $DEV --backend gloo && echo "   PP 2 vs PP 1 on $DEV: $(compare hdev2 hdev)"
+fi
 exit $FAILED

@@ -52,6 +52,18 @@ RunResult run_chain(const MambaConfig& c, const std::vector<StageSpec>& stages, 
   return r;
 }
 
+// Logits, loss and every gradient, byte for byte.
+void expect_bitwise_equal(const RunResult& got, const RunResult& ref) {
+  EXPECT_TRUE(test::bitwise_equal(got.logits, ref.logits)) << "max |diff| " << test::max_abs_diff(got.logits, ref.logits);
+  EXPECT_TRUE(test::bitwise_equal(got.loss, ref.loss));
+  ASSERT_EQ(got.grads.size(), ref.grads.size());
+  for (const auto& [fqn, g] : ref.grads) {
+    ASSERT_TRUE(got.grads.count(fqn)) << fqn;
+    EXPECT_TRUE(test::bitwise_equal(got.grads.at(fqn), g))
+        << fqn << " max |diff| " << test::max_abs_diff(got.grads.at(fqn), g);
+  }
+}
+
 std::vector<std::vector<int64_t>> layouts(int64_t n_layer, int pp) {
   std::set<std::vector<int64_t>> out;
   out.insert(balanced_partition(n_layer, pp));
@@ -99,16 +111,7 @@ TEST_P(SplitMatrix, ChainedStagesAreBitwiseEqualToUnsplit) {
           SCOPED_TRACE("n_layer " + std::to_string(n_layer) + " layout " + partition_string(stages) +
                        " boundary " + boundary_name(mode) + " tie " + std::to_string(tie) +
                        " residual_in_fp32 " + std::to_string(fp32_residual));
-          const RunResult got = run_chain(c, stages, mode, ids, targets, seed);
-          EXPECT_TRUE(test::bitwise_equal(got.logits, ref.logits))
-              << "max |diff| " << test::max_abs_diff(got.logits, ref.logits);
-          EXPECT_TRUE(test::bitwise_equal(got.loss, ref.loss));
-          ASSERT_EQ(got.grads.size(), ref.grads.size());
-          for (const auto& [fqn, g] : ref.grads) {
-            ASSERT_TRUE(got.grads.count(fqn)) << fqn;
-            EXPECT_TRUE(test::bitwise_equal(got.grads.at(fqn), g))
-                << fqn << " max |diff| " << test::max_abs_diff(got.grads.at(fqn), g);
-          }
+          expect_bitwise_equal(run_chain(c, stages, mode, ids, targets, seed), ref);
           ++cases;
         }
       }
@@ -178,16 +181,7 @@ TEST_P(HybridSplitMatrix, ChainedStagesAreBitwiseEqualToUnsplit) {
         const auto stages = make_stages(n_layer, counts);
         SCOPED_TRACE(std::string(hc.name) + " layout " + partition_string(stages) + " boundary " +
                      boundary_name(mode) + " tie " + std::to_string(tie));
-        const RunResult got = run_chain(c, stages, mode, ids, targets, seed);
-        EXPECT_TRUE(test::bitwise_equal(got.logits, ref.logits))
-            << "max |diff| " << test::max_abs_diff(got.logits, ref.logits);
-        EXPECT_TRUE(test::bitwise_equal(got.loss, ref.loss));
-        ASSERT_EQ(got.grads.size(), ref.grads.size());
-        for (const auto& [fqn, g] : ref.grads) {
-          ASSERT_TRUE(got.grads.count(fqn)) << fqn;
-          EXPECT_TRUE(test::bitwise_equal(got.grads.at(fqn), g))
-              << fqn << " max |diff| " << test::max_abs_diff(got.grads.at(fqn), g);
-        }
+        expect_bitwise_equal(run_chain(c, stages, mode, ids, targets, seed), ref);
         ++cases;
       }
     }
@@ -214,9 +208,7 @@ TEST(HybridSplitMatrix, AcceptanceLayoutsAreBitwiseEqualToUnsplit) {
            {"1,2,0,1", BoundaryMode::kPacked}, {"1,1,2", BoundaryMode::kSummed}, {"0,1,1,1,1", BoundaryMode::kPacked}}) {
     SCOPED_TRACE(layout);
     const RunResult ref = run_chain(c, {whole_model(c.n_layer)}, mode, ids, targets, 3);
-    const RunResult got = run_chain(c, make_stages(c.n_layer, 0, layout), mode, ids, targets, 3);
-    EXPECT_TRUE(test::bitwise_equal(got.logits, ref.logits));
-    for (const auto& [fqn, g] : ref.grads) EXPECT_TRUE(test::bitwise_equal(got.grads.at(fqn), g)) << fqn;
+    expect_bitwise_equal(run_chain(c, make_stages(c.n_layer, 0, layout), mode, ids, targets, 3), ref);
   }
 }
 
