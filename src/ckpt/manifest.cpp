@@ -274,6 +274,11 @@ ojson parse_strict(const std::string& text, const std::string& where) {
     }
     return true;
   };
+  // nlohmann's lexer takes a NUL byte for the end of the input, so "{...}\0anything" would
+  // parse; a JSON text never holds a raw NUL (inside strings it is \u0000).
+  if (const size_t nul = text.find('\0'); nul != std::string::npos) {
+    throw FormatError(where + ": not valid JSON: a NUL byte at offset " + std::to_string(nul));
+  }
   ojson j;
   try {
     j = ojson::parse(text, cb);

@@ -410,6 +410,11 @@ std::string config_to_json_string(const MambaConfig& config) {
 }
 
 MambaConfig config_from_json_string(const std::string& text) {
+  // nlohmann's lexer takes a NUL byte for the end of the input: refuse it rather than ignore
+  // whatever follows.
+  if (const size_t nul = text.find('\0'); nul != std::string::npos) {
+    throw ConfigError("config: not valid JSON: a NUL byte at offset " + std::to_string(nul));
+  }
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(text);

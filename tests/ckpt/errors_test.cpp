@@ -124,6 +124,12 @@ TEST_F(CheckpointErrors, RejectsFqnListedTwiceInManifest) {
   PMAMBA_EXPECT_THROW_WITH(CheckpointReader r(root_), FormatError, "'backbone.layers.1.mixer.D' appears twice");
 }
 
+// nlohmann stops at a NUL byte as at the end of the input: what follows must not be ignored.
+TEST_F(CheckpointErrors, RejectsManifestWithANulByteAndTrailingBytes) {
+  test::write_text(manifest_, text_ + std::string(1, '\0') + "{\"step\": 99}");
+  PMAMBA_EXPECT_THROW_WITH(CheckpointReader r(root_), FormatError, "a NUL byte at offset " + std::to_string(text_.size()));
+}
+
 TEST_F(CheckpointErrors, RejectsFqnStoredInTwoShards) {
   plant_dataset(shard(1), "/model/backbone/layers/0/mixer/D", at::ones({64}), manifest_);  // layer 0 is stage 0's
   PMAMBA_EXPECT_THROW_WITH(CheckpointReader r(root_), FormatError,

@@ -231,6 +231,12 @@ TEST(HybridConfig, RefusesMathChangingOptionsByName) {
   PMAMBA_EXPECT_THROW_WITH(load(R"("attn_layer_idx": [1])"), ConfigError, "attn_cfg is missing");
 }
 
+TEST(HybridConfig, RejectsANulByteAndWhatFollowsIt) {
+  const std::string text = config_to_json_string(preset("tiny-hybrid"));
+  PMAMBA_EXPECT_THROW_WITH(config_from_json_string(text + std::string(1, '\0') + "junk"), ConfigError,
+                           "a NUL byte at offset " + std::to_string(text.size()));
+}
+
 TEST(HybridConfig, AcceptsKeysThatDoNotChangeTheMath) {
   const MambaConfig c = config_from_json_string(
       R"({"d_model": 32, "n_layer": 2, "vocab_size": 64, "fused_add_norm": false,
