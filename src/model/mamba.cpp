@@ -288,8 +288,8 @@ at::Tensor AttentionImpl::forward(const at::Tensor& h) {
 LayerCache AttentionImpl::make_cache(int64_t batch) const {
   LayerCache cache;
   const auto opts = in_proj->weight.options().requires_grad(false);
-  cache.key = at::zeros({batch, 0, heads_kv_, head_dim_}, opts);
-  cache.value = at::zeros({batch, 0, heads_kv_, head_dim_}, opts);
+  cache.key = at::zeros({batch, 16, heads_kv_, head_dim_}, opts);
+  cache.value = at::zeros({batch, 16, heads_kv_, head_dim_}, opts);
   return cache;
 }
 
@@ -299,10 +299,21 @@ at::Tensor AttentionImpl::step(const at::Tensor& h, LayerCache& cache) {
   const at::Tensor q = rotate(qkv.narrow(-1, 0, dq).reshape({B, 1, heads_, head_dim_}), cache.offset);
   const at::Tensor k = rotate(qkv.narrow(-1, dq, dkv).reshape({B, 1, heads_kv_, head_dim_}), cache.offset);
   const at::Tensor v = qkv.narrow(-1, dq + dkv, dkv).reshape({B, 1, heads_kv_, head_dim_});
-  cache.key = at::cat({cache.key, k}, 1);  // (B, T + 1, Hkv, Dh)
-  cache.value = at::cat({cache.value, v}, 1);
-  cache.offset += 1;
-  return out_proj->forward(attend(q, cache.key, cache.value).squeeze(1));  // (B, D)
+  // The buffers grow by doubling, so a token costs one row's write rather than a copy of the
+  // whole cache.
+  const int64_t t = cache.offset;
+  if (t == cache.key.size(1)) {
+    for (at::Tensor* buf : {&cache.key, &cache.value}) {
+      at::Tensor grown = at::zeros({B, 2 * t, heads_kv_, head_dim_}, buf->options());
+      grown.narrow(1, 0, t).copy_(*buf);
+      *buf = grown;
+    }
+  }
+  cache.key.narrow(1, t, 1).copy_(k);
+  cache.value.narrow(1, t, 1).copy_(v);
+  cache.offset = t + 1;
+  const at::Tensor seen_k = cache.key.narrow(1, 0, t + 1), seen_v = cache.value.narrow(1, 0, t + 1);
+  return out_proj->forward(attend(q, seen_k, seen_v).squeeze(1));  // (B, D)
 }
 
 // ---- gated MLP ----

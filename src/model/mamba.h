@@ -50,8 +50,8 @@ at::Tensor combine_stream(const StreamState& state);
 struct LayerCache {
   at::Tensor conv_state;  // last K pre-conv inputs, parameter dtype: Mamba-1 (B, E, K), Mamba-2 (B, C, K)
   at::Tensor ssm_state;   // fp32: Mamba-1 (B, E, N), Mamba-2 (B, H, P, N)
-  at::Tensor key, value;  // attention: (B, T, Hkv, Dh), every token seen so far
-  int64_t offset = 0;     // attention: T, the rotary position of the next token
+  at::Tensor key, value;  // attention: (B, capacity, Hkv, Dh); rows [0, offset) are the tokens seen
+  int64_t offset = 0;     // attention: tokens seen, the rotary position of the next token
 };
 using InferenceCache = std::map<int64_t, LayerCache>;  // keyed by global layer index
 
