@@ -68,6 +68,18 @@ ConvParamsImpl::ConvParamsImpl(int64_t channels, int64_t width, bool with_bias) 
 
 // ---- mixer ----
 
+namespace {
+
+// The conv state step() expects after a prefill: the last K pre-conv inputs, oldest first,
+// zeros before the first token (as mamba_ssm's F.pad(x, (K - L, 0))).
+at::Tensor last_conv_inputs(const at::Tensor& x, int64_t width) {  // x (B, C, L) -> (B, C, K)
+  const int64_t L = x.size(2);
+  if (L >= width) return x.narrow(2, L - width, width).contiguous();
+  return at::constant_pad_nd(x, {width - L, 0}, 0.0).contiguous();
+}
+
+}  // namespace
+
 MixerImpl::MixerImpl(const MambaConfig& c)
     : d_inner_(c.d_inner()), d_state_(c.d_state), dt_rank_(c.dt_rank_value()) {
   in_proj = register_module("in_proj", Dense(c.d_model, 2 * d_inner_, c.bias));
@@ -79,7 +91,7 @@ MixerImpl::MixerImpl(const MambaConfig& c)
   out_proj = register_module("out_proj", Dense(d_inner_, c.d_model, c.bias));
 }
 
-at::Tensor MixerImpl::forward(const at::Tensor& h) {
+at::Tensor MixerImpl::forward(const at::Tensor& h, LayerCache* fill) {
   const int64_t E = d_inner_, N = d_state_, R = dt_rank_;
   const at::Tensor xz = in_proj->forward(h);          // (B, L, 2E)
   const at::Tensor x = xz.narrow(-1, 0, E).transpose(1, 2);  // (B, E, L)
@@ -95,10 +107,14 @@ at::Tensor MixerImpl::forward(const at::Tensor& h) {
   const at::Tensor A = -at::exp(A_log.to(at::kFloat));                       // (E, N)
   kernels::ScanOptions opts;
   opts.delta_softplus = true;
-  const at::Tensor y = kernels::selective_scan(u, delta, A, Bm, Cm, D.to(at::kFloat), z,
-                                               dt_proj->bias.to(at::kFloat), opts)
-                           .out;                   // (B, E, L)
-  return out_proj->forward(y.transpose(1, 2));  // (B, L, D)
+  opts.return_last_state = fill != nullptr;
+  kernels::ScanOutput scan = kernels::selective_scan(u, delta, A, Bm, Cm, D.to(at::kFloat), z,
+                                                     dt_proj->bias.to(at::kFloat), opts);
+  if (fill) {
+    fill->conv_state = last_conv_inputs(x, conv1d->weight.size(2)).detach();  // (B, E, K)
+    fill->ssm_state = scan.last_state.detach().to(at::kFloat).contiguous();   // (B, E, N)
+  }
+  return out_proj->forward(scan.out.transpose(1, 2));  // (B, L, D)
 }
 
 LayerCache MixerImpl::make_cache(int64_t batch) const {
@@ -175,7 +191,7 @@ at::Tensor Mamba2MixerImpl::gate(const at::Tensor& y, const at::Tensor& z) {
   return y * at::silu(z);
 }
 
-at::Tensor Mamba2MixerImpl::forward(const at::Tensor& h) {
+at::Tensor Mamba2MixerImpl::forward(const at::Tensor& h, LayerCache* fill) {
   const int64_t B = h.size(0), L = h.size(1), E = d_inner_, GN = groups_ * d_state_;
   const int64_t C = E + 2 * GN;
   const at::Tensor zxbcdt = in_proj->forward(h);  // (B, L, 2E + 2GN + H)
@@ -191,7 +207,13 @@ at::Tensor Mamba2MixerImpl::forward(const at::Tensor& h) {
   const at::Tensor Dv = D_has_hdim_ ? D.to(at::kFloat).view({heads_, headdim_}) : D.to(at::kFloat);
   kernels::SsdOptions opts;
   opts.chunk_size = chunk_size_;
-  const at::Tensor y = kernels::ssd_scan(x, time_step(dt), A, Bm, Cm, Dv, opts).out.reshape({B, L, E});
+  opts.return_last_state = fill != nullptr;
+  kernels::SsdOutput scan = kernels::ssd_scan(x, time_step(dt), A, Bm, Cm, Dv, opts);
+  if (fill) {
+    fill->conv_state = last_conv_inputs(xBC, conv1d->weight.size(2)).detach();  // (B, C, K)
+    fill->ssm_state = scan.last_state.detach().to(at::kFloat).contiguous();     // (B, H, P, N)
+  }
+  const at::Tensor y = scan.out.reshape({B, L, E});
   return out_proj->forward(gate(y, z));  // (B, L, D)
 }
 
@@ -276,12 +298,23 @@ at::Tensor AttentionImpl::attend(const at::Tensor& q, const at::Tensor& k, const
   return out.permute({0, 2, 1, 3}).reshape({B, Lq, heads_ * head_dim_});
 }
 
-at::Tensor AttentionImpl::forward(const at::Tensor& h) {
+at::Tensor AttentionImpl::forward(const at::Tensor& h, LayerCache* fill) {
   const int64_t B = h.size(0), L = h.size(1), dq = heads_ * head_dim_, dkv = heads_kv_ * head_dim_;
   const at::Tensor qkv = in_proj->forward(h);  // (B, L, (Hq + 2 Hkv) Dh)
   const at::Tensor q = rotate(qkv.narrow(-1, 0, dq).reshape({B, L, heads_, head_dim_}), 0);
   const at::Tensor k = rotate(qkv.narrow(-1, dq, dkv).reshape({B, L, heads_kv_, head_dim_}), 0);
   const at::Tensor v = qkv.narrow(-1, dq + dkv, dkv).reshape({B, L, heads_kv_, head_dim_});
+  if (fill) {
+    // Room for the prompt and as many tokens again (at least 16) before the first doubling.
+    int64_t capacity = 16;
+    while (capacity < 2 * L) capacity *= 2;
+    const auto opts = k.options().requires_grad(false);
+    fill->key = at::zeros({B, capacity, heads_kv_, head_dim_}, opts);
+    fill->value = at::zeros({B, capacity, heads_kv_, head_dim_}, opts);
+    fill->key.narrow(1, 0, L).copy_(k.detach());
+    fill->value.narrow(1, 0, L).copy_(v.detach());
+    fill->offset = L;
+  }
   return out_proj->forward(attend(q, k, v));  // (B, L, D)
 }
 
@@ -344,10 +377,10 @@ BlockImpl::BlockImpl(const MambaConfig& c, int64_t layer) : residual_in_fp32_(c.
   }
 }
 
-at::Tensor BlockImpl::mix(const at::Tensor& h) {
-  if (mixer) return mixer->forward(h);
-  if (mixer2) return mixer2->forward(h);
-  return attention->forward(h);
+at::Tensor BlockImpl::mix(const at::Tensor& h, LayerCache* fill) {
+  if (mixer) return mixer->forward(h, fill);
+  if (mixer2) return mixer2->forward(h, fill);
+  return attention->forward(h, fill);
 }
 
 at::Tensor BlockImpl::mix_step(const at::Tensor& h, LayerCache& cache) {
@@ -369,11 +402,11 @@ StreamState BlockImpl::finish(const at::Tensor& h, at::Tensor residual) {
   return StreamState{mlp->forward(norm2->forward(residual.to(norm2->weight.scalar_type()))), residual};
 }
 
-StreamState BlockImpl::forward(const StreamState& in) {
+StreamState BlockImpl::forward(const StreamState& in, LayerCache* fill) {
   at::Tensor residual = combine_stream(in);  // (B, L, D)
   if (residual_in_fp32_) residual = residual.to(at::kFloat);
   const at::Tensor h = norm->forward(residual.to(norm->weight.scalar_type()));
-  return finish(mix(h), residual);
+  return finish(mix(h, fill), residual);
 }
 
 StreamState BlockImpl::step(const StreamState& in, LayerCache& cache) {
@@ -468,7 +501,7 @@ StreamState MambaLMImpl::decode_boundary(const at::Tensor& t) const {
   return StreamState{parts[0], parts[1]};
 }
 
-at::Tensor MambaLMImpl::run(const at::Tensor& input, InferenceCache* cache) {
+at::Tensor MambaLMImpl::run(const at::Tensor& input, InferenceCache* cache, Mode mode) {
   StreamState s;
   if (stage_.is_first()) {
     TORCH_CHECK(input.dim() == 2 && input.scalar_type() == at::kLong,
@@ -479,12 +512,12 @@ at::Tensor MambaLMImpl::run(const at::Tensor& input, InferenceCache* cache) {
     s = decode_boundary(input);
   }
   for (auto& [index, block] : backbone->ordered_layers) {
-    if (cache) {
+    if (mode == Mode::kStep) {
       auto it = cache->find(index);
       TORCH_CHECK(it != cache->end(), "inference cache has no entry for layer ", index);
       s = block->step(s, it->second);
     } else {
-      s = block->forward(s);
+      s = block->forward(s, mode == Mode::kPrefill ? &(*cache)[index] : nullptr);
     }
   }
   if (!stage_.is_last()) return encode_boundary(s);
@@ -492,12 +525,16 @@ at::Tensor MambaLMImpl::run(const at::Tensor& input, InferenceCache* cache) {
   return lm_head->forward(x);  // (B, L, V)
 }
 
-at::Tensor MambaLMImpl::forward(const at::Tensor& input) { return run(input, nullptr); }
+at::Tensor MambaLMImpl::forward(const at::Tensor& input) { return run(input, nullptr, Mode::kForward); }
+
+at::Tensor MambaLMImpl::prefill(const at::Tensor& input, InferenceCache& cache) {
+  return run(input, &cache, Mode::kPrefill);
+}
 
 at::Tensor MambaLMImpl::step(const at::Tensor& input, InferenceCache& cache) {
   const int64_t len = stage_.is_first() ? input.size(-1) : input.size(-2);
   TORCH_CHECK(len == 1, "step() takes one token at a time but received length ", len);
-  return run(input, &cache);
+  return run(input, &cache, Mode::kStep);
 }
 
 InferenceCache MambaLMImpl::make_cache(int64_t batch) const {

@@ -97,7 +97,9 @@ TORCH_MODULE(ConvParams);
 class MixerImpl : public torch::nn::Module {
  public:
   explicit MixerImpl(const MambaConfig& config);
-  at::Tensor forward(const at::Tensor& h);                // (B, L, D) -> (B, L, D)
+  /// (B, L, D) -> (B, L, D). With `fill` (a prefill) the layer's conv and SSM state after the
+  /// last token is stored there, ready for step().
+  at::Tensor forward(const at::Tensor& h, LayerCache* fill = nullptr);
   at::Tensor step(const at::Tensor& h, LayerCache& cache);  // (B, D) -> (B, D)
   LayerCache make_cache(int64_t batch) const;
 
@@ -126,7 +128,7 @@ TORCH_MODULE(GatedNorm);
 class Mamba2MixerImpl : public torch::nn::Module {
  public:
   explicit Mamba2MixerImpl(const MambaConfig& config);
-  at::Tensor forward(const at::Tensor& h);                  // (B, L, D) -> (B, L, D)
+  at::Tensor forward(const at::Tensor& h, LayerCache* fill = nullptr);  // (B, L, D) -> (B, L, D); as Mixer
   at::Tensor step(const at::Tensor& h, LayerCache& cache);  // (B, D) -> (B, D)
   LayerCache make_cache(int64_t batch) const;
 
@@ -148,7 +150,8 @@ TORCH_MODULE(Mamba2Mixer);
 class AttentionImpl : public torch::nn::Module {
  public:
   explicit AttentionImpl(const MambaConfig& config);
-  at::Tensor forward(const at::Tensor& h);                  // (B, L, D) -> (B, L, D)
+  /// (B, L, D) -> (B, L, D); with `fill` the keys and values of the L tokens are cached.
+  at::Tensor forward(const at::Tensor& h, LayerCache* fill = nullptr);
   at::Tensor step(const at::Tensor& h, LayerCache& cache);  // (B, D) -> (B, D)
   LayerCache make_cache(int64_t batch) const;
 
@@ -183,7 +186,7 @@ TORCH_MODULE(GatedMlp);
 class BlockImpl : public torch::nn::Module {
  public:
   BlockImpl(const MambaConfig& config, int64_t layer);
-  StreamState forward(const StreamState& in);
+  StreamState forward(const StreamState& in, LayerCache* fill = nullptr);
   StreamState step(const StreamState& in, LayerCache& cache);  // L == 1
   LayerCache make_cache(int64_t batch) const;
 
@@ -196,7 +199,7 @@ class BlockImpl : public torch::nn::Module {
   GatedMlp mlp{nullptr};  // d_intermediate > 0 only
 
  private:
-  at::Tensor mix(const at::Tensor& h);
+  at::Tensor mix(const at::Tensor& h, LayerCache* fill);
   at::Tensor mix_step(const at::Tensor& h, LayerCache& cache);
   StreamState finish(const at::Tensor& h, at::Tensor residual);
   bool residual_in_fp32_;
@@ -225,6 +228,10 @@ class MambaLMImpl : public torch::nn::Module {
   /// One token for generation: input (B, 1) ids or a boundary tensor with L == 1.
   at::Tensor step(const at::Tensor& input, InferenceCache& cache);
   InferenceCache make_cache(int64_t batch) const;
+  /// The full-sequence forward of a prompt (B, L) (or its boundary tensor) that also leaves
+  /// every layer's state after the last token in `cache` (replacing what it held), so step()
+  /// continues from there. Same output as forward(), bit for bit.
+  at::Tensor prefill(const at::Tensor& input, InferenceCache& cache);
 
   /// Fills every parameter from (seed, FQN); see init.h.
   void init_parameters(uint64_t seed);
@@ -245,7 +252,8 @@ class MambaLMImpl : public torch::nn::Module {
   Dense lm_head{nullptr};  // last stage only
 
  private:
-  at::Tensor run(const at::Tensor& input, InferenceCache* cache);
+  enum class Mode { kForward, kPrefill, kStep };
+  at::Tensor run(const at::Tensor& input, InferenceCache* cache, Mode mode);
 
   MambaConfig config_;
   StageSpec stage_;
