@@ -36,7 +36,8 @@ int main(int argc, char** argv) {
   app.add_option("--copy-tokens", o.data_options.copy_tokens, "with --data selective-copy");
   app.add_option("--copy-slots", o.data_options.copy_slots, "with --data selective-copy");
   app.add_option("--task-vocab", o.data_options.task_vocab, "with --data selective-copy / induction");
-  app.add_option("--logits-out", o.logits_out, "write logits to this HDF5 file (dataset /logits)");
+  app.add_option("--logits-out", o.logits_out,
+                 "write logits to this file: HDF5 (dataset /logits), or safetensors (logits, input_ids) when it ends in .safetensors");
   app.add_option("--device", o.device, "cpu, cuda (the local rank's GPU), cuda:N, or auto (CUDA when available)");
   app.add_option("--backend", o.backend, "c10d backend between stages: gloo, nccl, or auto (NCCL on CUDA)")
       ->check(CLI::IsMember({"auto", "gloo", "nccl"}));

@@ -63,6 +63,9 @@ int main(int argc, char** argv) {
   app.add_option("--ckpt-every", o.ckpt_every, "checkpoint every K steps (and at the end)");
   app.add_option("--keep-last", o.keep_last, "keep only the newest K checkpoints");
   app.add_option("--resume", o.resume, "auto (newest in --ckpt-dir, if any) or a checkpoint path (then --ckpt-dir defaults to its root)");
+  app.add_option("--init-from", o.init_from,
+                 "start a new run (step 0, fresh optimizer and LR schedule, its own run id) from this checkpoint's "
+                 "weights, at any --pp (e.g. one written by pmamba-convert import)");
   app.add_flag("--overwrite", o.overwrite, "a new run may replace the checkpoints of another run in --ckpt-dir (deleted after its first commit)");
   app.add_option("--compression", o.compression, "checkpoint compression: none, zstd or zstd:LEVEL");
   app.add_option("--device", o.device, "cpu, cuda (the local rank's GPU), cuda:N, or auto (CUDA when available)");

@@ -28,4 +28,12 @@ class SafetensorsWriteError : public ckpt::UsageError {
   explicit SafetensorsWriteError(const std::string& what) : ckpt::UsageError(what) {}
 };
 
+/// pmamba-convert refuses a source or a request: a folder without the files it needs, a
+/// config field that changes the math and cannot be represented (named, with its value), a
+/// tensor missing, left over or of the wrong shape, a model the target format has no class for.
+class ConvertError : public ckpt::UsageError {
+ public:
+  explicit ConvertError(const std::string& what) : ckpt::UsageError(what) {}
+};
+
 }  // namespace pmamba::interop

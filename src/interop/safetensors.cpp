@@ -896,4 +896,14 @@ void write_safetensors_index(const std::string& path, const SafetensorsIndex& in
   fs::write_file_atomic(path, j.dump(2) + "\n");
 }
 
+nlohmann::json parse_json_strict(const std::string& text, const std::string& where) {
+  const RepeatedKeyFinder finder = check_json_text(text, where + ": the ", "text");
+  if (finder.found_repeat) {
+    throw SafetensorsError(where + ": key '" + fs::printable(finder.repeated) + "' appears twice" +
+                           (finder.outer.empty() ? std::string() : " inside '" + fs::printable(finder.outer) + "'") +
+                           " (a JSON reader would keep only the last)");
+  }
+  return nlohmann::json::parse(text);
+}
+
 }  // namespace pmamba::interop

@@ -36,6 +36,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -167,5 +168,9 @@ SafetensorsIndex read_safetensors_index(const std::string& path);
 /// Throws SafetensorsWriteError for a name read_safetensors_index would refuse, ckpt::IoError
 /// when the write fails.
 void write_safetensors_index(const std::string& path, const SafetensorsIndex& index);
+
+/// Parses a small JSON document (a config.json) as strictly as a header: valid UTF-8, no NUL,
+/// valid JSON, no key repeated at any level. Throws SafetensorsError naming `where`.
+nlohmann::json parse_json_strict(const std::string& text, const std::string& where);
 
 }  // namespace pmamba::interop

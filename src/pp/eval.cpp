@@ -14,6 +14,7 @@
 #include "src/ckpt/fs.h"
 #include "src/ckpt/resources.h"
 #include "src/ckpt/tensor_file.h"
+#include "src/interop/safetensors.h"
 #include "src/model/partition.h"
 #include "src/pp/device.h"
 #include "src/pp/errors.h"
@@ -182,7 +183,17 @@ EvalResult finish(const at::Tensor& logits, const Prepared& p, const EvalOptions
     r.accuracy = pred.argmax(-1).eq(target).to(at::kDouble).mean().item<double>();
     r.predictions = target.numel();
   }
-  if (!o.logits_out.empty()) ckpt::write_tensor_file(o.logits_out, {{"/logits", r.logits}});
+  if (!o.logits_out.empty()) {
+    const std::string& f = o.logits_out;
+    if (f.size() > 12 && f.compare(f.size() - 12, 12, ".safetensors") == 0) {
+      // For tools outside pmamba (numpy, transformers): logits and the ids they came from.
+      const at::Tensor ids = p.ids.contiguous();
+      interop::write_safetensors(f, {{"input_ids", at::kLong, ids.sizes().vec()}, {"logits", at::kFloat, r.logits.sizes().vec()}},
+                                 [&](size_t i) { return i == 0 ? ids : r.logits; });
+    } else {
+      ckpt::write_tensor_file(f, {{"/logits", r.logits}});
+    }
+  }
   return r;
 }
 

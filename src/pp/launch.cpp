@@ -45,7 +45,11 @@ void emit(const std::string& label, std::string& buf, FILE* to, bool flush_all, 
     const std::string line = nl == std::string::npos ? buf : buf.substr(0, nl);
     buf.erase(0, nl == std::string::npos ? buf.size() : nl + 1);
     bar.clear();
-    std::fprintf(to, "[%s] %s\n", label.c_str(), line.c_str());
+    if (label.empty()) {
+      std::fprintf(to, "%s\n", line.c_str());
+    } else {
+      std::fprintf(to, "[%s] %s\n", label.c_str(), line.c_str());
+    }
   }
   std::fflush(to);
 }
@@ -73,6 +77,8 @@ void ProgressBar::clear() {
 
 int launch_local(const LaunchOptions& o) {
   auto label = [&](int r) { return (o.dp > 1 ? "rank " : "stage ") + std::to_string(r); };
+  // The label of one of a rank's streams: none for the output a tool passes through unchanged.
+  auto stream_label = [&](int r, bool is_err) { return !is_err && r == o.raw_stdout_rank ? std::string() : label(r); };
   LauncherStore store(o.timeout);
   std::vector<Child> kids(static_cast<size_t>(o.ranks));
   const std::string exe = self_exe();
@@ -164,7 +170,7 @@ int launch_local(const LaunchOptions& o) {
       const ssize_t n = ::read(fds[i].fd, buf, sizeof buf);
       std::string& acc = is_err ? kids[r].err_buf : kids[r].out_buf;
       if (n <= 0) {
-        emit(label(r), acc, is_err ? stderr : stdout, true, bar);
+        emit(stream_label(r, is_err), acc, is_err ? stderr : stdout, true, bar);
         ::close(fds[i].fd);
         (is_err ? kids[r].err : kids[r].out) = -1;
         --open_fds;
@@ -177,10 +183,10 @@ int launch_local(const LaunchOptions& o) {
         std::string last = nl == std::string::npos ? "" : acc.substr(0, nl);
         const size_t prev = last.rfind('\n');
         last = prev == std::string::npos ? last : last.substr(prev + 1);
-        emit(label(r), acc, stdout, false, bar);
+        emit(stream_label(r, false), acc, stdout, false, bar);
         if (std::regex_search(last, m, step_re)) bar.draw(std::stod(m[1]), std::stod(m[2]));
       } else {
-        emit(label(r), acc, is_err ? stderr : stdout, false, bar);
+        emit(stream_label(r, is_err), acc, is_err ? stderr : stdout, false, bar);
       }
     }
     for (int r = 0; r < o.ranks; ++r) {

@@ -27,6 +27,7 @@ struct LaunchOptions {
   std::map<std::string, std::string> env;        // more variables for every rank
   std::string tool = "pmamba";                   // names the launcher in its own lines
   int dp = 1;                                    // ranks are (stage, DP index) pairs: named so
+  int raw_stdout_rank = -1;                      // this rank's stdout is forwarded as it is, without the prefix
 };
 
 /// Returns 0 when every rank exits 0. Otherwise prints one line naming what happened and

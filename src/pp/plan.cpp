@@ -170,6 +170,11 @@ TrainPlan plan_training(const TrainOptions& options, bool commits, int stage) {
   // Where the run resumes from, and where it writes: --resume DIR without --ckpt-dir keeps
   // writing into DIR's root.
   std::string resume_dir, resume_root;
+  if (!o.init_from.empty() && !o.resume.empty() && o.resume != "auto") {
+    throw UsageError("--init-from starts a new run from a checkpoint's weights and --resume '" + o.resume +
+                     "' continues an existing run; give one of them (--resume auto with --init-from continues "
+                     "the fine-tuning run in --ckpt-dir once it has a checkpoint)");
+  }
   if (!o.resume.empty() && o.resume != "auto") {
     resume_dir = ckpt::resolve_checkpoint_dir(o.resume, &plan.note);
     resume_root = ckpt::parse_step_dir_name(ckpt::fs::basename(resume_dir)) >= 0 ? ckpt::fs::parent(resume_dir) : "";
@@ -198,8 +203,21 @@ TrainPlan plan_training(const TrainOptions& options, bool commits, int stage) {
       }
     }
     if (!resume_dir.empty()) plan.reader = std::make_unique<ckpt::CheckpointReader>(resume_dir);
+    if (plan.reader && !plan.reader->manifest().has_optimizer) {
+      throw UsageError("--resume: the checkpoint '" + plan.reader->dir() +
+                       "' holds weights only (no optimizer state or data position to continue from); start a "
+                       "new run from its weights with --init-from " + plan.reader->dir());
+    }
+    if (!plan.reader && !o.init_from.empty()) {
+      plan.init = std::make_unique<ckpt::CheckpointReader>(o.init_from);
+      const ckpt::Manifest& man = plan.init->manifest();
+      plan.initialized_from = ojson{{"dir", ckpt::fs::absolute_path(plan.init->dir())},
+                                    {"run_id", man.run_id.empty() ? ojson(nullptr) : ojson(man.run_id)},
+                                    {"step", man.step}};
+    }
     if (plan.reader) {
       const ckpt::Manifest& man = plan.reader->manifest();
+      if (man.train.contains("initialized_from")) plan.initialized_from = man.train.at("initialized_from");
       plan.config = man.config;
       if (!o.preset.empty() || !o.config_path.empty()) {
         const model::MambaConfig asked = o.preset.empty() ? load_config_file(o.config_path) : model::preset(o.preset);
@@ -215,6 +233,18 @@ TrainPlan plan_training(const TrainOptions& options, bool commits, int stage) {
       check_train_options(o);  // the restored values too
       // A version-1 checkpoint has no run id: its continuation starts one.
       plan.run_id = man.run_id;
+    } else if (plan.init) {
+      // The model is the checkpoint's; --preset/--config, when given, must describe it.
+      plan.config = plan.init->manifest().config;
+      if (!o.preset.empty() || !o.config_path.empty()) {
+        const model::MambaConfig asked = o.preset.empty() ? load_config_file(o.config_path) : model::preset(o.preset);
+        if (asked != plan.config) {
+          throw UsageError("--init-from '" + plan.init->dir() + "' holds the model " + model::describe(plan.config) +
+                           ", not the one --preset/--config asks for (" + model::describe(asked) +
+                           "); leave --preset/--config out to train the checkpoint's model");
+        }
+      }
+      o.data.seed = o.data.seed ? o.data.seed : o.seed;
     } else {
       if (o.preset.empty() == o.config_path.empty()) throw UsageError("give exactly one of --preset or --config");
       plan.config = o.preset.empty() ? load_config_file(o.config_path) : model::preset(o.preset);
@@ -282,6 +312,7 @@ TrainPlan plan_training(const TrainOptions& options, bool commits, int stage) {
   } catch (...) {
     if (plan.created_root) {
       plan.reader.reset();
+      plan.init.reset();
       try {
         if (ckpt::root_is_empty(root)) ckpt::fs::remove_tree(root);
       } catch (...) {

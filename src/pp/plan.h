@@ -25,6 +25,8 @@ struct TrainPlan {
   model::MambaConfig config;
   std::vector<model::StageSpec> stages;
   std::unique_ptr<ckpt::CheckpointReader> reader;  // the checkpoint resumed from (or null)
+  std::unique_ptr<ckpt::CheckpointReader> init;    // --init-from: the weights a new run starts from (or null)
+  nlohmann::ordered_json initialized_from;         // {dir, run_id, step} of those weights, kept by resumes; null if none
   int64_t start_step = 0, samples = 0, tokens = 0;
   std::string run_id;
   nlohmann::ordered_json data_content;  // the data source's content (null for built-in tasks)

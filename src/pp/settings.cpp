@@ -44,6 +44,7 @@ const std::vector<RunSetting>& run_settings() {
   // plan.cpp, which knows when a moved file is the same data; its sizes are here.
   static const std::vector<RunSetting> table = {
       keep("seed", "", "seed", [](TrainOptions& o) -> auto& { return o.seed; }),
+      keep("init-from", "", "init_from", [](TrainOptions& o) -> auto& { return o.init_from; }),
       keep("lr", "lr_schedule", "lr", [](TrainOptions& o) -> auto& { return o.lr; }),
       keep("min-lr", "lr_schedule", "min_lr", [](TrainOptions& o) -> auto& { return o.min_lr; }),
       keep("warmup", "lr_schedule", "warmup", [](TrainOptions& o) -> auto& { return o.warmup; }),

@@ -74,15 +74,20 @@ void load_stage(ckpt::CheckpointReader& reader, model::MambaLMImpl& m, AdamW* op
                             model::config_to_json_string(m.config()));
   }
   if (optim && !man.has_optimizer) {
-    throw ckpt::FormatError("checkpoint '" + reader.dir() + "' has no optimizer state to resume from");
+    throw ckpt::FormatError("checkpoint '" + reader.dir() + "' holds weights only (no optimizer state to resume "
+                            "from); start a new run from its weights with --init-from " + reader.dir());
   }
   c10::NoGradGuard no_grad;
   std::vector<ckpt::ReadRequest> requests;
   std::vector<at::Tensor> steps;
   for (auto& item : m.named_parameters()) {
     at::Tensor p = item.value().detach();
-    // Read straight into a contiguous CPU parameter; anything else gets a host buffer and a copy.
-    requests.push_back({item.key(), Slot::kParam, p.is_cpu() && p.is_contiguous() ? p : at::Tensor()});
+    // Read straight into a contiguous CPU parameter of the stored dtype; anything else (a CUDA
+    // parameter, or weights stored in another precision, e.g. a bfloat16 import) gets a host
+    // buffer and a copy that converts.
+    const bool direct = p.is_cpu() && p.is_contiguous() &&
+                        man.resolve(item.key()).slots.at(Slot::kParam).dtype == ckpt::dtype_name(p.scalar_type());
+    requests.push_back({item.key(), Slot::kParam, direct ? p : at::Tensor()});
     if (optim && !optim->is_follower(item.key()) && optim->owns(item.key())) {
       requests.push_back({item.key(), Slot::kExpAvg, at::Tensor()});
       requests.push_back({item.key(), Slot::kExpAvgSq, at::Tensor()});

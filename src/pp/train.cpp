@@ -165,6 +165,9 @@ void Rank::setup() {
   if (plan_.reader) {
     load_stage(*plan_.reader, *model_, opt_.get());
     plan_.reader.reset();  // its shards stay closed from here on
+  } else if (plan_.init) {
+    load_stage(*plan_.init, *model_, nullptr);  // weights only: the optimizer starts fresh
+    plan_.init.reset();
   } else {
     model_->init_parameters(o_.seed);
   }
@@ -241,6 +244,7 @@ ojson Rank::train_state() const {
   t["tokens_consumed"] = tokens_;
   t["data"] = data_to_json(o_.data, data_->content());
   write_run_settings(o_, t);
+  if (!plan_.initialized_from.is_null()) t["initialized_from"] = plan_.initialized_from;
   return t;
 }
 
@@ -553,7 +557,10 @@ int Rank::run_steps() {
                 o_.preset.empty() ? "model" : o_.preset.c_str(), o_.pp, o_.pp == 1 ? "" : "s",
                 model::partition_string(stages_).c_str(), o_.schedule.c_str(), o_.boundary.c_str(), where.c_str(),
                 o_.microbatches, o_.microbatch_size, data_->describe().c_str(),
-                resumed_from_.empty() ? "fresh start" : ("resumed from " + resumed_from_ + " at step " + std::to_string(start_step_)).c_str());
+                !resumed_from_.empty() ? ("resumed from " + resumed_from_ + " at step " + std::to_string(start_step_)).c_str()
+                : plan_.initialized_from.is_null()
+                    ? "fresh start"
+                    : ("new run from the weights of " + plan_.initialized_from.value("dir", std::string())).c_str());
     std::fflush(stdout);
   }
   // A stop requested while the run was starting: the state it starts from is what is saved

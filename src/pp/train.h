@@ -48,6 +48,7 @@ struct TrainOptions {
   int64_t ckpt_every = 0;   // 0 = only at the end when ckpt_dir is set
   int keep_last = 0;
   std::string resume;       // "" | "auto" | a checkpoint path
+  std::string init_from;    // a new run starting from this checkpoint's weights (fresh optimizer, step 0)
   bool overwrite = false;   // a new run may replace another run's checkpoints in ckpt_dir
   std::string compression = "zstd:1";
   // runtime
