@@ -906,6 +906,11 @@ ImportResult import_model(const ImportOptions& o) {
     for (const NameMapping& m : maps) by_fqn[m.fqn] = &m;
     uint64_t embedding_digest = 0;
     int64_t done = 0;
+    // One buffer for every unsplit tensor: on a VM that hands idle memory back to its host, a
+    // fresh allocation per tensor costs a slow first touch each time.
+    int64_t largest = 0;
+    for (const auto& [name, where] : src.all()) largest = std::max(largest, static_cast<int64_t>(where.second->end - where.second->begin));
+    ckpt::ScratchBuffer scratch;
     for (const model::StageSpec& spec : stages) {
       header.stage = spec.stage;
       header.num_stages = spec.num_stages;
@@ -928,7 +933,13 @@ ImportResult import_model(const ImportOptions& o) {
         for (const NamePart& part : m.parts) {
           const SafetensorsFile* file = nullptr;
           const TensorInfo* info = src.find(part.name, &file);
-          parts.push_back(file->read(part.name));
+          if (m.parts.size() == 1) {
+            at::Tensor t = scratch.view(info->shape, info->scalar_type, largest, "importing '" + part.name + "'");
+            file->read(part.name, t);
+            parts.push_back(t);
+          } else {
+            parts.push_back(file->read(part.name));
+          }
           done += static_cast<int64_t>(info->end - info->begin);
         }
         at::Tensor joined = parts.size() == 1 ? parts[0] : at::cat(parts, 0);
@@ -1052,6 +1063,15 @@ ExportResult export_model(const ExportOptions& o) {
     int64_t done = 0;
     at::Tensor cached;  // the FQN last read: the parts of a split tensor come one after another
     std::string cached_fqn;
+    // Read into one reused buffer (a fresh allocation per tensor is a slow first touch on a VM
+    // that hands idle memory back).
+    int64_t largest = 0;
+    for (const auto& e : man.tensors) {
+      for (const auto& [slot, d] : e.slots) {
+        if (slot == ckpt::Slot::kParam) largest = std::max(largest, d.raw_bytes);
+      }
+    }
+    ckpt::ScratchBuffer scratch;
     for (size_t g = 0; g < groups.size(); ++g) {
       const std::string file = groups.size() == 1 ? kSingleFile : shard_name(g, groups.size());
       std::vector<TensorSpec> specs;
@@ -1060,7 +1080,9 @@ ExportResult export_model(const ExportOptions& o) {
         const Out& x = outs[groups[g][k]];
         if (cached_fqn != x.fqn) {
           cached = at::Tensor();  // the previous one goes before the next is read
-          cached = in.read(x.fqn, ckpt::Slot::kParam);
+          const ckpt::StoredDataset& d = man.resolve(x.fqn).slots.at(ckpt::Slot::kParam);
+          cached = scratch.view(d.shape, ckpt::dtype_from_name(d.dtype), largest, "exporting '" + x.fqn + "'");
+          in.read(x.fqn, ckpt::Slot::kParam, cached);
           cached_fqn = x.fqn;
         }
         at::Tensor t = x.whole ? cached : cached.narrow(0, x.row0, x.rows);
@@ -1073,6 +1095,7 @@ ExportResult export_model(const ExportOptions& o) {
       for (size_t i : groups[g]) index.weight_map[outs[i].spec.name] = file;
     }
     cached = at::Tensor();
+    scratch.release();
     index.total_size = total;
     if (groups.size() > 1) write_safetensors_index(fs::join(o.out, kIndexName), index);
     const std::string dtype_text = dtypes.size() == 1 ? torch_dtype_name(*dtypes.begin()) : "float32";

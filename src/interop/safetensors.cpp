@@ -752,13 +752,23 @@ const TensorInfo* SafetensorsFile::find(const std::string& name) const {
 }
 
 at::Tensor SafetensorsFile::read(const std::string& name) const {
+  const TensorInfo* t = find(name);
+  if (!t) throw SafetensorsError(file_where(path_) + "no tensor " + quote_name(name));
+  at::Tensor out = at::empty(t->shape, at::TensorOptions().dtype(t->scalar_type));
+  read(name, out);
+  return out;
+}
+
+void SafetensorsFile::read(const std::string& name, at::Tensor& out) const {
   const std::string where = file_where(path_);
   const TensorInfo* t = find(name);
   if (!t) throw SafetensorsError(where + "no tensor " + quote_name(name));
-  at::Tensor out = at::empty(t->shape, at::TensorOptions().dtype(t->scalar_type));
+  TORCH_CHECK(out.defined() && out.is_cpu() && out.is_contiguous() && out.scalar_type() == t->scalar_type &&
+                  out.sizes() == at::IntArrayRef(t->shape),
+              "SafetensorsFile::read: the destination of '", name, "' must be a contiguous CPU tensor of its dtype and shape");
   const uint64_t n = t->end - t->begin;
   TORCH_INTERNAL_ASSERT(static_cast<uint64_t>(out.nbytes()) == n, "validated size disagrees with LibTorch's");
-  if (n == 0) return out;
+  if (n == 0) return;
   if (pread_full(fd_.get(), out.data_ptr(), n, data_offset_ + t->begin, where) != n) {
     throw SafetensorsError(where + "tensor " + quote_name(name) + ": the file ends before byte " +
                            std::to_string(data_offset_ + t->end) + " (it shrank after it was opened)");
@@ -773,7 +783,6 @@ at::Tensor SafetensorsFile::read(const std::string& name) const {
       }
     }
   }
-  return out;
 }
 
 void write_safetensors(const std::string& path, const std::vector<TensorSpec>& specs,

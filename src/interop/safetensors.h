@@ -107,6 +107,9 @@ class SafetensorsFile {
   /// A fresh contiguous CPU tensor of the stored dtype and shape. Throws SafetensorsError when
   /// the file has no such tensor, cannot be read, or (BOOL) holds a byte other than 0 or 1.
   at::Tensor read(const std::string& name) const;
+  /// The same into `dest`, which must be contiguous, on the CPU, of the stored dtype and shape
+  /// (so a caller can reuse one buffer: fresh memory is slow to touch on some machines).
+  void read(const std::string& name, at::Tensor& dest) const;
   /// Where the data section starts: 8 + the header length.
   uint64_t data_offset() const { return data_offset_; }
 

@@ -1,6 +1,7 @@
 #include "src/model/mamba.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 #include <torch/version.h>
 
 #include <cmath>
@@ -37,7 +38,19 @@ DenseImpl::DenseImpl(int64_t in_features, int64_t out_features, bool with_bias) 
   if (with_bias) bias = register_parameter("bias", at::empty({out_features}));
 }
 
-at::Tensor DenseImpl::forward(const at::Tensor& x) { return at::linear(x, weight, bias); }
+at::Tensor DenseImpl::forward(const at::Tensor& x) {
+  // One row (a decode step at batch 1): a matrix-vector product reads the weight once, where
+  // GEMM would first copy it into its packed layout (on the CPU that copy doubles the bytes
+  // moved, and decoding is bound by them).
+  if (x.numel() == x.size(-1) && x.is_cpu() && !c10::GradMode::is_enabled()) {
+    at::Tensor y = at::mv(weight, x.reshape({-1}));  // (out)
+    if (bias.defined()) y = y + bias;
+    std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+    shape.back() = weight.size(0);
+    return y.view(shape);
+  }
+  return at::linear(x, weight, bias);
+}
 
 NormImpl::NormImpl(int64_t dim, double eps_, bool rms_) : eps(eps_), rms(rms_) {
   weight = register_parameter("weight", at::empty({dim}));
