@@ -34,26 +34,16 @@ def timed(cmd):
     return wall, usage.ru_maxrss * 1024
 
 
-def tensor_bytes(folder):
-    total = 0
+def tensor_sizes(folder):
+    """Byte sizes of every tensor in a folder's safetensors files (from their headers)."""
+    sizes = []
     for f in os.listdir(folder):
         if f.endswith(".safetensors"):
             with open(os.path.join(folder, f), "rb") as fh:
                 n = int.from_bytes(fh.read(8), "little")
                 header = json.loads(fh.read(n))
-            total += sum(v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items() if k != "__metadata__")
-    return total
-
-
-def largest_tensor(folder):
-    big = 0
-    for f in os.listdir(folder):
-        if f.endswith(".safetensors"):
-            with open(os.path.join(folder, f), "rb") as fh:
-                n = int.from_bytes(fh.read(8), "little")
-                header = json.loads(fh.read(n))
-            big = max([big] + [v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items() if k != "__metadata__"])
-    return big
+            sizes += [v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items() if k != "__metadata__"]
+    return sizes
 
 
 def main():
@@ -82,7 +72,7 @@ def main():
                 shutil.rmtree(d, ignore_errors=True)
             w, m = timed([os.path.join(bin_dir, "pmamba-convert"), "export", src, hf, "--quiet"])
             runs["export"].append(w), rss["export"].append(m)
-            nbytes, big = tensor_bytes(hf), largest_tensor(hf)
+            nbytes, big = sum(tensor_sizes(hf)), max(tensor_sizes(hf))
             os.makedirs(cpd)
             files = [os.path.join(hf, f) for f in sorted(os.listdir(hf)) if f.endswith(".safetensors")]
             w, m = timed(["bash", "-c", 'cp "$@" "$0" && sync "$0"/*', cpd] + files)

@@ -188,6 +188,24 @@ class Fields {
 
 void require_silu(Fields& f) { f.require<std::string>("hidden_act", "silu", "pmamba's mixers use SiLU"); }
 
+// The three sizes every transformers Mamba config has under the same names.
+void read_sizes(Fields& f, model::MambaConfig& c) {
+  c.d_model = f.integer("hidden_size");
+  c.n_layer = f.integer("num_hidden_layers");
+  c.vocab_size = f.integer("vocab_size");
+}
+
+// Mamba-2 and Bamba: transformers uses the block norms' eps in each mixer's gated RMSNorm too,
+// where mamba_ssm (and pmamba) use 1e-5, so only 1e-5 computes the same model.
+double gated_norm_eps(Fields& f, const std::string& key) {
+  const double eps = f.number(key, 1e-5);
+  if (eps != 1e-5) {
+    f.fail(key, "is not supported: transformers uses it in each Mamba-2 mixer's gated RMSNorm too, where mamba_ssm "
+                "(and pmamba) use 1e-5");
+  }
+  return eps;
+}
+
 // The fields every transformers config carries that say nothing about the math; recorded
 // silently. Anything else unknown is recorded with a note, so a user sees it was not applied.
 const std::set<std::string>& generic_keys() {
@@ -223,9 +241,7 @@ TranslatedConfig from_hf_mamba(Fields& f) {
   TranslatedConfig t;
   t.architecture = Architecture::kHfMamba;
   model::MambaConfig& c = t.config;
-  c.d_model = f.integer("hidden_size");
-  c.n_layer = f.integer("num_hidden_layers");
-  c.vocab_size = f.integer("vocab_size");
+  read_sizes(f, c);
   c.d_state = f.integer("state_size", 16);
   c.d_conv = f.integer("conv_kernel", 4);
   c.expand = f.integer("expand", 2);
@@ -265,9 +281,7 @@ TranslatedConfig from_hf_mamba2(Fields& f) {
   t.architecture = Architecture::kHfMamba2;
   model::MambaConfig& c = t.config;
   c.ssm_layer = model::SsmLayer::kMamba2;
-  c.d_model = f.integer("hidden_size");
-  c.n_layer = f.integer("num_hidden_layers");
-  c.vocab_size = f.integer("vocab_size");
+  read_sizes(f, c);
   c.d_state = f.integer("state_size", 128);
   c.d_conv = f.integer("conv_kernel", 4);
   c.expand = f.integer("expand", 2);
@@ -283,11 +297,7 @@ TranslatedConfig from_hf_mamba2(Fields& f) {
   require_silu(f);
   c.bias = f.boolean("use_bias", false);
   c.conv_bias = f.boolean("use_conv_bias", true);
-  c.norm_eps = f.number("layer_norm_epsilon", 1e-5);
-  if (c.norm_eps != 1e-5) {
-    f.fail("layer_norm_epsilon", "is not supported: transformers uses it in each Mamba-2 mixer's gated RMSNorm too, "
-                                 "where mamba_ssm (and pmamba) use 1e-5");
-  }
+  c.norm_eps = gated_norm_eps(f, "layer_norm_epsilon");
   c.residual_in_fp32 = f.boolean("residual_in_fp32", true);
   c.tie_embeddings = f.boolean("tie_word_embeddings", false);
   read_time_step_limit(f, c);
@@ -312,20 +322,14 @@ TranslatedConfig from_hf_bamba(Fields& f) {
   t.architecture = Architecture::kHfBamba;
   model::MambaConfig& c = t.config;
   c.ssm_layer = model::SsmLayer::kMamba2;
-  c.d_model = f.integer("hidden_size");
-  c.n_layer = f.integer("num_hidden_layers");
-  c.vocab_size = f.integer("vocab_size");
+  read_sizes(f, c);
   c.d_intermediate = f.integer("intermediate_size", 14336);
   if (c.d_intermediate <= 0 || c.d_intermediate % 128 != 0) {
     f.fail("intermediate_size", "is not supported: mamba_ssm's GatedMLP rounds its width up to a multiple of 128, so "
                                 "only multiples of 128 compute the same MLP");
   }
   require_silu(f);
-  c.norm_eps = f.number("rms_norm_eps", 1e-5);
-  if (c.norm_eps != 1e-5) {
-    f.fail("rms_norm_eps", "is not supported: transformers uses it in each Mamba-2 mixer's gated RMSNorm too, where "
-                           "mamba_ssm (and pmamba) use 1e-5");
-  }
+  c.norm_eps = gated_norm_eps(f, "rms_norm_eps");
   c.tie_embeddings = f.boolean("tie_word_embeddings", false);
   c.expand = f.integer("mamba_expand", 2);
   c.d_state = f.integer("mamba_d_state", 256);
