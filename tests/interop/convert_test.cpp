@@ -149,7 +149,9 @@ TEST_F(Convert, ImportedFoldersGiveTransformersLogits) {
     const at::Tensor want = expected(name, "logits");  // (B, L, V) from transformers
     const at::Tensor got = logits_of(r.out_dir, expected(name, "input_ids"));
     ASSERT_EQ(got.sizes(), want.sizes());  // the vocabulary is transformers', unpadded
-    EXPECT_LE(test::max_abs_diff(got, want), 1e-5);
+    // float32 through different reduction orders; OpenBLAS also picks its kernels by CPU (the
+    // fixture's logits came from an AVX-512 machine; an AVX2 EPYC lands at 1.24e-5 on one).
+    EXPECT_LE(test::max_abs_diff(got, want), 2e-5);
   }
 }
 
