@@ -1,6 +1,8 @@
 # Thin wrapper around CMake/CTest. `make` builds everything into build/ (tools in build/bin/),
 # `make test` builds and runs every test, `make demo` builds and runs the main job;
 # `make fuzz` and `make test-sanitize` build their own trees (build-fuzz/, build-sanitize/).
+# `make install PREFIX=DIR` (default /usr/local) builds, then installs the tools into DIR/bin, the
+# HDF5 zstd plugin into DIR/lib/pmamba/plugin and the docs into DIR/share/doc/pmamba.
 BUILD_DIR ?= build
 BUILD_TYPE ?= Release
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
@@ -9,8 +11,9 @@ CMAKE_ARGS ?=
 FUZZ_DIR ?= build-fuzz
 FUZZ_SECONDS ?= 60
 SANITIZE_DIR ?= build-sanitize
+PREFIX ?= /usr/local
 
-.PHONY: all deps configure build test demo bench clean fuzz fuzz-raw fuzz-build test-sanitize
+.PHONY: all deps configure build test demo bench clean fuzz fuzz-raw fuzz-build test-sanitize install
 
 all: build
 
@@ -25,6 +28,9 @@ configure: $(BUILD_DIR)/CMakeCache.txt
 
 build: deps configure
 	cmake --build $(BUILD_DIR) -j $(JOBS)
+
+install: build
+	cmake --install $(BUILD_DIR) --prefix $(PREFIX)
 
 test: build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) --timeout 1500

@@ -54,13 +54,17 @@ int main(int argc, char** argv) {
 
   pmamba::ckpt::DiffOptions dopt;
   auto* diff_cmd = app.add_subcommand("diff", "compare two checkpoints FQN by FQN, whatever their layouts");
-  diff_cmd->footer("Examples:\n  pmamba-ckpt diff pp4/ pp1/\n  pmamba-ckpt diff a b --atol 1e-6 --rtol 1e-5 --params-only");
+  diff_cmd->footer("Examples:\n  pmamba-ckpt diff pp4/ pp1/\n  pmamba-ckpt diff a b --atol 1e-6 --rtol 1e-5 --params-only\n"
+                   "  pmamba-ckpt diff a b --top 3                # the 3 tensors that differ most");
   diff_cmd->add_option("a", path, "first checkpoint")->required();
   diff_cmd->add_option("b", path_b, "second checkpoint")->required();
   auto* atol = diff_cmd->add_option("--atol", dopt.atol, "absolute tolerance (tolerance mode)");
   auto* rtol = diff_cmd->add_option("--rtol", dopt.rtol, "relative tolerance (tolerance mode)");
   diff_cmd->add_flag("--params-only", dopt.params_only, "skip optimizer state");
   diff_cmd->add_flag("--decode", dopt.decode, "read and compare every tensor's bytes (default: equal digests count as equal)");
+  int64_t top = 10;
+  diff_cmd->add_option("--top", top, "list the N tensors that differ most, largest max |a-b| first (0 = all)")
+      ->check(CLI::NonNegativeNumber);
   diff_cmd->add_flag("--verbose", verbose, "also list equal tensors");
   diff_cmd->add_flag("--json", json, "one JSON object");
 
@@ -105,7 +109,7 @@ int main(int argc, char** argv) {
     if (*diff_cmd) {
       dopt.tolerance = atol->count() > 0 || rtol->count() > 0;
       const auto report = pmamba::ckpt::diff_checkpoints(path, path_b, dopt);
-      pmamba::ckpt::print_diff(report, std::cout, json, verbose);
+      pmamba::ckpt::print_diff(report, std::cout, json, verbose, top);
       return report.equal() ? 0 : 1;
     }
     return 2;

@@ -4,6 +4,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -14,6 +15,7 @@
 #include "src/ckpt/checkpoint.h"
 #include "src/ckpt/errors.h"
 #include "src/ckpt/resources.h"
+#include "src/ckpt/text.h"
 #include "src/model/fqn.h"
 
 namespace pmamba::ckpt {
@@ -100,6 +102,27 @@ void compare_typed(const at::Tensor& a, const at::Tensor& b, const DiffOptions& 
   }
 }
 
+// The flattened config fields whose values differ, in a's order, then those only b has.
+std::vector<ConfigDifference> config_differences(const model::MambaConfig& a, const model::MambaConfig& b) {
+  const auto rows = [](const model::MambaConfig& c) {
+    return flatten_json(nlohmann::ordered_json::parse(model::config_to_json_string(c)));
+  };
+  const auto ra = rows(a), rb = rows(b);
+  const std::map<std::string, std::string> mb(rb.begin(), rb.end());
+  std::set<std::string> seen;
+  std::vector<ConfigDifference> out;
+  for (const auto& [k, v] : ra) {
+    seen.insert(k);
+    auto it = mb.find(k);
+    if (it == mb.end()) out.push_back({k, v, "(absent)"});
+    else if (it->second != v) out.push_back({k, v, it->second});
+  }
+  for (const auto& [k, v] : rb) {
+    if (!seen.count(k)) out.push_back({k, "(absent)", v});
+  }
+  return out;
+}
+
 void compare(const at::Tensor& a, const at::Tensor& b, const DiffOptions& o, TensorDiff& d) {
   switch (a.scalar_type()) {
     case at::kFloat: compare_typed<float>(a, b, o, d); break;
@@ -133,6 +156,7 @@ DiffReport diff_checkpoints(const std::string& pa, const std::string& pb, const 
   r.step_a = ma.step;
   r.step_b = mb.step;
   r.config_equal = ma.config == mb.config;
+  if (!r.config_equal) r.config_differences = config_differences(ma.config, mb.config);
   for (auto it = ma.train.begin(); it != ma.train.end(); ++it) {
     if (!mb.train.contains(it.key()) || mb.train.at(it.key()) != it.value()) r.train_differences.push_back(it.key());
   }
@@ -202,15 +226,18 @@ std::string vec_text(const std::vector<int64_t>& v) {
   return s + "]";
 }
 
-std::string num(double v) {
-  char buf[48];
-  std::snprintf(buf, sizeof buf, "%.6g", v);
-  return buf;
+// How far apart a tensor's two sides are, for the order of the report: a layout, dtype or NaN
+// mismatch is the farthest, then the largest absolute difference.
+double magnitude(const TensorDiff& t) {
+  if (t.status == "shape_mismatch" || t.status == "dtype_mismatch" || t.nan_mismatch > 0) {
+    return std::numeric_limits<double>::infinity();
+  }
+  return t.max_abs;
 }
 
 }  // namespace
 
-void print_diff(const DiffReport& r, std::ostream& out, bool json, bool verbose) {
+void print_diff(const DiffReport& r, std::ostream& out, bool json, bool verbose, int64_t top) {
   int64_t equal = 0, within = 0, different = 0;
   for (const auto& t : r.tensors) {
     if (t.status == "equal") ++equal;
@@ -225,6 +252,10 @@ void print_diff(const DiffReport& r, std::ostream& out, bool json, bool verbose)
     j["step_a"] = r.step_a;
     j["step_b"] = r.step_b;
     j["config_equal"] = r.config_equal;
+    j["config_differences"] = nlohmann::ordered_json::array();
+    for (const auto& c : r.config_differences) {
+      j["config_differences"].push_back(nlohmann::ordered_json{{"field", c.field}, {"a", c.a}, {"b", c.b}});
+    }
     j["compared"] = r.tensors.size();
     j["equal_tensors"] = equal;
     j["equal_by_digest"] = r.equal_by_digest;
@@ -265,26 +296,42 @@ void print_diff(const DiffReport& r, std::ostream& out, bool json, bool verbose)
   }
   out << "a: " << r.a << " (step " << r.step_a << ")\n";
   out << "b: " << r.b << " (step " << r.step_b << ")\n";
-  if (!r.config_equal) out << "config differs\n";
+  if (!r.config_equal && r.config_differences.empty()) out << "config differs\n";
+  for (const auto& c : r.config_differences) out << "config: " << c.field << " " << c.a << " vs " << c.b << "\n";
   for (const auto& f : r.only_in_a) out << "only in a: " << f << "\n";
   for (const auto& f : r.only_in_b) out << "only in b: " << f << "\n";
+  std::vector<const TensorDiff*> differing;
   for (const auto& t : r.tensors) {
+    if (t.status != "equal") differing.push_back(&t);
+  }
+  std::stable_sort(differing.begin(), differing.end(),
+                   [](const TensorDiff* x, const TensorDiff* y) { return magnitude(*x) > magnitude(*y); });
+  const size_t shown = top > 0 ? std::min(differing.size(), static_cast<size_t>(top)) : differing.size();
+  for (size_t i = 0; i < shown; ++i) {
+    const TensorDiff& t = *differing[i];
     const std::string name = t.fqn + (t.slot == "param" ? "" : ":" + t.slot);
-    if (t.status == "equal") {
-      if (verbose) out << "equal      " << name << "\n";
-      continue;
-    }
     if (t.status == "shape_mismatch") {
       out << "shape      " << name << ": " << vec_text(t.shape_a) << " vs " << vec_text(t.shape_b) << "\n";
     } else if (t.status == "dtype_mismatch") {
       out << "dtype      " << name << ": " << t.dtype_a << " vs " << t.dtype_b << "\n";
     } else {
       out << (t.status == "different" ? "different  " : "within tol ") << name << ": " << t.differing << " of "
-          << t.numel << " elements differ, max abs " << num(t.max_abs) << ", max rel " << num(t.max_rel)
-          << ", max ulp " << num(t.max_ulp) << ", first at " << vec_text(t.first_index) << " (" << num(t.first_a)
-          << " vs " << num(t.first_b) << ")";
+          << t.numel << " elements differ, max abs " << format_float(t.max_abs) << ", max rel " << format_float(t.max_rel)
+          << ", max ulp " << format_float(t.max_ulp) << ", first at " << vec_text(t.first_index) << " ("
+          << format_float(t.first_a) << " vs " << format_float(t.first_b) << ")";
       if (t.nan_mismatch) out << ", " << t.nan_mismatch << " NaN mismatches";
       out << "\n";
+    }
+  }
+  if (shown < differing.size()) {
+    const TensorDiff& next = *differing[shown];
+    out << "... and " << (differing.size() - shown) << " more differing tensor" << (differing.size() - shown == 1 ? "" : "s");
+    if (std::isfinite(magnitude(next))) out << ", max abs " << format_float(next.max_abs) << " or less";
+    out << " (--top 0 lists all)\n";
+  }
+  if (verbose) {
+    for (const auto& t : r.tensors) {
+      if (t.status == "equal") out << "equal      " << t.fqn << (t.slot == "param" ? "" : ":" + t.slot) << "\n";
     }
   }
   if (!r.train_differences.empty()) {

@@ -37,10 +37,19 @@ struct TensorDiff {
   double first_a = 0, first_b = 0;
 };
 
+/// One model-config field that differs: its flattened name (`d_model`, `ssm_cfg.d_state`) and
+/// both values as text (a string as it is, other values as JSON; "(absent)" on the side that
+/// lacks the field).
+struct ConfigDifference {
+  std::string field;
+  std::string a, b;
+};
+
 struct DiffReport {
   std::string a, b;   // resolved step directories
   int64_t step_a = 0, step_b = 0;
   bool config_equal = true;
+  std::vector<ConfigDifference> config_differences;  // the fields, when the configs differ
   std::vector<std::string> only_in_a, only_in_b;  // "fqn" or "fqn:slot"
   std::vector<TensorDiff> tensors;                // every compared slot
   int64_t equal_by_digest = 0;   // equal digests, not read
@@ -55,7 +64,10 @@ struct DiffReport {
 /// non-finite tolerance.
 DiffReport diff_checkpoints(const std::string& a, const std::string& b, const DiffOptions& options);
 
-/// Human-readable: one line per differing tensor plus a verdict; JSON: one object.
-void print_diff(const DiffReport& report, std::ostream& out, bool json, bool verbose);
+/// Human-readable: the config fields that differ ("config: d_model 64 vs 128"), then the `top`
+/// tensors that differ most (layout or dtype mismatches and NaN mismatches first, then by max
+/// |a-b|, largest first; 0 = all), a count of the rest, and a verdict. JSON: one object, its
+/// tensors in FQN order.
+void print_diff(const DiffReport& report, std::ostream& out, bool json, bool verbose, int64_t top = 10);
 
 }  // namespace pmamba::ckpt

@@ -5,6 +5,7 @@
 
 #include "src/ckpt/checkpoint.h"
 #include "src/ckpt/fs.h"
+#include "src/ckpt/text.h"
 #include "src/model/fqn.h"
 
 namespace pmamba::ckpt {
@@ -23,21 +24,6 @@ std::string shape_text(const std::vector<int64_t>& s) {
   std::string out = "(";
   for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
   return out + (s.size() == 1 ? ",)" : ")");
-}
-
-std::string with_commas(int64_t v) {
-  std::string s = std::to_string(v), out;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (i && (s.size() - i) % 3 == 0) out += ',';
-    out += s[i];
-  }
-  return out;
-}
-
-std::string fmt(const char* f, double v) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, f, v);
-  return buf;
 }
 
 }  // namespace
@@ -113,20 +99,27 @@ void print_info(const std::string& path, std::ostream& out, bool json) {
     int64_t bytes = 0;
     for (const auto& f : s.files) bytes += f.bytes;
     const std::string files = s.files.size() == 1 ? s.files[0].file : std::to_string(s.files.size()) + " files";
-    char line[320];
-    std::snprintf(line, sizeof line, "  stage %-3d layers [%lld, %lld)  %-20s %14s bytes  %4lld tensors  ratio %.2fx\n",
+    char line[360];
+    std::snprintf(line, sizeof line, "  stage %-3d layers [%lld, %lld)  %-20s %14s bytes %-12s %4lld tensors  ratio %s\n",
                   s.stage, static_cast<long long>(s.layer_begin), static_cast<long long>(s.layer_end), files.c_str(),
-                  with_commas(bytes).c_str(), static_cast<long long>(stage_tensors[i]),
-                  stage_stored[i] ? double(stage_raw[i]) / double(stage_stored[i]) : 1.0);
+                  with_commas(bytes).c_str(), ("(" + format_bytes(bytes) + ")").c_str(),
+                  static_cast<long long>(stage_tensors[i]),
+                  format_ratio(stage_stored[i] ? double(stage_raw[i]) / double(stage_stored[i]) : 1.0).c_str());
     out << line;
     if (s.files.size() > 1) {
-      for (const auto& f : s.files) out << "      " << f.file << "  " << with_commas(f.bytes) << " bytes\n";
+      for (const auto& f : s.files) out << "      " << f.file << "  " << format_bytes_exact(f.bytes) << "\n";
     }
   }
-  out << "bytes       " << with_commas(raw) << " raw, " << with_commas(stored) << " stored ("
-      << fmt("%.2f", stored ? double(raw) / double(stored) : 1.0) << "x), " << with_commas(file_bytes)
+  out << "bytes       " << format_bytes_exact(raw) << " raw, " << format_bytes_exact(stored) << " stored ("
+      << format_ratio(stored ? double(raw) / double(stored) : 1.0) << "), " << format_bytes_exact(file_bytes)
       << " in files\n";
-  out << "train       " << m.train.dump() << "\n";
+  // The training state as a table, nested objects flattened (data.seq_len).
+  const auto rows = flatten_json(m.train);
+  if (rows.empty()) {
+    out << "train       (none recorded)\n";
+  } else {
+    out << "train\n" << two_column_table(rows, "  ");
+  }
 }
 
 void print_ls(const std::string& path, std::ostream& out, bool json, bool all) {
@@ -156,13 +149,17 @@ void print_ls(const std::string& path, std::ostream& out, bool json, bool all) {
         << "\n";
     return;
   }
+  char line[512];
+  std::snprintf(line, sizeof line, "%-48s %-16s %-8s %-9s %12s %10s  %s\n", "fqn", "shape", "dtype", "stage",
+                "stored bytes", "size", "xxh3_64");
+  out << line;
   for (const auto& r : rows) {
     std::string name = r["fqn"].get<std::string>();
     if (r["slot"] != "param") name += ":" + r["slot"].get<std::string>();
-    char line[512];
-    std::snprintf(line, sizeof line, "%-48s %-16s %-8s stage %-3d %12s  %s%s\n", name.c_str(),
+    const int64_t bytes = r["stored_bytes"].get<int64_t>();
+    std::snprintf(line, sizeof line, "%-48s %-16s %-8s stage %-3d %12s %10s  %s%s\n", name.c_str(),
                   shape_text(r["shape"].get<std::vector<int64_t>>()).c_str(), r["dtype"].get<std::string>().c_str(),
-                  r["stage"].get<int>(), with_commas(r["stored_bytes"].get<int64_t>()).c_str(),
+                  r["stage"].get<int>(), with_commas(bytes).c_str(), format_bytes(bytes).c_str(),
                   r["xxh3_64"].get<std::string>().c_str(),
                   r.contains("alias_of") ? ("  -> alias of " + r["alias_of"].get<std::string>()).c_str() : "");
     out << line;

@@ -9,6 +9,7 @@
 
 #include "src/ckpt/errors.h"
 #include "src/ckpt/format.h"
+#include "src/ckpt/text.h"
 
 namespace pmamba::ckpt {
 
@@ -20,18 +21,7 @@ int64_t memory_bytes() {
   return total > static_cast<long double>(INT64_MAX) ? INT64_MAX : static_cast<int64_t>(total);
 }
 
-std::string bytes_text(int64_t n) {
-  static const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
-  double v = static_cast<double>(n);
-  int u = 0;
-  while (v >= 1024 && u < 6) {
-    v /= 1024;
-    ++u;
-  }
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%lld bytes (%.1f %s)", static_cast<long long>(n), v, units[u]);
-  return buf;
-}
+std::string bytes_text(int64_t n) { return std::to_string(n) + " bytes (" + format_bytes(n) + ")"; }
 
 void require_memory(int64_t bytes, const std::string& what) {
   const int64_t have = memory_bytes();

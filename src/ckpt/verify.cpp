@@ -12,6 +12,7 @@
 #include "src/ckpt/errors.h"
 #include "src/ckpt/fs.h"
 #include "src/ckpt/resources.h"
+#include "src/ckpt/text.h"
 #include "src/ckpt/thread_pool.h"
 
 namespace pmamba::ckpt {
@@ -110,7 +111,7 @@ void print_verify(const VerifyReport& r, std::ostream& out, bool json) {
   if (!r.note.empty()) out << "note: " << r.note << "\n";
   for (const auto& p : r.problems) out << "problem: " << p << "\n";
   out << (r.ok() ? "OK" : "INVALID") << ": " << r.dir << " (step " << r.step << "), " << r.datasets
-      << " datasets, " << r.bytes << " bytes checked, " << r.problems.size() << " problem"
+      << " datasets, " << format_bytes_exact(r.bytes) << " checked, " << r.problems.size() << " problem"
       << (r.problems.size() == 1 ? "" : "s") << "\n";
 }
 
