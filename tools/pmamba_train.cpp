@@ -1,9 +1,8 @@
 // pmamba-train: train a Mamba LM with pipeline parallelism, or resume at any PP degree.
-#include <torch/version.h>
-
 #include "src/pp/signals.h"
 #include "src/pp/train.h"
 #include "tools/tool_main.h"
+#include "tools/version.h"
 
 int main(int argc, char** argv) {
   // Before any other thread exists: the stop signals are taken by one thread of their own.
@@ -18,13 +17,13 @@ int main(int argc, char** argv) {
       "               --steps 30 --ckpt-every 10 --ckpt-dir run\n"
       "  pmamba-train --pp 3 --resume run --ckpt-dir run --steps 30        # resume at another PP degree\n"
       "  pmamba-train --preset tiny --pp 2 --dp 2 --zero 1 --microbatches 8 --ckpt-dir run2  # 4 ranks, bitwise = pp 1\n"
-      "  torchrun --no-python --nproc-per-node 4 build/bin/pmamba-train --pp 4 --preset small --data text:book.txt\n"
-      "           (with a CUDA LibTorch: stage k on GPU LOCAL_RANK, activations over NCCL)\n"
+      "  torchrun --redirects 2 --tee 2 --no_python --nproc_per_node 4 build/bin/pmamba-train --pp 4 \\\n"
+      "           --preset small --data text:book.txt\n"
+      "           (torch 1.13's torchrun needs these spellings and --redirects/--tee; 2.x also takes --no-python\n"
+      "           --nproc-per-node. With a CUDA LibTorch: stage k on GPU LOCAL_RANK, activations over NCCL)\n"
       "SIGTERM, SIGINT or SIGUSR1 stop the run after the step in progress, commit it and exit 0; a second one exits 1 at once.\n"
       "Exit codes: 0 ok (or stopped by a signal), 1 a stage failed or stopped answering, 2 bad arguments, unreadable input\n"
       "or a checkpoint that cannot be written, 3 internal error.");
-  // The LibTorch version matters under torchrun: its store must speak the same protocol.
-  app.set_version_flag("--version", "pmamba-train (LibTorch " TORCH_VERSION ")");
   pmamba::pp::TrainOptions o;
   std::string data = "selective-copy";
   auto* model = app.add_option_group("model");
@@ -45,8 +44,17 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"tree", "allreduce"}));
   app.add_option("--microbatches", o.microbatches, "microbatches per step, all DP replicas together")->check(CLI::Range(1, 1 << 20));
   app.add_option("--microbatch-size", o.microbatch_size, "samples per microbatch")->check(CLI::Range(1, 1 << 20));
-  app.add_option("--data", data, "selective-copy, induction, text:FILE, tokens:FILE.bin (or a path)");
-  app.add_option("--seq-len", o.data.seq_len, "sequence length (induction, text, tokens)");
+  app.add_option("--data", data,
+                 "selective-copy, induction, text:FILE, tokens:FILE.bin, a file, an indexed dataset PREFIX (PREFIX.idx + "
+                 "PREFIX.bin, Megatron-LM's format; docs/DATA.md) or a mixture P1=0.7,P2=0.3");
+  app.add_option("--eod-token", o.data.eod_token, "indexed data: token put after each packed document")->default_str("none");
+  app.add_option("--eval-fraction", o.data.eval_fraction,
+                 "hold out this share of the documents (of a text/tokens file: its end) that training never sees");
+  app.add_option("--eval-data", o.data.eval_data, "or hold out this whole source (any --data form)");
+  app.add_option("--eval-every", o.eval_every, "validate on the held-out set every K steps (0: never)");
+  app.add_option("--eval-samples", o.eval_samples, "held-out samples per validation");
+  app.add_option("--seq-len", o.data.seq_len, "sequence length (induction, text, tokens, indexed)")
+      ->default_str("the source's: 64 induction, 128 files");
   app.add_option("--copy-tokens", o.data.copy_tokens, "selective-copy: tokens to memorise");
   app.add_option("--copy-slots", o.data.copy_slots, "selective-copy: noise + data slots");
   app.add_option("--task-vocab", o.data.task_vocab, "selective-copy / induction vocabulary");
@@ -75,15 +83,13 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"none", "bf16"}));
   app.add_option("--threads", o.threads, "intra-op threads per stage (0 = LibTorch default)");
   app.add_option("--timeout", o.timeout_s, "seconds to wait for another stage before failing");
-  app.add_option("--metrics", o.metrics_path, "write JSON lines of per-step metrics here");
+  app.add_option("--metrics", o.metrics_path, "write JSON lines of per-step metrics here (default: CKPT_DIR/metrics.jsonl)");
+  app.add_option("--log-every", o.log_every, "a console line every N steps (the metrics file gets every step)");
   app.add_flag("--print-schedule", o.print_schedule, "print the per-stage action lists");
   app.add_flag("--quiet", o.quiet, "no per-step console lines");
   return pmamba::tools::run_tool(app, argc, argv, [&]() -> int {
-    if (data == "selective-copy" || data == "induction" || data.rfind("text:", 0) == 0 || data.rfind("tokens:", 0) == 0) {
-      o.data.source = data;
-    } else {
-      o.data.source = (data.size() > 4 && data.compare(data.size() - 4, 4, ".bin") == 0 ? "tokens:" : "text:") + data;
-    }
+    o.data.source = pmamba::pp::resolve_source(data);
+    o.version = pmamba::tools::pmamba_version();
     o.data.seed = o.seed;
     for (const CLI::Option* opt : app.get_options()) {
       if (opt->count() > 0 && !opt->get_lnames().empty()) o.given.insert(opt->get_lnames().front());

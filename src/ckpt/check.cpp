@@ -214,16 +214,21 @@ void check_train_state(const ojson& t, int64_t step, Problems& p) {
     integer(*d, "copy_tokens", "train.data.copy_tokens", 0, int64_t{1} << 32);
     integer(*d, "copy_slots", "train.data.copy_slots", 0, int64_t{1} << 32);
     integer(*d, "task_vocab", "train.data.task_vocab", 0, int64_t{1} << 32);
+    integer(*d, "eod_token", "train.data.eod_token", -1, int64_t{1} << 32);
+    real(*d, "eval_fraction", "train.data.eval_fraction", 0, false, 1, true);
+    text(*d, "eval_data", "train.data.eval_data");
     if (d->contains("content")) {
       const ojson& c = d->at("content");
-      if (!c.is_object()) {
-        p.add("train.data.content must be an object");
-      } else {
+      // A file's {bytes, xxh3_64}; an indexed dataset's {idx, bin, ...}; a mixture's array of those.
+      if (!c.is_object() && !c.is_array()) {
+        p.add("train.data.content must be an object or an array");
+      } else if (c.is_object()) {
         integer(c, "bytes", "train.data.content.bytes", 0, kMax);
         text(c, "xxh3_64", "train.data.content.xxh3_64");
       }
     }
   }
+  text(t, "metrics", "train.metrics");
   if (const ojson* s = object("lr_schedule")) {
     real(*s, "lr", "train.lr_schedule.lr", 0, false, kInf, false);
     real(*s, "min_lr", "train.lr_schedule.min_lr", 0, false, kInf, false);

@@ -8,6 +8,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cmath>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -60,10 +62,28 @@ ProgressBar::~ProgressBar() {
   if (drawn_) std::fprintf(stderr, "\n");
 }
 
-void ProgressBar::draw(double done, double total) {
-  const int width = 40, fill = std::clamp(static_cast<int>(width * done / std::max(total, 1.0)), 0, width);
-  std::fprintf(stderr, "\r\033[K[%s%s] step %.0f/%.0f", std::string(fill, '#').c_str(),
-               std::string(width - fill, '.').c_str(), done, total);
+void ProgressBar::draw(double done, double total, const std::string& extra) {
+  const double now = std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  if (t0_ < 0) {
+    t0_ = now;
+    done0_ = done;
+  }
+  const auto clock = [](double s) {
+    const long long t = std::llround(std::max(0.0, s));
+    char b[32];
+    if (t >= 3600) {
+      std::snprintf(b, sizeof b, "%lld:%02lld:%02lld", t / 3600, t / 60 % 60, t % 60);
+    } else {
+      std::snprintf(b, sizeof b, "%lld:%02lld", t / 60, t % 60);
+    }
+    return std::string(b);
+  };
+  std::string tail = extra.empty() ? "" : "  " + extra;
+  tail += "  " + clock(now - t0_) + " elapsed";
+  if (done > done0_ && now > t0_) tail += "  ETA " + clock((total - done) * (now - t0_) / (done - done0_));
+  const int width = 30, fill = std::clamp(static_cast<int>(width * done / std::max(total, 1.0)), 0, width);
+  std::fprintf(stderr, "\r\033[K[%s%s] step %.0f/%.0f%s", std::string(fill, '#').c_str(),
+               std::string(width - fill, '.').c_str(), done, total, tail.c_str());
   std::fflush(stderr);
   drawn_ = true;
 }
@@ -146,7 +166,7 @@ int launch_local(const LaunchOptions& o) {
   bool failed = false;
   std::vector<bool> killed_by_us(static_cast<size_t>(o.ranks), false);
   ProgressBar bar;
-  const std::regex step_re(R"(^step (\d+)/(\d+))");
+  const std::regex step_re(R"(^step (\d+)/(\d+)  (loss \S+).*  (\S+ tok/s))");
   int open_fds = 2 * o.ranks, alive = o.ranks;
   while (open_fds > 0 || alive > 0) {
     std::vector<pollfd> fds;
@@ -184,7 +204,7 @@ int launch_local(const LaunchOptions& o) {
         const size_t prev = last.rfind('\n');
         last = prev == std::string::npos ? last : last.substr(prev + 1);
         emit(stream_label(r, false), acc, stdout, false, bar);
-        if (std::regex_search(last, m, step_re)) bar.draw(std::stod(m[1]), std::stod(m[2]));
+        if (std::regex_search(last, m, step_re)) bar.draw(std::stod(m[1]), std::stod(m[2]), m[3].str() + "  " + m[4].str());
       } else {
         emit(stream_label(r, is_err), acc, is_err ? stderr : stdout, false, bar);
       }

@@ -36,19 +36,22 @@ struct LaunchOptions {
 /// killed by a signal or stopped answering. Throws PipelineError when a rank cannot be started.
 int launch_local(const LaunchOptions& options);
 
-/// A one-line progress bar on stderr ("[####....] step 3/10") redrawn in place. clear() erases
-/// it before a line is printed, so output and bar never share a line; the destructor ends it.
+/// A one-line progress bar on stderr ("[####....] step 3/10  loss 2.1  900 tok/s  0:12 elapsed
+/// ETA 0:28") redrawn in place; the ETA is the steps left at the rate since the first draw.
+/// clear() erases it before a line is printed, so output and bar never share a line; the
+/// destructor ends it.
 class ProgressBar {
  public:
   ProgressBar() = default;
   ProgressBar(const ProgressBar&) = delete;
   ProgressBar& operator=(const ProgressBar&) = delete;
   ~ProgressBar();
-  void draw(double done, double total);
+  void draw(double done, double total, const std::string& extra = "");
   void clear();
 
  private:
   bool drawn_ = false;
+  double t0_ = -1, done0_ = 0;
 };
 
 /// Path of the running executable.

@@ -70,6 +70,10 @@ void check_train_options(const TrainOptions& o) {
   require(o.data.copy_tokens >= 0, "--copy-tokens", ">= 0", std::to_string(o.data.copy_tokens));
   require(o.data.copy_slots >= 0, "--copy-slots", ">= 0", std::to_string(o.data.copy_slots));
   require(o.data.task_vocab >= 0, "--task-vocab", ">= 0", std::to_string(o.data.task_vocab));
+  require(o.eval_every >= 0, "--eval-every", ">= 0 (0: no validation)", std::to_string(o.eval_every));
+  require(o.eval_samples >= 1 && o.eval_samples <= (int64_t{1} << 30), "--eval-samples", "in [1, 2^30]", std::to_string(o.eval_samples));
+  require(o.log_every >= 1, "--log-every", ">= 1", std::to_string(o.log_every));
+  check_real(o.data.eval_fraction, "--eval-fraction", 0, false, 1, true);
   check_real(o.lr, "--lr", 0, false, inf, false);
   check_real(o.min_lr, "--min-lr", 0, false, std::isfinite(o.lr) ? o.lr : inf, false);
   check_real(o.clip, "--clip", 0, false, inf, false);
@@ -113,7 +117,8 @@ void restore_run(TrainOptions& o, const ojson& t, const std::string& dir) {
     // A file given again under another name is the same data when its content is (checked
     // against the recorded content once the source is read).
     const bool moved = o.given.count("data") != 0 && o.data.source != was && data_kind(o.data.source) == data_kind(was) &&
-                       (data_kind(was) == "text" || data_kind(was) == "tokens") && data.contains("content");
+                       (data_kind(was) == "text" || data_kind(was) == "tokens" || data_kind(was) == "indexed") &&
+                       data.contains("content");
     if (!moved && o.given.count("data") != 0 && o.data.source != was) {
       throw UsageError("--data '" + o.data.source + "' differs from the run resumed from '" + dir + "' ('" + was +
                        "'); a resumed run keeps its settings: leave --data out, or start a new run");
@@ -125,7 +130,8 @@ void restore_run(TrainOptions& o, const ojson& t, const std::string& dir) {
 }
 
 std::string content_text(const ojson& c) {
-  if (!c.is_object()) return "unknown content";
+  if (c.is_object() && !c.contains("bytes")) return c.dump();  // indexed datasets, --eval-data
+  if (!c.is_object()) return c.is_null() ? "unknown content" : c.dump();
   return std::to_string(c.value("bytes", int64_t{-1})) + " bytes with xxh3-64 " + c.value("xxh3_64", std::string("?"));
 }
 
@@ -194,6 +200,8 @@ TrainPlan plan_training(const TrainOptions& options, bool commits, int stage) {
       const char* fd = std::getenv("PMAMBA_LOCK_FD");
       plan.lock = fd ? ckpt::RootLock::adopt(std::atoi(fd), root) : ckpt::RootLock::acquire(root, "pmamba-train");
     }
+    // The metrics live with the run (the manifest records where; pmamba-report reads them).
+    if (o.metrics_path.empty()) o.metrics_path = ckpt::fs::join(root, "metrics.jsonl");
   }
   try {
     if (o.resume == "auto") {
@@ -274,6 +282,21 @@ TrainPlan plan_training(const TrainOptions& options, bool commits, int stage) {
     if (data->vocab_needed() > plan.config.vocab_size) {
       throw UsageError(data->describe() + " needs a vocabulary of " + std::to_string(data->vocab_needed()) +
                        " but the model has vocab_size " + std::to_string(plan.config.vocab_size));
+    }
+    if (o.eval_every > 0) {
+      // Validation on what training reads says nothing about generalisation: refused.
+      if (!data->held_out()) {
+        throw UsageError("--eval-every needs held-out data, and " + o.data.source +
+                         " has none: give --eval-fraction F (whole documents, or the end of a file, that training never "
+                         "sees) or --eval-data PATH");
+      }
+      // Unless given, as many as the held-out set has, up to the default.
+      if (o.given.count("eval-samples") == 0 && data->eval_size() >= 0) o.eval_samples = std::min(o.eval_samples, data->eval_size());
+      if (data->eval_size() >= 0 && o.eval_samples > data->eval_size()) {
+        throw UsageError("--eval-samples " + std::to_string(o.eval_samples) + " but the held-out set holds " +
+                         std::to_string(data->eval_size()) + " (" + data->describe_eval() + "): give --eval-samples " +
+                         std::to_string(data->eval_size()) + " or fewer, or hold out more");
+      }
     }
     plan.data_content = data->content();
     if (plan.reader) {

@@ -58,6 +58,9 @@ const std::vector<RunSetting>& run_settings() {
       keep("copy-tokens", "data", "copy_tokens", [](TrainOptions& o) -> auto& { return o.data.copy_tokens; }),
       keep("copy-slots", "data", "copy_slots", [](TrainOptions& o) -> auto& { return o.data.copy_slots; }),
       keep("task-vocab", "data", "task_vocab", [](TrainOptions& o) -> auto& { return o.data.task_vocab; }),
+      keep("eod-token", "data", "eod_token", [](TrainOptions& o) -> auto& { return o.data.eod_token; }),
+      keep("eval-fraction", "data", "eval_fraction", [](TrainOptions& o) -> auto& { return o.data.eval_fraction; }),
+      keep("eval-data", "data", "eval_data", [](TrainOptions& o) -> auto& { return o.data.eval_data; }),
       prefer("microbatches", "microbatches", [](TrainOptions& o) -> auto& { return o.microbatches; }),
       prefer("microbatch-size", "microbatch_size", [](TrainOptions& o) -> auto& { return o.microbatch_size; }),
       prefer("schedule", "schedule", [](TrainOptions& o) -> auto& { return o.schedule; }),
@@ -73,6 +76,8 @@ const std::vector<RunSetting>& run_settings() {
       runtime("ckpt-every", [](TrainOptions& o) -> auto& { return o.ckpt_every; }),
       runtime("keep-last", [](TrainOptions& o) -> auto& { return o.keep_last; }),
       runtime("compression", [](TrainOptions& o) -> auto& { return o.compression; }),
+      runtime("eval-every", [](TrainOptions& o) -> auto& { return o.eval_every; }),
+      runtime("eval-samples", [](TrainOptions& o) -> auto& { return o.eval_samples; }),
   };
   return table;
 }

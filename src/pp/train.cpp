@@ -9,12 +9,14 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <fstream>
 #include <map>
 #include <memory>
 #include <set>
 #include <type_traits>
 #include <nlohmann/json.hpp>
+#include <torch/version.h>
 
 #include "kernels/threads.h"
 #include "src/ckpt/checkpoint.h"
@@ -26,6 +28,7 @@
 #include "src/model/mamba.h"
 #include "src/pp/device.h"
 #include "src/pp/errors.h"
+#include "src/pp/eval.h"
 #include "src/pp/executor.h"
 #include "src/pp/grads.h"
 #include "src/pp/handshake.h"
@@ -56,6 +59,43 @@ double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
+// UTC wall-clock time with milliseconds, as ISO 8601 ("2026-12-02T01:23:45.678Z").
+std::string utc_now() {
+  const auto now = std::chrono::system_clock::now();
+  const std::time_t t = std::chrono::system_clock::to_time_t(now);
+  const int ms = static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[96];
+  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+                tm.tm_min, tm.tm_sec, ms);
+  return buf;
+}
+
+std::string duration_text(double s) {
+  const auto t = static_cast<int64_t>(std::llround(s));
+  char buf[32];
+  if (t >= 3600) {
+    std::snprintf(buf, sizeof buf, "%lld:%02lld:%02lld", static_cast<long long>(t / 3600), static_cast<long long>(t / 60 % 60),
+                  static_cast<long long>(t % 60));
+  } else {
+    std::snprintf(buf, sizeof buf, "%lld:%02lld", static_cast<long long>(t / 60), static_cast<long long>(t % 60));
+  }
+  return buf;
+}
+
+// Cuts a file after its last newline (nothing when it ends in one or does not exist).
+void truncate_partial_line(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return;
+  const std::string text((std::istreambuf_iterator<char>(in)), {});
+  if (text.empty() || text.back() == '\n') return;
+  const size_t nl = text.rfind('\n');
+  if (::truncate(path.c_str(), nl == std::string::npos ? 0 : static_cast<off_t>(nl + 1)) != 0) {
+    throw UsageError("cannot cut the partial last line of the metrics file '" + path + "'");
+  }
+}
+
 // Everything one rank holds during a run.
 class Rank {
  public:
@@ -73,6 +113,11 @@ class Rank {
   void save(int64_t step);
   void stopped(int64_t step);
   void log(const ojson& metrics);
+  // Forward-only over the first --eval-samples held-out samples, on every rank; the scores, summed
+  // in sample order, are the same at every PP and DP layout. Returns the eval_* metrics.
+  ojson evaluate();
+  // After the last step: time, final losses, the last checkpoint and how to go on (rank 0).
+  void summary(int64_t step);
   ojson train_state() const;
   at::Tensor mb_slice(const at::Tensor& t, int mb) const {
     return t.narrow(0, static_cast<int64_t>(mb) * o_.microbatch_size, o_.microbatch_size);
@@ -108,6 +153,11 @@ class Rank {
   std::unique_ptr<std::ofstream> metrics_;
   std::unique_ptr<ProgressBar> bar_;  // a single process on a terminal (the local launcher draws its own)
   double last_ckpt_s_ = 0;
+  Schedule eval_schedule_;
+  double run_t0_ = 0;
+  int64_t first_step_ = 0;  // the step this process started after
+  double last_loss_ = NAN, last_eval_loss_ = NAN;
+  int64_t last_eval_step_ = -1;
 };
 
 void Rank::setup() {
@@ -184,6 +234,8 @@ void Rank::setup() {
   schedule_ = make_schedule(o_.schedule, o_.pp, per_replica_);
   check_schedule(schedule_);
   if (!o_.metrics_path.empty() && spec_.is_last() && dp_.index == 0) {
+    // A run killed mid-line left a partial last line: cut it, so the resumed lines start clean.
+    if (start_step_ > 0) truncate_partial_line(o_.metrics_path);
     metrics_ = std::make_unique<std::ofstream>(o_.metrics_path, start_step_ > 0 ? std::ios::app : std::ios::trunc);
     if (!*metrics_) throw UsageError("cannot write metrics to '" + o_.metrics_path + "'");
     // The header of this run's lines: which run they belong to and where it started.
@@ -201,6 +253,17 @@ void Rank::setup() {
     for (int d = 0; d < o_.dp; ++d) ranges.push_back(ojson::array({d * per_replica_, (d + 1) * per_replica_}));
     h["microbatch_ranges"] = ranges;
     h["partition"] = model::partition_string(stages_);
+    h["time"] = utc_now();
+    h["versions"] = {{"pmamba", o_.version}, {"libtorch", TORCH_VERSION}};
+    h["config"] = ojson::parse(model::config_to_json_string(config_));
+    ojson options;
+    write_run_settings(o_, options);
+    options["data"] = data_to_json(o_.data);
+    options["data_description"] = data_->describe();
+    options["eval_every"] = o_.eval_every;
+    options["eval_samples"] = o_.eval_samples;
+    options["ckpt_dir"] = o_.ckpt_dir;
+    h["options"] = options;
     *metrics_ << h.dump(-1, ' ', false, ojson::error_handler_t::replace) << "\n";
     metrics_->flush();
   }
@@ -245,6 +308,11 @@ ojson Rank::train_state() const {
   t["data"] = data_to_json(o_.data, data_->content());
   write_run_settings(o_, t);
   if (!plan_.initialized_from.is_null()) t["initialized_from"] = plan_.initialized_from;
+  if (!o_.metrics_path.empty()) {
+    // Relative to the root when inside it, so a moved run directory still finds its metrics.
+    const std::string root = ckpt::fs::absolute_path(o_.ckpt_dir), m = ckpt::fs::absolute_path(o_.metrics_path);
+    t["metrics"] = ckpt::fs::within(m, root) ? m.substr(root.size() + 1) : m;
+  }
   return t;
 }
 
@@ -379,6 +447,14 @@ bool Rank::step(int64_t step) {
     n_correct += static_cast<int64_t>(shared[correct_at + i].item<double>());
   }
   const bool final_step = step == (o_.stop_after > 0 ? std::min(o_.stop_after, o_.steps) : o_.steps);
+  last_loss_ = loss;
+  // Validation after the step's update, before its checkpoint (every rank takes part).
+  ojson eval;
+  if (o_.eval_every > 0 && step % o_.eval_every == 0) {
+    eval = evaluate();
+    last_eval_loss_ = eval["eval_loss"].get<double>();
+    last_eval_step_ = step;
+  }
   if (o_.dp > 1 && (stop || final_step || (o_.ckpt_every > 0 && step % o_.ckpt_every == 0))) check_replicas(step);
   last_ckpt_s_ = 0;
   const bool save_now = !o_.ckpt_dir.empty() &&
@@ -402,6 +478,7 @@ bool Rank::step(int64_t step) {
     for (int r = 0; r < world_; ++r) peaks.push_back(static_cast<int64_t>(shared[3 + r].item<double>()));
     if (*std::min_element(peaks.begin(), peaks.end()) >= 0) j["act_peak_bytes"] = peaks;
     if (save_now) j["ckpt_time_s"] = last_ckpt_s_;
+    for (auto& [k, v] : eval.items()) j[k] = v;
     log(j);
   }
   return stop;
@@ -512,22 +589,146 @@ void Rank::save(int64_t step) {
   last_ckpt_s_ = now_s() - t0;
 }
 
-void Rank::log(const ojson& j) {
+ojson Rank::evaluate() {
+  const double t0 = now_s();
+  const int64_t n = o_.eval_samples, mbs = o_.microbatch_size;
+  // Microbatches of the training size, as many per replica on every replica; rows past the
+  // last sample count for nothing.
+  const int per = static_cast<int>(((n + mbs - 1) / mbs + o_.dp - 1) / o_.dp);
+  if (eval_schedule_.actions.empty()) eval_schedule_ = make_forward_only(o_.pp, per);
+  const int64_t rows = static_cast<int64_t>(per) * o_.dp * mbs;
+  const bool first = spec_.is_first(), last = spec_.is_last();
+  Batch batch;
+  at::Tensor inputs;
+  if (first || last) {
+    batch = data_->eval_batch(0, rows);
+    if (rows > n) batch.mask.narrow(0, n, rows - n).fill_(false);
+    inputs = device_.is_cpu() ? batch.inputs : batch.inputs.to(device_);
+  }
+  const int g0 = dp_.index * per;
+  StageStep ss;
+  ss.model = model_.get();
+  ss.actions = &eval_schedule_.actions[static_cast<size_t>(spec_.stage)];
+  ss.training = false;
+  ss.tx = tx_.get();
+  ss.prev = rank_ - o_.dp;
+  ss.next = rank_ + o_.dp;
+  ss.device = device_;
+  ss.autocast = autocast_;
+  ss.rows = mbs;
+  ss.seq_len = data_->seq_len();
+  ss.first_index = g0;
+  ss.input = [&](int i) { return mb_slice(inputs, g0 + i); };
+  const StageResult res = run_stage(ss);
+  // Each sample's (loss, correct, count) from the replica that ran it, zeros elsewhere: the
+  // sum over ranks is exact, and the totals are summed in sample order below.
+  at::Tensor shared = at::zeros({3 * n}, at::kDouble);
+  if (last) {
+    double* sh = shared.data_ptr<double>();
+    for (int i = 0; i < per; ++i) {
+      const int g = g0 + i;
+      const std::vector<SampleScore> sc = score_samples(res.outputs[static_cast<size_t>(i)], mb_slice(batch.targets, g),
+                                                        mb_slice(batch.mask, g));
+      for (int64_t r = 0; r < mbs; ++r) {
+        const int64_t k = static_cast<int64_t>(g) * mbs + r;
+        if (k >= n) break;
+        sh[3 * k] = sc[static_cast<size_t>(r)].loss;
+        sh[3 * k + 1] = static_cast<double>(sc[static_cast<size_t>(r)].correct);
+        sh[3 * k + 2] = static_cast<double>(sc[static_cast<size_t>(r)].count);
+      }
+    }
+  }
+  if (tx_) tx_->allreduce_sum(shared, "the validation reduction");
+  EvalTotals tot;
+  const double* sh = shared.data_ptr<double>();
+  for (int64_t k = 0; k < n; ++k) {
+    tot.add(SampleScore{sh[3 * k], static_cast<int64_t>(sh[3 * k + 1]), static_cast<int64_t>(sh[3 * k + 2])});
+  }
+  if (tot.predictions == 0) throw UsageError("the validation samples have no target positions");
+  ojson e;
+  e["eval_loss"] = tot.loss();
+  e["eval_ppl"] = std::exp(tot.loss());
+  e["eval_accuracy"] = tot.accuracy();
+  if (data_->bytes_per_token() > 0) e["eval_bits_per_byte"] = tot.loss() / std::log(2.0) / data_->bytes_per_token();
+  e["eval_samples"] = n;
+  e["eval_predictions"] = tot.predictions;
+  e["eval_time_s"] = now_s() - t0;
+  return e;
+}
+
+void Rank::log(const ojson& metrics) {
+  ojson j = metrics;
+  j["time"] = utc_now();
   if (metrics_) {
-    *metrics_ << j.dump() << "\n";
+    *metrics_ << j.dump(-1, ' ', false, ojson::error_handler_t::replace) << "\n";
     metrics_->flush();
   }
   if (o_.quiet) return;
+  const int64_t step = j["step"].get<int64_t>();
   const int64_t total = o_.stop_after > 0 ? std::min(o_.stop_after, o_.steps) : o_.steps;
-  if (bar_) bar_->clear();
-  std::printf("step %lld/%lld  loss %.4f  acc %.3f  lr %.2e  gnorm %.3f  %.0f tok/s  %.3f s  bubble %.2f%s\n",
-              static_cast<long long>(j["step"].get<int64_t>()), static_cast<long long>(total), j["loss"].get<double>(),
-              j["accuracy"].get<double>(), j["lr"].get<double>(), j["grad_norm"].get<double>(),
-              j["tokens_per_s"].get<double>(), j["step_time_s"].get<double>(), j["bubble"].get<double>(),
-              j.contains("ckpt_time_s") ? ("  ckpt " + std::to_string(j["ckpt_time_s"].get<double>()).substr(0, 5) + " s").c_str()
-                                        : "");
+  // Every --log-every steps, and always at the last step and where something else happened.
+  const bool line = step % o_.log_every == 0 || step == total || j.contains("eval_loss") || j.contains("ckpt_time_s");
+  if (bar_ && line) bar_->clear();
+  if (line) {
+    std::printf("step %lld/%lld  loss %.4f  acc %.3f  lr %.2e  gnorm %.3f  %.0f tok/s  %.3f s  bubble %.2f%s\n",
+                static_cast<long long>(step), static_cast<long long>(total), j["loss"].get<double>(),
+                j["accuracy"].get<double>(), j["lr"].get<double>(), j["grad_norm"].get<double>(),
+                j["tokens_per_s"].get<double>(), j["step_time_s"].get<double>(), j["bubble"].get<double>(),
+                j.contains("ckpt_time_s") ? ("  ckpt " + std::to_string(j["ckpt_time_s"].get<double>()).substr(0, 5) + " s").c_str()
+                                          : "");
+    if (j.contains("eval_loss")) {
+      std::printf("eval step %lld  eval_loss %.4f  ppl %.3f  acc %.3f%s  (%lld samples, %.2f s)\n", static_cast<long long>(step),
+                  j["eval_loss"].get<double>(), j["eval_ppl"].get<double>(), j["eval_accuracy"].get<double>(),
+                  j.contains("eval_bits_per_byte")
+                      ? ("  bits/byte " + format_real(std::round(j["eval_bits_per_byte"].get<double>() * 1e4) / 1e4)).c_str()
+                      : "",
+                  static_cast<long long>(j["eval_samples"].get<int64_t>()), j["eval_time_s"].get<double>());
+    }
+    std::fflush(stdout);
+  }
+  if (bar_) {
+    char extra[96];
+    std::snprintf(extra, sizeof extra, "loss %.4f  %.0f tok/s", j["loss"].get<double>(), j["tokens_per_s"].get<double>());
+    bar_->draw(static_cast<double>(step), static_cast<double>(total), extra);
+  }
+}
+
+void Rank::summary(int64_t step) {
+  if (rank_ != 0 || o_.quiet) return;
+  const double took = now_s() - run_t0_;
+  const int64_t ran = step - first_step_;
+  std::string s = "pmamba-train: done: " + std::to_string(ran) + " step" + (ran == 1 ? "" : "s") + " in " + duration_text(took);
+  if (ran > 0 && took > 0) {
+    char rate[64];
+    std::snprintf(rate, sizeof rate, " (%.0f tokens/s)", static_cast<double>(ran) * o_.microbatches * o_.microbatch_size * data_->seq_len() / took);
+    s += rate;
+  }
+  char buf[160];
+  if (std::isfinite(last_loss_)) {
+    std::snprintf(buf, sizeof buf, "; final loss %.4f", last_loss_);
+    s += buf;
+  }
+  if (std::isfinite(last_eval_loss_)) {
+    std::snprintf(buf, sizeof buf, ", eval loss %.4f (step %lld)", last_eval_loss_, static_cast<long long>(last_eval_step_));
+    s += buf;
+  }
+  std::printf("%s\n", s.c_str());
+  if (!o_.ckpt_dir.empty() && !saved_dir_.empty()) {
+    std::printf("  last checkpoint  %s\n", saved_dir_.c_str());
+    if (step < o_.steps) {
+      std::string cmd = "pmamba-train --resume auto --ckpt-dir " + o_.ckpt_dir;
+      if (o_.pp > 1) cmd += " --pp " + std::to_string(o_.pp);
+      if (o_.dp > 1) cmd += " --dp " + std::to_string(o_.dp);
+      std::printf("  resume with      %s\n", cmd.c_str());
+    } else {
+      std::printf("  the run is complete (step %lld of --steps %lld); train on from its weights with\n"
+                  "                   pmamba-train --init-from %s --ckpt-dir NEW_DIR ...\n",
+                  static_cast<long long>(step), static_cast<long long>(o_.steps), saved_dir_.c_str());
+    }
+    std::printf("  evaluate with    pmamba-eval --ckpt %s\n", o_.ckpt_dir.c_str());
+    if (!o_.metrics_path.empty()) std::printf("  report with      pmamba-report %s\n", o_.ckpt_dir.c_str());
+  }
   std::fflush(stdout);
-  if (bar_) bar_->draw(static_cast<double>(j["step"].get<int64_t>()), static_cast<double>(total));
 }
 
 int Rank::run_steps() {
@@ -573,13 +774,19 @@ int Rank::run_steps() {
     if (tx_) tx_->barrier("the end of training");
     return 0;
   }
+  run_t0_ = now_s();
+  first_step_ = start_step_;
+  int64_t done = start_step_;
   for (int64_t s = start_step_ + 1; s <= stop; ++s) {
+    done = s;
     if (step(s)) {
       stopped(s);
       break;
     }
   }
   if (tx_) tx_->barrier("the end of training");
+  bar_.reset();
+  summary(done);
   return 0;
 }
 

@@ -57,7 +57,12 @@ struct TrainOptions {
   std::string autocast = "none";  // none | bf16: forward matmuls in bfloat16, weights and optimizer in float32
   int threads = 0;
   double timeout_s = 120;
-  std::string metrics_path;  // JSON lines (written by the last stage)
+  std::string metrics_path;  // JSON lines (written by the last stage); default CKPT_DIR/metrics.jsonl
+  // validation on the held-out set (data.h), forward-only through every stage
+  int64_t eval_every = 0;    // every K steps (0 = never)
+  int64_t eval_samples = 64;
+  int64_t log_every = 1;     // a console line every N steps (the metrics file gets every step)
+  std::string version;  // pmamba's, as the tool reports it (recorded in the metrics header)
   bool print_schedule = false;
   bool quiet = false;
   // Long names (no dashes) of the options given on the command line. On resume the others take

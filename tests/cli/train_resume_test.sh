@@ -38,6 +38,8 @@ def train(root):
     step = open(os.path.join(root, "latest")).read().strip()
     return json.load(open(os.path.join(root, step, "manifest.json")))["train"]
 a, b = train(sys.argv[1]), train(sys.argv[2])
+# Where each run's metrics file lies is not a run setting (this one was given --metrics).
+assert a.pop("metrics") == "metrics.jsonl" and b.pop("metrics").endswith("u.jsonl"), (a, b)
 assert a == b, (a, b)
 assert a["step"] == 8 and a["seed"] == 11 and a["lr_schedule"]["warmup"] == 2 and a["batch"]["samples_per_step"] == 6, a
 PY
