@@ -17,4 +17,5 @@ bench/dp_bench.sh "$BUILD" 12 | tail -1
 bench/hybrid_bench.sh "$BUILD" 10 2 | tail -1
 python3 bench/convert_bench.py "$BUILD" --rounds 3 --dir "$DIR/convert"
 python3 bench/generate_bench.py "$BUILD" --rounds 3 --threads 2
+bench/eval_bench.sh "$BUILD" 2
 rm -rf "$DIR"
