@@ -1,21 +1,10 @@
 // pmamba-generate: generate tokens from a checkpoint, at any pipeline degree.
-#include <unistd.h>
-
-#include <cstdlib>
-
 #include "src/gen/generate.h"
 #include "tools/tool_main.h"
 
 int main(int argc, char** argv) {
-  // Decoding runs hundreds of tiny parallel regions per token. libgomp's default spin-wait keeps
-  // its idle threads busy between them, fighting OpenBLAS's own thread pool for the same cores:
-  // on 2 cores that made a mamba-130m decode step 4x slower (bench/RESULTS.md). libgomp reads
-  // OMP_WAIT_POLICY when it loads, before main, so the program starts itself again with it set
-  // (unless the caller chose a policy; if the exec fails it simply runs as it is).
-  if (!std::getenv("OMP_WAIT_POLICY")) {
-    ::setenv("OMP_WAIT_POLICY", "passive", 1);
-    ::execv("/proc/self/exe", argv);
-  }
+  // Decoding runs hundreds of tiny parallel regions per token (tool_main.h says why).
+  pmamba::tools::prefer_passive_omp_wait(argv);
   CLI::App app{"Generate tokens from a Mamba LM: prefill each prompt, then one recurrent step per token, with the "
                "stages as processes at --pp N. stdout holds only the generated ids (one line per prompt, the same "
                "at every --pp); timings go to stderr.",

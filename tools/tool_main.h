@@ -10,6 +10,7 @@
 #include <CLI/CLI.hpp>
 #include <c10/util/Exception.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstdint>
@@ -155,6 +156,19 @@ inline std::string suggest_for_choice(const std::string& message) {
 }
 
 }  // namespace detail
+
+/// Restarts this program with OMP_WAIT_POLICY=passive unless the caller chose a policy. LibTorch's
+/// parallel regions are libgomp's, and its default spin-wait keeps idle threads busy between
+/// them, fighting OpenBLAS's own pool for the same cores: on 2 cores a mamba-130m decode step
+/// ran 4x slower and tiny-hybrid training 2.1-2.9x slower (bench/RESULTS.md). libgomp reads the
+/// variable when it loads, before main, hence the exec; it keeps the pid, and if it fails the
+/// program simply runs as it is. Call it first in main, before any thread or signal handler.
+inline void prefer_passive_omp_wait(char** argv) {
+  if (!std::getenv("OMP_WAIT_POLICY")) {
+    ::setenv("OMP_WAIT_POLICY", "passive", 1);
+    ::execv("/proc/self/exe", argv);
+  }
+}
 
 /// Parses argv into `app`, then runs `body` (which returns the exit code). Before parsing it
 /// adds `--version` (tools/version.h) and records every option's default for --help; a usage
