@@ -70,15 +70,7 @@ int main(int argc, char** argv) {
   app.add_option("--timeout", o.timeout_s, "seconds to wait for another stage");
   return pmamba::tools::run_tool(app, argc, argv, [&] {
     o.boundary = pmamba::model::parse_boundary(boundary);
-    for (const CLI::Option* opt : app.get_options()) {
-      if (opt->count() > 0 && !opt->get_lnames().empty()) o.given.insert(opt->get_lnames().front());
-    }
-    // The option group's options are listed by the group.
-    for (const CLI::App* g : {static_cast<const CLI::App*>(src), static_cast<const CLI::App*>(toks)}) {
-      for (const CLI::Option* opt : g->get_options()) {
-        if (opt->count() > 0 && !opt->get_lnames().empty()) o.given.insert(opt->get_lnames().front());
-      }
-    }
+    o.given = pmamba::tools::given_options(app);
     return pmamba::pp::eval_main(o, argc, argv);
   });
 }

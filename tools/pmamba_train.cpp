@@ -92,9 +92,7 @@ int main(int argc, char** argv) {
     o.data.source = pmamba::pp::resolve_source(data);
     o.version = pmamba::tools::pmamba_version();
     o.data.seed = o.seed;
-    for (const CLI::Option* opt : app.get_options()) {
-      if (opt->count() > 0 && !opt->get_lnames().empty()) o.given.insert(opt->get_lnames().front());
-    }
+    o.given = pmamba::tools::given_options(app);
     return pmamba::pp::run_train(o, argc, argv);
   });
 }

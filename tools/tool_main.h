@@ -18,6 +18,7 @@
 #include <functional>
 #include <iostream>
 #include <new>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -168,6 +169,19 @@ inline void prefer_passive_omp_wait(char** argv) {
     ::setenv("OMP_WAIT_POLICY", "passive", 1);
     ::execv("/proc/self/exe", argv);
   }
+}
+
+/// Long names (no dashes) of the options given on the command line, option groups included:
+/// what a library lets override a checkpoint's recorded values.
+inline std::set<std::string> given_options(const CLI::App& app) {
+  std::set<std::string> given;
+  for (const CLI::Option* opt : app.get_options()) {
+    if (opt->count() > 0 && !opt->get_lnames().empty()) given.insert(opt->get_lnames().front());
+  }
+  for (const CLI::App* sub : app.get_subcommands([](const CLI::App* s) { return s->get_name().empty(); })) {
+    for (const std::string& name : given_options(*sub)) given.insert(name);
+  }
+  return given;
 }
 
 /// Parses argv into `app`, then runs `body` (which returns the exit code). Before parsing it

@@ -276,9 +276,6 @@ class Indexed : public DataSource {
       total += weight;
       parts_.push_back(std::move(part));
     }
-    if (o.eval_fraction < 0 || o.eval_fraction >= 1) {
-      throw UsageError("--eval-fraction must be in [0, 1), found " + format_real(o.eval_fraction));
-    }
     for (size_t k = 0; k < parts_.size(); ++k) {
       Part& part = parts_[k];
       part.weight /= total;

@@ -62,25 +62,26 @@ ProgressBar::~ProgressBar() {
   if (drawn_) std::fprintf(stderr, "\n");
 }
 
+std::string clock_text(double seconds) {
+  const long long t = std::llround(std::max(0.0, seconds));
+  char b[48];
+  if (t >= 3600) {
+    std::snprintf(b, sizeof b, "%lld:%02lld:%02lld", t / 3600, t / 60 % 60, t % 60);
+  } else {
+    std::snprintf(b, sizeof b, "%lld:%02lld", t / 60, t % 60);
+  }
+  return b;
+}
+
 void ProgressBar::draw(double done, double total, const std::string& extra) {
   const double now = std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
   if (t0_ < 0) {
     t0_ = now;
     done0_ = done;
   }
-  const auto clock = [](double s) {
-    const long long t = std::llround(std::max(0.0, s));
-    char b[32];
-    if (t >= 3600) {
-      std::snprintf(b, sizeof b, "%lld:%02lld:%02lld", t / 3600, t / 60 % 60, t % 60);
-    } else {
-      std::snprintf(b, sizeof b, "%lld:%02lld", t / 60, t % 60);
-    }
-    return std::string(b);
-  };
   std::string tail = extra.empty() ? "" : "  " + extra;
-  tail += "  " + clock(now - t0_) + " elapsed";
-  if (done > done0_ && now > t0_) tail += "  ETA " + clock((total - done) * (now - t0_) / (done - done0_));
+  tail += "  " + clock_text(now - t0_) + " elapsed";
+  if (done > done0_ && now > t0_) tail += "  ETA " + clock_text((total - done) * (now - t0_) / (done - done0_));
   const int width = 30, fill = std::clamp(static_cast<int>(width * done / std::max(total, 1.0)), 0, width);
   std::fprintf(stderr, "\r\033[K[%s%s] step %.0f/%.0f%s", std::string(fill, '#').c_str(),
                std::string(width - fill, '.').c_str(), done, total, tail.c_str());

@@ -54,6 +54,9 @@ class ProgressBar {
   double t0_ = -1, done0_ = 0;
 };
 
+/// A duration as the progress bar and the run summary show it: "m:ss", or "h:mm:ss" from an hour.
+std::string clock_text(double seconds);
+
 /// Path of the running executable.
 std::string self_exe();
 

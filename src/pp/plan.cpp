@@ -278,7 +278,8 @@ TrainPlan plan_training(const TrainOptions& options, bool commits, int stage) {
     plan.stages = model::make_stages(plan.config.n_layer, o.pp, o.partition);
     check_data_parallel(o);
     check_schedule(make_schedule(o.schedule, o.pp, o.microbatches / o.dp));
-    const std::unique_ptr<DataSource> data = make_data(o.data);
+    plan.data = make_data(o.data);
+    const DataSource* data = plan.data.get();
     if (data->vocab_needed() > plan.config.vocab_size) {
       throw UsageError(data->describe() + " needs a vocabulary of " + std::to_string(data->vocab_needed()) +
                        " but the model has vocab_size " + std::to_string(plan.config.vocab_size));

@@ -16,6 +16,7 @@
 #include "src/ckpt/lock.h"
 #include "src/model/config.h"
 #include "src/model/partition.h"
+#include "src/pp/data.h"
 #include "src/pp/train.h"
 
 namespace pmamba::pp {
@@ -30,6 +31,7 @@ struct TrainPlan {
   int64_t start_step = 0, samples = 0, tokens = 0;
   std::string run_id;
   nlohmann::ordered_json data_content;  // the data source's content (null for built-in tasks)
+  std::unique_ptr<DataSource> data;     // the source, read and checked once (a rank trains from it)
   ckpt::RootLock lock;               // held when this process commits
   bool created_root = false;         // this plan created the checkpoint root
   std::string note;                  // how the resume source was found, when `latest` did not name it

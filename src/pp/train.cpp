@@ -72,18 +72,6 @@ std::string utc_now() {
   return buf;
 }
 
-std::string duration_text(double s) {
-  const auto t = static_cast<int64_t>(std::llround(s));
-  char buf[32];
-  if (t >= 3600) {
-    std::snprintf(buf, sizeof buf, "%lld:%02lld:%02lld", static_cast<long long>(t / 3600), static_cast<long long>(t / 60 % 60),
-                  static_cast<long long>(t % 60));
-  } else {
-    std::snprintf(buf, sizeof buf, "%lld:%02lld", static_cast<long long>(t / 60), static_cast<long long>(t % 60));
-  }
-  return buf;
-}
-
 // Cuts a file after its last newline (nothing when it ends in one or does not exist).
 void truncate_partial_line(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -230,7 +218,8 @@ void Rank::setup() {
   for (const auto& p : model::list_parameters(config_)) {
     if (p.tied_to.empty()) norm_order_.push_back(p.fqn);  // the tie is counted once
   }
-  data_ = make_data(o_.data);
+  data_ = std::move(plan_.data);  // read and checked by the plan: a corpus is mapped and hashed once
+  if (!data_) data_ = make_data(o_.data);
   schedule_ = make_schedule(o_.schedule, o_.pp, per_replica_);
   check_schedule(schedule_);
   if (!o_.metrics_path.empty() && spec_.is_last() && dp_.index == 0) {
@@ -697,7 +686,7 @@ void Rank::summary(int64_t step) {
   if (rank_ != 0 || o_.quiet) return;
   const double took = now_s() - run_t0_;
   const int64_t ran = step - first_step_;
-  std::string s = "pmamba-train: done: " + std::to_string(ran) + " step" + (ran == 1 ? "" : "s") + " in " + duration_text(took);
+  std::string s = "pmamba-train: done: " + std::to_string(ran) + " step" + (ran == 1 ? "" : "s") + " in " + clock_text(took);
   if (ran > 0 && took > 0) {
     char rate[64];
     std::snprintf(rate, sizeof rate, " (%.0f tokens/s)", static_cast<double>(ran) * o_.microbatches * o_.microbatch_size * data_->seq_len() / took);
@@ -836,6 +825,7 @@ int run_train(const TrainOptions& o, int argc, char** argv) {
   l.tool = "pmamba-train";
   l.dp = o.dp;
   plan.reader.reset();
+  plan.data.reset();  // the ranks read the data themselves; a text file is held in memory
   return launch_local(l);
 }
 
