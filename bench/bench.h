@@ -1,7 +1,9 @@
 // Entry points of the pmamba-bench subcommands (bench/RESULTS.md records their output).
 #pragma once
 
+#include <cstdint>
 #include <string>
+#include <vector>
 
 namespace pmamba::bench {
 
@@ -41,5 +43,12 @@ struct ScanBenchOptions {
 };
 int run_scan_bench(const ScanBenchOptions& options);
 int run_scan_one(const ScanBenchOptions& options, const std::string& backend, bool backward);
+
+struct SgemmBenchOptions {
+  int threads = 2;
+  int64_t size = 2048;              // the square product M = N = K
+  std::vector<std::string> models;  // PRESET:TOKENS: that model's Linear shapes at M = TOKENS
+};
+int run_sgemm_bench(const SgemmBenchOptions& options);
 
 }  // namespace pmamba::bench

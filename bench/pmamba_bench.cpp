@@ -50,6 +50,12 @@ int main(int argc, char** argv) {
   scan_one->add_option("--dstate", sc.dstate);
   scan_one->add_option("--threads", sc.threads);
   sc.self = argv[0];
+  pmamba::bench::SgemmBenchOptions sg;
+  auto* sgemm = app.add_subcommand("sgemm", "float32 matmul rate: 2048^3 and a model's Linear shapes (fwd + 2 bwd)");
+  sgemm->add_option("--threads", sg.threads, "intra-op and BLAS threads (default 2)");
+  sgemm->add_option("--size", sg.size, "the square product's M = N = K");
+  sgemm->add_option("--model", sg.models, "PRESET:TOKENS (repeatable): that model's Linear shapes at M = TOKENS");
+  sgemm->add_flag("--json", json_always, "one JSON line on stdout (always)");
   std::string what;
   auto* load = app.add_subcommand("ckpt-load", "one timed load (used by `ckpt`)");
   load->add_option("--what", what)->required();
@@ -61,6 +67,7 @@ int main(int argc, char** argv) {
     if (*ckpt) return pmamba::bench::run_ckpt_bench(ck);
     if (*load) return pmamba::bench::run_ckpt_load(ck, what);
     if (*reshard) return pmamba::bench::run_reshard_bench(rs);
+    if (*sgemm) return pmamba::bench::run_sgemm_bench(sg);
     if (*scan_one) return pmamba::bench::run_scan_one(sc, one_backend, one_bwd);
     if (*scan) {
       sc.models = !no_models;
