@@ -77,6 +77,10 @@ int main(int argc, char** argv) {
                  "weights, at any --pp (e.g. one written by pmamba-convert import)");
   app.add_flag("--overwrite", o.overwrite, "a new run may replace the checkpoints of another run in --ckpt-dir (deleted after its first commit)");
   app.add_option("--compression", o.compression, "checkpoint compression: none, zstd or zstd:LEVEL");
+  app.add_flag("--async-ckpt", o.async_ckpt,
+               "asynchronous checkpoints: copy the state to host buffers at the checkpoint step and keep training while "
+               "a background thread writes it; committed at a later step (at most one in flight; the end of the run "
+               "and a stop signal wait for it)");
   app.add_option("--device", o.device, "cpu, cuda (the local rank's GPU), cuda:N, or auto (CUDA when available)");
   app.add_option("--backend", o.backend, "c10d backend between stages: gloo, nccl, or auto (NCCL on CUDA)")
       ->check(CLI::IsMember({"auto", "gloo", "nccl"}));

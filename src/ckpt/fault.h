@@ -14,6 +14,8 @@
 //   no-room    the filesystem of a checkpoint root reports 1 KiB free
 //   corrupt-replica@R  training rank R flips one bit of a weight after its first step (the
 //              replica check must catch it)
+//   slow-write@R  the background write of an --async-ckpt save on training rank R first sleeps
+//              1.5 s, as on a slow disk (the tests that training overlaps the write)
 #pragma once
 
 #include <string>

@@ -314,7 +314,9 @@ TrainPlan plan_training(const TrainOptions& options, bool commits, int stage) {
     const int64_t moment_share = o.zero == 1 ? o.dp : 1;
     int64_t need = 0;
     for (size_t s = 0; s < per_stage.size(); ++s) {
-      const int64_t rank_bytes = 2 * per_stage[s] + 2 * per_stage[s] / moment_share;
+      int64_t rank_bytes = 2 * per_stage[s] + 2 * per_stage[s] / moment_share;
+      // --async-ckpt: the host copy of what the rank saves (its share of weights and moments).
+      if (o.async_ckpt && !root.empty()) rank_bytes += 3 * per_stage[s] / o.dp;
       if (stage < 0) need += o.dp * rank_bytes;
       if (static_cast<int>(s) == stage) need += rank_bytes;
     }

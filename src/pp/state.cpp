@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <functional>
 #include <map>
 
 #include "src/ckpt/errors.h"
@@ -19,8 +20,13 @@ namespace pmamba::pp {
 
 using ckpt::Slot;
 
-ckpt::StageData collect_stage(model::MambaLMImpl& m, const AdamW* optim, const std::vector<model::StageSpec>* stages,
-                              int parts, int part) {
+namespace {
+
+// How a saved tensor reaches host memory; `key` names it ("<fqn>/<slot>").
+using ToHost = std::function<at::Tensor(const std::string& key, const at::Tensor& tensor)>;
+
+ckpt::StageData collect(model::MambaLMImpl& m, const AdamW* optim, const std::vector<model::StageSpec>* stages,
+                        int parts, int part, const ToHost& to_host) {
   ckpt::StageData data;
   const model::MambaConfig& c = m.config();
   const model::StageSpec& stage = m.stage();
@@ -28,20 +34,22 @@ ckpt::StageData collect_stage(model::MambaLMImpl& m, const AdamW* optim, const s
   for (const auto& item : m.named_parameters()) {
     const std::string& fqn = item.key();
     if (parts > 1 && where.at(fqn) != part) continue;
-    // Shards are written from host memory; for a model on the CPU these are the tensors themselves.
-    const at::Tensor p = item.value().detach().cpu();
+    const bool alias = fqn == model::kLmHeadFqn && c.tie_embeddings;
+    // An alias keeps only digests, taken from the tensors as they are now.
+    const ToHost host = alias ? ToHost([](const std::string&, const at::Tensor& t) { return t.cpu(); }) : to_host;
+    const at::Tensor p = host(fqn + "/param", item.value().detach());
     at::Tensor exp_avg, exp_avg_sq;
     int64_t step = 0;
     if (optim) {
       const ParamState& s = optim->state(fqn);
-      if (s.exp_avg.defined()) exp_avg = s.exp_avg.cpu();
-      if (s.exp_avg_sq.defined()) exp_avg_sq = s.exp_avg_sq.cpu();
+      if (s.exp_avg.defined()) exp_avg = host(fqn + "/exp_avg", s.exp_avg);
+      if (s.exp_avg_sq.defined()) exp_avg_sq = host(fqn + "/exp_avg_sq", s.exp_avg_sq);
       step = s.step;
     }
     if (!exp_avg.defined()) exp_avg = at::zeros(p.sizes(), at::kFloat);
     if (!exp_avg_sq.defined()) exp_avg_sq = at::zeros(p.sizes(), at::kFloat);
     const at::Tensor step_t = at::scalar_tensor(step, at::kLong);
-    if (fqn == model::kLmHeadFqn && c.tie_embeddings) {
+    if (alias) {
       ckpt::AliasToSave a;
       a.fqn = fqn;
       a.alias_of = model::kEmbeddingFqn;
@@ -64,6 +72,34 @@ ckpt::StageData collect_stage(model::MambaLMImpl& m, const AdamW* optim, const s
     data.tensors.push_back({fqn, Slot::kStep, step_t});
   }
   return data;
+}
+
+}  // namespace
+
+ckpt::StageData collect_stage(model::MambaLMImpl& m, const AdamW* optim, const std::vector<model::StageSpec>* stages,
+                              int parts, int part) {
+  // Shards are written from host memory; for a model on the CPU these are the tensors themselves.
+  return collect(m, optim, stages, parts, part, [](const std::string&, const at::Tensor& t) { return t.cpu(); });
+}
+
+const ckpt::StageData& StageSnapshot::take(model::MambaLMImpl& m, const AdamW* optim,
+                                           const std::vector<model::StageSpec>* stages, int parts, int part) {
+  data_ = collect(m, optim, stages, parts, part, [this](const std::string& key, const at::Tensor& t) {
+    at::Tensor& b = buffers_[key];
+    if (!b.defined() || b.sizes() != t.sizes() || b.scalar_type() != t.scalar_type()) {
+      // Pinned host memory makes the copy from a GPU a plain DMA.
+      b = at::empty(t.sizes(), at::TensorOptions().dtype(t.scalar_type()).pinned_memory(t.is_cuda()));
+    }
+    b.copy_(t);  // synchronous: the optimizer may change `t` as soon as this returns
+    return b;
+  });
+  return data_;
+}
+
+int64_t StageSnapshot::bytes() const {
+  int64_t n = 0;
+  for (const auto& [key, b] : buffers_) n += static_cast<int64_t>(b.nbytes());
+  return n;
 }
 
 void load_stage(ckpt::CheckpointReader& reader, model::MambaLMImpl& m, AdamW* optim) {

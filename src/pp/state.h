@@ -2,8 +2,11 @@
 // of any layout loads itself from a checkpoint of any other layout, and seed checkpoints.
 #pragma once
 
+#include <cstdint>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "src/ckpt/checkpoint.h"
 #include "src/model/mamba.h"
@@ -18,6 +21,26 @@ namespace pmamba::pp {
 /// FQNs of file `part`.
 ckpt::StageData collect_stage(model::MambaLMImpl& model, const AdamW* optim,
                               const std::vector<model::StageSpec>* stages = nullptr, int parts = 1, int part = 0);
+
+/// A stage's checkpoint state copied into host buffers of its own, so that a background thread
+/// can write it while training goes on changing the live tensors (on the CPU collect_stage hands
+/// out the live tensors themselves). The first take() allocates the buffers (pinned when the
+/// model is on a GPU) and later ones copy into the same buffers: an asynchronous save costs one
+/// extra copy of what the rank saves, held for the whole run, and no allocation per save.
+class StageSnapshot {
+ public:
+  /// Copies what collect_stage returns for the same arguments; the result refers to the buffers
+  /// and stays unchanged until the next take(). The digests of a tied alias are computed here,
+  /// from the live tensors.
+  const ckpt::StageData& take(model::MambaLMImpl& model, const AdamW* optim,
+                              const std::vector<model::StageSpec>* stages = nullptr, int parts = 1, int part = 0);
+  /// Bytes the buffers hold.
+  int64_t bytes() const;
+
+ private:
+  std::map<std::string, at::Tensor> buffers_;  // "<fqn>/<slot>" -> its host buffer
+  ckpt::StageData data_;
+};
 
 /// Loads every parameter (and, when `optim` is given, its AdamW state) of the stage from the
 /// checkpoint, whatever layout wrote it. Throws ckpt errors; FormatError when the checkpoint's

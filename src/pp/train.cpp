@@ -2,9 +2,14 @@
 
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
+#include <pthread.h>
+#include <sched.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -14,6 +19,7 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <thread>
 #include <type_traits>
 #include <nlohmann/json.hpp>
 #include <torch/version.h>
@@ -59,6 +65,16 @@ double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
+// The background checkpoint writer runs on the CPU time training leaves idle, so that on a
+// machine whose cores training keeps busy the write finishes later instead of slowing the steps
+// (a GPU run's host threads mostly wait, and the writer gets them). Threads it starts (the
+// shard writer's pool) inherit the policy. Best effort: nice 19 where SCHED_IDLE is refused.
+void lower_priority_of_this_thread() {
+  sched_param none{};
+  if (pthread_setschedparam(pthread_self(), SCHED_IDLE, &none) == 0) return;
+  ::setpriority(PRIO_PROCESS, static_cast<id_t>(::syscall(SYS_gettid)), 19);
+}
+
 // UTC wall-clock time with milliseconds, as ISO 8601 ("2026-12-02T01:23:45.678Z").
 std::string utc_now() {
   const auto now = std::chrono::system_clock::now();
@@ -88,6 +104,9 @@ void truncate_partial_line(const std::string& path) {
 class Rank {
  public:
   Rank(TrainPlan plan, DistEnv env) : plan_(std::move(plan)), o_(plan_.o), env_(std::move(env)) {}
+  ~Rank();
+  Rank(const Rank&) = delete;
+  Rank& operator=(const Rank&) = delete;
   int run();
 
  private:
@@ -98,7 +117,21 @@ class Rank {
   bool step(int64_t step);
   // A stop requested on any rank (an OR over the world, so every rank stops after the same step).
   bool stop_requested_anywhere();
+  // A synchronous save: the whole protocol of DESIGN §3 inside this step.
   void save(int64_t step);
+  // Its parts, in protocol order. begin_save: rank 0 creates the temporary step directory and
+  // every rank learns its name (collective). commit_save: every rank reports its write, rank 0
+  // builds the manifest and commits, every rank learns the outcome (collective); throws the
+  // save's error, naming the step.
+  std::string begin_save(int64_t step);
+  ckpt::ShardHeader shard_header(int64_t step, const ojson& train) const;
+  ckpt::WriteOptions write_options() const;
+  void commit_save(int64_t step, const std::string& tmp, const ojson& train, const std::string& error);
+  // --async-ckpt: begin, snapshot and start the background write of this step's checkpoint
+  // (no save may be in flight); and, on every rank at the same step, wait for the one in flight
+  // and commit it. Both add their timings to `metrics`.
+  void start_async_save(int64_t step, ojson& metrics);
+  void finish_async_save(ojson& metrics);
   void stopped(int64_t step);
   void log(const ojson& metrics);
   // Forward-only over the first --eval-samples held-out samples, on every rank; the scores, summed
@@ -141,6 +174,21 @@ class Rank {
   std::unique_ptr<std::ofstream> metrics_;
   std::unique_ptr<ProgressBar> bar_;  // a single process on a terminal (the local launcher draws its own)
   double last_ckpt_s_ = 0;
+  // The asynchronous save in flight (--async-ckpt). `writer` writes this rank's shard of the
+  // snapshot and then sets `done`; only the main thread runs collectives, so the commit happens
+  // at the first step whose metrics reduction finds every rank's writer done (or at the next
+  // checkpoint, a stop or the last step, which wait for it).
+  struct PendingSave {
+    int64_t step = -1;
+    std::string tmp;
+    ojson train;
+    std::thread writer;
+    std::atomic<bool> done{false};
+    std::string error;   // set by the writer before `done`
+    double write_s = 0;  // the writer's time
+  };
+  std::unique_ptr<PendingSave> pending_;
+  StageSnapshot snapshot_;  // the host copy the writer reads; reused by every async save
   Schedule eval_schedule_;
   double run_t0_ = 0;
   int64_t first_step_ = 0;  // the step this process started after
@@ -412,9 +460,10 @@ bool Rank::step(int64_t step) {
   // Metrics: the last stage knows the loss; bubble and traffic are summed over ranks.
   // bubble, bytes sent, stop requests, each rank's activation peak, then each global
   // microbatch's loss and correct count (from the replica that ran it; zeros elsewhere add
-  // exactly), so the loss is summed in global-index order at every layout.
-  const int64_t loss_at = 3 + world_, correct_at = loss_at + m;
-  at::Tensor shared = at::zeros({3 + world_ + 2 * m}, at::kDouble);
+  // exactly), so the loss is summed in global-index order at every layout; last, how many
+  // ranks have finished the background write of an async save in flight.
+  const int64_t loss_at = 3 + world_, correct_at = loss_at + m, written_at = correct_at + m;
+  at::Tensor shared = at::zeros({3 + world_ + 2 * m + 1}, at::kDouble);
   if (last) {
     for (int i = 0; i < per_replica_; ++i) {
       shared[loss_at + g0 + i] = losses[static_cast<size_t>(i)].item<double>();
@@ -425,6 +474,7 @@ bool Rank::step(int64_t step) {
   shared[1] = bytes_sent;
   shared[2] = stop_signal() != 0 ? 1.0 : 0.0;
   shared[3 + rank_] = static_cast<double>(act_peak);
+  shared[written_at] = pending_ && pending_->done.load(std::memory_order_acquire) ? 1.0 : 0.0;
   if (tx_) tx_->allreduce_sum(shared, "the metrics reduction");
   // A stop requested anywhere is seen by every rank in this same reduction, so all of them
   // stop after this step and commit it together.
@@ -449,7 +499,18 @@ bool Rank::step(int64_t step) {
   const bool save_now = !o_.ckpt_dir.empty() &&
                         (stop || (o_.ckpt_every > 0 && step % o_.ckpt_every == 0) ||
                          final_step);
-  if (save_now) save(step);
+  // An async save in flight commits once every writer is done; a new checkpoint (at most one
+  // in flight), a stop and the end of the run wait for it first. Every rank decides the same
+  // from the same reduction, so all of them commit at the same step.
+  ojson ckpt_metrics = ojson::object();
+  if (pending_ && (shared[written_at].item<double>() >= world_ || save_now)) finish_async_save(ckpt_metrics);
+  // The stop and the last step save synchronously: the run would wait for the write anyway.
+  const bool async_now = save_now && o_.async_ckpt && !stop && !final_step;
+  if (async_now) {
+    start_async_save(step, ckpt_metrics);
+  } else if (save_now) {
+    save(step);
+  }
   if (last && dp_.index == 0) {
     ojson j;
     j["step"] = step;
@@ -466,7 +527,8 @@ bool Rank::step(int64_t step) {
     std::vector<int64_t> peaks;
     for (int r = 0; r < world_; ++r) peaks.push_back(static_cast<int64_t>(shared[3 + r].item<double>()));
     if (*std::min_element(peaks.begin(), peaks.end()) >= 0) j["act_peak_bytes"] = peaks;
-    if (save_now) j["ckpt_time_s"] = last_ckpt_s_;
+    if (save_now && !async_now) j["ckpt_time_s"] = last_ckpt_s_;
+    for (auto& [k, v] : ckpt_metrics.items()) j[k] = v;
     for (auto& [k, v] : eval.items()) j[k] = v;
     log(j);
   }
@@ -518,35 +580,54 @@ void Rank::stopped(int64_t step) {
   std::fflush(stdout);
 }
 
-void Rank::save(int64_t step) {
-  const double t0 = now_s();
+std::string Rank::begin_save(int64_t step) {
   std::string tmp;
-  std::string error;
   // Stage 0's failure to begin is its own; the others see its report while they wait here.
   if (rank_ == 0) tmp = ckpt::begin_step_dir(o_.ckpt_dir, step);
   if (tx_) tmp = tx_->broadcast_string("ckpt/" + std::to_string(step), tmp);
+  return tmp;
+}
+
+ckpt::ShardHeader Rank::shard_header(int64_t step, const ojson& train) const {
+  ckpt::ShardHeader h;
+  h.stage = spec_.stage;
+  h.num_stages = spec_.num_stages;
+  h.layer_begin = spec_.layer_begin;
+  h.layer_end = spec_.layer_end;
+  h.step = step;
+  h.part = dp_.index;
+  h.parts = o_.dp;
+  h.config_json = model::config_to_json_string(config_);
+  h.train_json = train.dump();
+  return h;
+}
+
+ckpt::WriteOptions Rank::write_options() const {
+  ckpt::WriteOptions w;
+  w.compression = ckpt::Compression::parse(o_.compression);
+  w.threads = o_.threads;
+  return w;
+}
+
+void Rank::save(int64_t step) {
+  const double t0 = now_s();
+  const std::string tmp = begin_save(step);
   const ojson train = train_state();
+  std::string error;
   // Each FQN is written once, by its owner: with D replicas a stage is spread over D files,
   // one per DP rank (the content, and so `pmamba-ckpt diff`, does not depend on the layout).
   try {
-    ckpt::ShardHeader h;
-    h.stage = spec_.stage;
-    h.num_stages = spec_.num_stages;
-    h.layer_begin = spec_.layer_begin;
-    h.layer_end = spec_.layer_end;
-    h.step = step;
-    h.part = dp_.index;
-    h.parts = o_.dp;
-    h.config_json = model::config_to_json_string(config_);
-    h.train_json = train.dump();
-    ckpt::WriteOptions w;
-    w.compression = ckpt::Compression::parse(o_.compression);
-    w.threads = o_.threads;
     const ckpt::StageData d = collect_stage(*model_, opt_.get(), &stages_, o_.dp, dp_.index);
-    ckpt::write_shard(tmp, h, d.tensors, d.aliases, w);
+    ckpt::write_shard(tmp, shard_header(step, train), d.tensors, d.aliases, write_options());
   } catch (const std::exception& e) {
     error = e.what();
   }
+  commit_save(step, tmp, train, error);
+  last_ckpt_s_ = now_s() - t0;
+}
+
+void Rank::commit_save(int64_t step, const std::string& tmp, const ojson& train, const std::string& write_error) {
+  std::string error = write_error;
   // Every stage reports; rank 0 commits only when all shards are in place.
   at::Tensor failed = at::tensor({error.empty() ? 0 : 1}, at::kInt);
   if (tx_) tx_->allreduce_sum(failed, "the checkpoint write");
@@ -575,7 +656,59 @@ void Rank::save(int64_t step) {
     std::fprintf(stderr, "pmamba-train: committed %s, but `latest` was not updated (%s)\n", saved_dir_.c_str(),
                  note.c_str());
   }
-  last_ckpt_s_ = now_s() - t0;
+}
+
+void Rank::start_async_save(int64_t step, ojson& metrics) {
+  const double t0 = now_s();
+  auto p = std::make_unique<PendingSave>();
+  p->step = step;
+  p->tmp = begin_save(step);
+  p->train = train_state();
+  try {
+    // The copy is what makes it safe to go on training; the digests of a tie are taken here.
+    const ckpt::StageData& d = snapshot_.take(*model_, opt_.get(), &stages_, o_.dp, dp_.index);
+    PendingSave* ps = p.get();
+    ps->writer = std::thread([ps, &d, h = shard_header(step, p->train), w = write_options(), rank = rank_] {
+      const double t = now_s();
+      lower_priority_of_this_thread();
+      try {
+        // The overlap test's slow disk: the write takes at least 1.5 s.
+        if (ckpt::fault_injected("slow-write", rank)) std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+        ckpt::write_shard(ps->tmp, h, d.tensors, d.aliases, w);
+      } catch (const std::exception& e) {
+        ps->error = e.what();
+      } catch (...) {
+        ps->error = "unknown error in the background checkpoint write";
+      }
+      ps->write_s = now_s() - t;
+      ps->done.store(true, std::memory_order_release);
+    });
+  } catch (const std::exception& e) {
+    // The snapshot or the thread could not be made: reported at the commit, as a failed write.
+    p->error = e.what();
+    p->done.store(true, std::memory_order_release);
+  }
+  pending_ = std::move(p);
+  metrics["ckpt_snapshot_s"] = now_s() - t0;
+}
+
+void Rank::finish_async_save(ojson& metrics) {
+  const double t0 = now_s();
+  std::unique_ptr<PendingSave> p = std::move(pending_);
+  if (p->writer.joinable()) p->writer.join();
+  const double write_s = p->write_s;
+  commit_save(p->step, p->tmp, p->train, p->error);
+  metrics["ckpt_committed"] = p->step;
+  metrics["ckpt_commit_s"] = now_s() - t0;
+  metrics["ckpt_write_s"] = write_s;
+}
+
+Rank::~Rank() {
+  // A run that failed with a save in flight: its write ends before the snapshot it reads goes
+  // away, and the never-committed step directory is removed.
+  if (!pending_) return;
+  if (pending_->writer.joinable()) pending_->writer.join();
+  if (rank_ == 0) ckpt::abort_step_dir(pending_->tmp);
 }
 
 ojson Rank::evaluate() {
@@ -656,15 +789,25 @@ void Rank::log(const ojson& metrics) {
   const int64_t step = j["step"].get<int64_t>();
   const int64_t total = o_.stop_after > 0 ? std::min(o_.stop_after, o_.steps) : o_.steps;
   // Every --log-every steps, and always at the last step and where something else happened.
-  const bool line = step % o_.log_every == 0 || step == total || j.contains("eval_loss") || j.contains("ckpt_time_s");
+  const bool line = step % o_.log_every == 0 || step == total || j.contains("eval_loss") || j.contains("ckpt_time_s") ||
+                    j.contains("ckpt_snapshot_s") || j.contains("ckpt_committed");
   if (bar_ && line) bar_->clear();
   if (line) {
+    std::string ckpt;
+    char buf[96];
+    if (j.contains("ckpt_committed")) {  // an async save, committed at this step
+      std::snprintf(buf, sizeof buf, "  committed step %lld", static_cast<long long>(j["ckpt_committed"].get<int64_t>()));
+      ckpt += buf;
+    }
+    if (j.contains("ckpt_time_s")) ckpt += "  ckpt " + std::to_string(j["ckpt_time_s"].get<double>()).substr(0, 5) + " s";
+    if (j.contains("ckpt_snapshot_s")) {
+      std::snprintf(buf, sizeof buf, "  ckpt snapshot %.3f s (writing)", j["ckpt_snapshot_s"].get<double>());
+      ckpt += buf;
+    }
     std::printf("step %lld/%lld  loss %.4f  acc %.3f  lr %.2e  gnorm %.3f  %.0f tok/s  %.3f s  bubble %.2f%s\n",
                 static_cast<long long>(step), static_cast<long long>(total), j["loss"].get<double>(),
                 j["accuracy"].get<double>(), j["lr"].get<double>(), j["grad_norm"].get<double>(),
-                j["tokens_per_s"].get<double>(), j["step_time_s"].get<double>(), j["bubble"].get<double>(),
-                j.contains("ckpt_time_s") ? ("  ckpt " + std::to_string(j["ckpt_time_s"].get<double>()).substr(0, 5) + " s").c_str()
-                                          : "");
+                j["tokens_per_s"].get<double>(), j["step_time_s"].get<double>(), j["bubble"].get<double>(), ckpt.c_str());
     if (j.contains("eval_loss")) {
       std::printf("eval step %lld  eval_loss %.4f  ppl %.3f  acc %.3f%s  (%lld samples, %.2f s)\n", static_cast<long long>(step),
                   j["eval_loss"].get<double>(), j["eval_ppl"].get<double>(), j["eval_accuracy"].get<double>(),

@@ -51,6 +51,7 @@ struct TrainOptions {
   std::string init_from;    // a new run starting from this checkpoint's weights (fresh optimizer, step 0)
   bool overwrite = false;   // a new run may replace another run's checkpoints in ckpt_dir
   std::string compression = "zstd:1";
+  bool async_ckpt = false;  // snapshot at the checkpoint step, write in a background thread, commit later
   // runtime
   std::string device = "auto";    // cpu | cuda | cuda:N | auto (see device.h)
   std::string backend = "auto";   // gloo | nccl | auto
