@@ -9,7 +9,8 @@
 #   (b) transformers' MambaForCausalLM (bench/hf_train.py: same shape, tied, fp32, AdamW) with
 #       use_mambapy=True (mamba.py's parallel scan), and, for small only, its default sequential
 #       path at 4 x L 128 (--seq-len-seq; pmamba is measured at that length too for the ratio);
-#       torch.set_num_threads(T), OMP_NUM_THREADS=T. PMAMBA_HF_PYTHON names the Python (default
+#       torch.set_num_threads(T), OMP_NUM_THREADS=T, OMP_WAIT_POLICY=passive (as pmamba-train
+#       sets for itself; PMAMBA_HF_WAIT_POLICY overrides). PMAMBA_HF_PYTHON names the Python (default
 #       python3); without transformers (or mambapy) the column is skipped, and says so;
 #   (c) pmamba-bench sgemm: a 2048^3 float32 matmul through the same LibTorch/OpenBLAS on T
 #       threads, and every Linear's forward and two backward products at the model's shapes
@@ -95,7 +96,8 @@ PY
 run_hf() {  # config path d_model layers vocab batch len steps
   local out
   say "transformers $2 $1: $6 x $7, $8 steps (+1 warm-up), $THREADS threads"
-  if out=$(OMP_NUM_THREADS=$THREADS OPENBLAS_NUM_THREADS=$THREADS "$HF_PY" "$SRC/bench/hf_train.py" --d-model "$3" \
+  # The wait policy pmamba-train sets for itself (PMAMBA_HF_WAIT_POLICY=active|passive overrides).
+  if out=$(OMP_WAIT_POLICY=${PMAMBA_HF_WAIT_POLICY:-passive} OMP_NUM_THREADS=$THREADS OPENBLAS_NUM_THREADS=$THREADS "$HF_PY" "$SRC/bench/hf_train.py" --d-model "$3" \
       --layers "$4" --vocab "$5" --batch "$6" --len "$7" --threads "$THREADS" --path "$2" --steps "$8" --warmup 1); then
     echo "$out" | tail -1 | python3 -c "
 import json, sys
