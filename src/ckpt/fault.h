@@ -15,7 +15,7 @@
 //   corrupt-replica@R  training rank R flips one bit of a weight after its first step (the
 //              replica check must catch it)
 //   slow-write@R  the background write of an --async-ckpt save on training rank R first sleeps
-//              1.5 s, as on a slow disk (the tests that training overlaps the write)
+//              1 s, as on a slow disk (the tests that training overlaps the write)
 #pragma once
 
 #include <string>

@@ -672,8 +672,8 @@ void Rank::start_async_save(int64_t step, ojson& metrics) {
       const double t = now_s();
       lower_priority_of_this_thread();
       try {
-        // The overlap test's slow disk: the write takes at least 1.5 s.
-        if (ckpt::fault_injected("slow-write", rank)) std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+        // The overlap tests' slow disk: the write takes at least 1 s.
+        if (ckpt::fault_injected("slow-write", rank)) std::this_thread::sleep_for(std::chrono::seconds(1));
         ckpt::write_shard(ps->tmp, h, d.tensors, d.aliases, w);
       } catch (const std::exception& e) {
         ps->error = e.what();
