@@ -19,5 +19,6 @@ bench/hybrid_bench.sh "$BUILD" 10 2 | tail -1
 python3 bench/convert_bench.py "$BUILD" --rounds 3 --dir "$DIR/convert"
 python3 bench/generate_bench.py "$BUILD" --rounds 3 --threads 2
 bench/eval_bench.sh "$BUILD" 2
+bench/async_ckpt_bench.sh "$BUILD" 20 5 3 small 2 | tail -1
 bench/train_bench.sh "$BUILD" --threads 2
 rm -rf "$DIR"
