@@ -12,6 +12,7 @@
 
 #include "bench/bench.h"
 #include "bench/bench_util.h"
+#include "kernels/cpu/scan_fast.h"
 #include "kernels/cpu/vmath.h"
 #include "kernels/selective_scan.h"
 #include "kernels/threads.h"
@@ -23,20 +24,10 @@ namespace pmamba::bench {
 
 namespace {
 
-// Exps per second of the kernels' own vectorised exp, summed over the threads: x is kept in a
+// Exps per second of the scan's own exp on one path, summed over the threads: x is kept in a
 // small array so the loop is compute-bound, as the scan's inner loop is.
-PMAMBA_CLONES
-float exp_loop(float* x, int64_t reps) {
-  float acc = 0;
-  for (int64_t r = 0; r < reps; ++r) {
-    for (int i = 0; i < 1024; ++i) x[i] = kernels::cpu::fast_exp(x[i]) * -0.5f;
-    acc += x[r & 1023];
-  }
-  return acc;
-}
-
-double exp_throughput() {
-  const int64_t reps = 20000;
+double exp_throughput(kernels::cpu::Isa isa) {
+  const int64_t reps = isa == kernels::cpu::Isa::kScalar ? 2000 : 20000;
   std::vector<double> rates;
   for (int trial = 0; trial < 3; ++trial) {
     const double t0 = now_s();
@@ -45,7 +36,7 @@ double exp_throughput() {
       for (int64_t k = b; k < e; ++k) {
         std::vector<float> x(1024);
         for (int i = 0; i < 1024; ++i) x[i] = -0.001f * static_cast<float>(i);
-        sink = sink + exp_loop(x.data(), reps);
+        sink = sink + kernels::cpu::exp_bound_loop(isa, x.data(), 1024, reps);
       }
     });
     rates.push_back(static_cast<double>(at::get_num_threads()) * reps * 1024 / (now_s() - t0));
@@ -121,8 +112,9 @@ int run_scan_bench(const ScanBenchOptions& o) {
   const double updates = static_cast<double>(B * D * L * N);
   std::fprintf(stderr, "scan B %lld D %lld L %lld N %lld, %d threads\n", static_cast<long long>(B),
                static_cast<long long>(D), static_cast<long long>(L), static_cast<long long>(N), o.threads);
-  const double exp_rate = exp_throughput();
-  std::fprintf(stderr, "  vectorised exp: %.3g exp/s\n", exp_rate);
+  const kernels::cpu::Isa best = kernels::cpu::scan_isa();
+  const double exp_rate = exp_throughput(best);
+  std::fprintf(stderr, "  vectorised exp (%s): %.3g exp/s\n", kernels::cpu::isa_name(best), exp_rate);
   std::map<std::string, std::vector<double>> t;
   std::map<std::string, double> peak;
   auto measure = [&](const std::string& name, kernels::Backend be, bool bwd, int reps) {
@@ -167,9 +159,41 @@ int run_scan_bench(const ScanBenchOptions& o) {
   j["memory_ratio"] = j["ref_peak_mb"].get<double>() / std::max(j["fast_peak_mb"].get<double>(), 1.0);
   j["ref_fwd_peak_mb"] = child_peak("reference", false);
   j["fast_fwd_peak_mb"] = child_peak("fast", false);
+  // The forward needs one exp per state update; the backward two (it recomputes the chunk's
+  // states, then runs the reverse recurrence), so its bound is half the forward's.
+  j["isa"] = kernels::cpu::isa_name(best);
   j["exp_per_s"] = exp_rate;
   j["state_updates_per_s"] = updates / median(t["fast_fwd"]);
   j["exp_bound_fraction"] = updates / median(t["fast_fwd"]) / exp_rate;
+  j["bwd_exp_bound_fraction"] =
+      2 * updates / std::max(median(t["fast_fwd_bwd"]) - median(t["fast_fwd"]), 1e-9) / exp_rate;
+  // Each path the CPU supports, pinned in turn (they give the same bits; see fast_test.cpp).
+  nlohmann::ordered_json paths;
+  for (const kernels::cpu::Isa isa : {kernels::cpu::Isa::kAvx512, kernels::cpu::Isa::kAvx2, kernels::cpu::Isa::kScalar}) {
+    const char* name = kernels::cpu::isa_name(isa);
+    if (!kernels::cpu::isa_supported(isa)) {
+      std::fprintf(stderr, "  path %-7s skipped: this CPU does not support it\n", name);
+      paths[name] = "unsupported";
+      continue;
+    }
+    kernels::cpu::set_scan_isa(isa);
+    const int reps = isa == kernels::cpu::Isa::kScalar ? o.ref_repeats : o.repeats;
+    const double rate = exp_throughput(isa);
+    measure(std::string(name) + "_fwd", kernels::Backend::kFast, false, reps);
+    measure(std::string(name) + "_fwd_bwd", kernels::Backend::kFast, true, reps);
+    const double f = median(t[std::string(name) + "_fwd"]), fb = median(t[std::string(name) + "_fwd_bwd"]);
+    nlohmann::ordered_json p;
+    p["exp_per_s"] = rate;
+    p["fwd_ms"] = 1e3 * f;
+    p["fwd_bwd_ms"] = 1e3 * fb;
+    p["exp_bound_fraction"] = updates / f / rate;
+    p["bwd_exp_bound_fraction"] = 2 * updates / std::max(fb - f, 1e-9) / rate;
+    std::fprintf(stderr, "  path %-7s exp %.3g/s  fwd %.1f ms (%.2f of its exp bound)  bwd %.2f\n", name, rate,
+                 1e3 * f, p["exp_bound_fraction"].get<double>(), p["bwd_exp_bound_fraction"].get<double>());
+    paths[name] = p;
+  }
+  kernels::cpu::set_scan_isa(std::nullopt);
+  j["paths"] = paths;
   if (o.models) {
     for (const std::string preset : {"tiny", "small"}) {
       const int64_t batch = preset == "tiny" ? 8 : 4, len = 256;

@@ -1,10 +1,21 @@
 #include "kernels/cpu/scan_fast.h"
 
 #include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define PMAMBA_SCAN_X86 1
+#include <immintrin.h>
+#else
+#define PMAMBA_SCAN_X86 0
+#endif
 
 #include "kernels/cpu/vmath.h"
 
@@ -45,220 +56,183 @@ inline void store_tile(T* plane, int64_t L, int64_t d0, int64_t nd, int64_t t0, 
   }
 }
 
+// 16 lanes of T as plain arrays: the scalar path (and float64), one lane at a time.
 template <typename T>
-PMAMBA_CLONES void forward_group(const ScanForward<T>& a, int64_t b, int64_t g) {
-  const ScanShape& s = a.s;
-  const int64_t L = s.len, N = s.dstate, D = s.dim;
-  const int64_t d0 = g * G, nd = std::min<int64_t>(G, D - d0);
-  thread_local std::vector<T> buf;
-  buf.resize(static_cast<size_t>(2 * N * G + 5 * kChunk * G));
-  T* __restrict h = buf.data();  // (N, G)
-  T* __restrict Al = h + N * G;  // (N, G)
-  T* ut = Al + N * G;       // (kChunk, G) tiles
-  T* dtt = ut + kChunk * G;
-  T* zt = dtt + kChunk * G;
-  T* yt = zt + kChunk * G;
-  T* dlt = yt + kChunk * G;
-  std::fill(h, h + N * G, T(0));
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t lane = 0; lane < G; ++lane) Al[n * G + lane] = lane < nd ? a.A[(d0 + lane) * N + n] : T(0);
-  T Dv[G], bv[G];
-  for (int64_t lane = 0; lane < G; ++lane) {
-    Dv[lane] = (a.Dskip && lane < nd) ? a.Dskip[d0 + lane] : T(0);
-    bv[lane] = (a.bias && lane < nd) ? a.bias[d0 + lane] : T(0);
+struct Lanes {
+  T v[kLanes];
+  static Lanes load(const T* p) {
+    Lanes r;
+    std::memcpy(r.v, p, sizeof r.v);
+    return r;
   }
-  const T* u_plane = a.u + b * D * L;
-  const T* d_plane = a.delta + b * D * L;
-  const T* z_plane = a.z ? a.z + b * D * L : nullptr;
-  T* out_plane = a.out + b * D * L;
-  for (int64_t t0 = 0; t0 < L; t0 += kChunk) {
-    const int64_t tl = std::min<int64_t>(kChunk, L - t0);
-    if (a.ckpt) {  // state at the start of this chunk
-      T* c = a.ckpt + (((b * s.groups() + g) * s.chunks() + t0 / kChunk) * N) * G;
-      std::memcpy(c, h, sizeof(T) * static_cast<size_t>(N * G));
-    }
-    load_tile(u_plane, L, d0, nd, t0, tl, ut);
-    load_tile(d_plane, L, d0, nd, t0, tl, dlt);
-    if (z_plane) load_tile(z_plane, L, d0, nd, t0, tl, zt);
-    for (int64_t tt = 0; tt < tl; ++tt)
-      for (int lane = 0; lane < G; ++lane) dtt[tt * G + lane] = dlt[tt * G + lane] + bv[lane];
-    if (a.softplus) {
-      for (int64_t i = 0; i < tl * G; ++i) dtt[i] = softplus(dtt[i]);
-    }
-    for (int64_t tt = 0; tt < tl; ++tt) {
-      const int64_t t = t0 + tt;
-      const T* Bp = a.Bt + (b * L + t) * N;
-      const T* Cp = a.Ct + (b * L + t) * N;
-      const T* dt = dtt + tt * G;
-      const T* u = ut + tt * G;
-      alignas(64) T dtu[G];
-      alignas(64) T y[G];
-      for (int lane = 0; lane < G; ++lane) {
-        dtu[lane] = dt[lane] * u[lane];
-        y[lane] = T(0);
-      }
-      for (int64_t n = 0; n < N; ++n) {
-        const T bn = Bp[n], cn = Cp[n];
-        T* __restrict hn = h + n * G;
-        const T* __restrict An = Al + n * G;
-        for (int lane = 0; lane < G; ++lane) {
-          const T da = fast_exp_nonpos(dt[lane] * An[lane]);
-          hn[lane] = fma_(da, hn[lane], dtu[lane] * bn);
-          y[lane] = fma_(cn, hn[lane], y[lane]);
-        }
-      }
-      T* __restrict yo = yt + tt * G;
-      for (int lane = 0; lane < G; ++lane) yo[lane] = fma_(Dv[lane], u[lane], y[lane]);
-    }
-    if (z_plane) {
-      for (int64_t i = 0; i < tl * G; ++i) yt[i] *= silu(zt[i]);
-    }
-    store_tile(out_plane, L, d0, nd, t0, tl, yt);
+  static void store(T* p, const Lanes& a) { std::memcpy(p, a.v, sizeof a.v); }
+  static Lanes set1(T x) {
+    Lanes r;
+    for (int i = 0; i < kLanes; ++i) r.v[i] = x;
+    return r;
   }
-  if (a.last_state) {
-    for (int64_t lane = 0; lane < nd; ++lane)
-      for (int64_t n = 0; n < N; ++n) a.last_state[(b * D + d0 + lane) * N + n] = h[n * G + lane];
+  static Lanes zero() { return set1(T(0)); }
+  static Lanes add(const Lanes& a, const Lanes& b) {
+    Lanes r;
+    for (int i = 0; i < kLanes; ++i) r.v[i] = a.v[i] + b.v[i];
+    return r;
   }
-}
+  static Lanes mul(const Lanes& a, const Lanes& b) {
+    Lanes r;
+    for (int i = 0; i < kLanes; ++i) r.v[i] = a.v[i] * b.v[i];
+    return r;
+  }
+  static Lanes fma(const Lanes& a, const Lanes& b, const Lanes& c) {
+    Lanes r;
+    for (int i = 0; i < kLanes; ++i) r.v[i] = fma_(a.v[i], b.v[i], c.v[i]);
+    return r;
+  }
+  static Lanes exp_nonpos(const Lanes& a) {
+    Lanes r;
+    for (int i = 0; i < kLanes; ++i) r.v[i] = fast_exp_nonpos(a.v[i]);
+    return r;
+  }
+  static T hsum(const Lanes& a) { return lane_sum(a.v); }
+};
 
-template <typename T>
-PMAMBA_CLONES void backward_group(const ScanBackward<T>& a, int64_t b, int64_t g, T* dB_part, T* dC_part, T* dA_part,
-                    T* dD_part, T* dbias_part) {
-  const ScanShape& s = a.s;
-  const int64_t L = s.len, N = s.dstate, D = s.dim;
-  const int64_t d0 = g * G, nd = std::min<int64_t>(G, D - d0);
-  thread_local std::vector<T> buf;
-  buf.resize(static_cast<size_t>(5 * N * G + kChunk * N * G + 11 * kChunk * G));
-  T* __restrict gh = buf.data();  // (N, G) dL/dh carried backwards in time
-  T* Al = gh + N * G;         // (N, G)
-  T* dAl = Al + N * G;        // (N, G)
-  T* hprev0 = dAl + N * G;    // (N, G) state before the chunk
-  T* tmp = hprev0 + N * G;    // (N, G)
-  T* hs = tmp + N * G;        // (kChunk, N, G) states after each step of the chunk
-  T* ut = hs + kChunk * N * G;
-  T* dlt = ut + kChunk * G;
-  T* dtt = dlt + kChunk * G;
-  T* zt = dtt + kChunk * G;
-  T* dot = zt + kChunk * G;
-  T* dut = dot + kChunk * G;
-  T* ddt_t = dut + kChunk * G;
-  T* dzt = ddt_t + kChunk * G;
-  T* sgt = dzt + kChunk * G;  // softplus derivative
-  std::fill(gh, gh + N * G, T(0));
-  std::fill(dAl, dAl + N * G, T(0));
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t lane = 0; lane < G; ++lane) Al[n * G + lane] = lane < nd ? a.A[(d0 + lane) * N + n] : T(0);
-  T Dv[G], bv[G], dDacc[G], dbacc[G];
-  for (int64_t lane = 0; lane < G; ++lane) {
-    Dv[lane] = (a.Dskip && lane < nd) ? a.Dskip[d0 + lane] : T(0);
-    bv[lane] = (a.bias && lane < nd) ? a.bias[d0 + lane] : T(0);
-    dDacc[lane] = T(0);
-    dbacc[lane] = T(0);
+// vmath's functions lane by lane (float64 keeps libm's).
+#define PMAMBA_LANEWISE(NAME, FN)                               \
+  template <typename T>                                         \
+  inline Lanes<T> NAME(const Lanes<T>& a) {                     \
+    Lanes<T> r;                                                 \
+    for (int i = 0; i < kLanes; ++i) r.v[i] = FN(a.v[i]);       \
+    return r;                                                   \
   }
-  const int64_t off = b * D * L;
-  for (int64_t c = s.chunks() - 1; c >= 0; --c) {
-    const int64_t t0 = c * kChunk, tl = std::min<int64_t>(kChunk, L - t0);
-    load_tile(a.u + off, L, d0, nd, t0, tl, ut);
-    load_tile(a.delta + off, L, d0, nd, t0, tl, dlt);
-    load_tile(a.dout + off, L, d0, nd, t0, tl, dot);
-    if (a.z) load_tile(a.z + off, L, d0, nd, t0, tl, zt);
-    for (int64_t tt = 0; tt < tl; ++tt)
-      for (int lane = 0; lane < G; ++lane) dtt[tt * G + lane] = dlt[tt * G + lane] + bv[lane];
-    if (a.softplus) {
-      for (int64_t i = 0; i < tl * G; ++i) {
-        sgt[i] = sigmoid(dtt[i]);
-        dtt[i] = softplus(dtt[i]);
-      }
-    } else {
-      for (int64_t i = 0; i < tl * G; ++i) sgt[i] = T(1);
-    }
-    // Recompute the chunk's states from its checkpoint, exactly as the forward did.
-    const T* ck = a.ckpt + (((b * s.groups() + g) * s.chunks() + c) * N) * G;
-    std::memcpy(hprev0, ck, sizeof(T) * static_cast<size_t>(N * G));
-    std::memcpy(tmp, ck, sizeof(T) * static_cast<size_t>(N * G));
-    for (int64_t tt = 0; tt < tl; ++tt) {
-      const T* Bp = a.Bt + (b * L + t0 + tt) * N;
-      const T* dt = dtt + tt * G;
-      T dtu[G];
-      for (int lane = 0; lane < G; ++lane) dtu[lane] = dt[lane] * ut[tt * G + lane];
-      for (int64_t n = 0; n < N; ++n) {
-        T* hn = tmp + n * G;
-        T* out = hs + (tt * N + n) * G;
-        for (int lane = 0; lane < G; ++lane) {
-          const T da = fast_exp_nonpos(dt[lane] * Al[n * G + lane]);
-          hn[lane] = fma_(da, hn[lane], dtu[lane] * Bp[n]);
-          out[lane] = hn[lane];
-        }
-      }
-    }
-    for (int64_t tt = tl - 1; tt >= 0; --tt) {
-      const int64_t t = t0 + tt;
-      const T* Bp = a.Bt + (b * L + t) * N;
-      const T* Cp = a.Ct + (b * L + t) * N;
-      const T* dt = dtt + tt * G;
-      const T* u = ut + tt * G;
-      const T* ht = hs + tt * N * G;
-      const T* hp = tt > 0 ? hs + (tt - 1) * N * G : hprev0;
-      T y[G], dy[G], du[G], ddt[G], dtu[G];
-      for (int lane = 0; lane < G; ++lane) y[lane] = T(0);
-      for (int64_t n = 0; n < N; ++n)
-        for (int lane = 0; lane < G; ++lane) y[lane] = fma_(Cp[n], ht[n * G + lane], y[lane]);
-      for (int lane = 0; lane < G; ++lane) {
-        const T full = fma_(Dv[lane], u[lane], y[lane]);
-        const T gout = dot[tt * G + lane];
-        if (a.z) {
-          const T zz = zt[tt * G + lane];
-          dy[lane] = gout * silu(zz);
-          dzt[tt * G + lane] = gout * full * silu_grad(zz);
-        } else {
-          dy[lane] = gout;
-        }
-        dDacc[lane] = fma_(dy[lane], u[lane], dDacc[lane]);
-        du[lane] = dy[lane] * Dv[lane];
-        ddt[lane] = T(0);
-        dtu[lane] = dt[lane] * u[lane];
-      }
-      T* dBrow = dB_part + t * N;
-      T* dCrow = dC_part + t * N;
-      for (int64_t n = 0; n < N; ++n) {
-        const T bn = Bp[n], cn = Cp[n];
-        T* g_n = gh + n * G;
-        const T* An = Al + n * G;
-        const T* htn = ht + n * G;
-        const T* hpn = hp + n * G;
-        T vb[G], vc[G];
-        for (int lane = 0; lane < G; ++lane) {
-          g_n[lane] = fma_(dy[lane], cn, g_n[lane]);  // dL/dh_t
-          const T da = fast_exp_nonpos(dt[lane] * An[lane]);
-          vc[lane] = dy[lane] * htn[lane];
-          vb[lane] = g_n[lane] * dtu[lane];
-          du[lane] = fma_(g_n[lane] * dt[lane], bn, du[lane]);
-          const T dah = da * hpn[lane];
-          ddt[lane] = fma_(g_n[lane], fma_(An[lane], dah, bn * u[lane]), ddt[lane]);
-          dAl[n * G + lane] = fma_(g_n[lane] * dt[lane], dah, dAl[n * G + lane]);
-          g_n[lane] = da * g_n[lane];  // carried to step t - 1
-        }
-        dBrow[n] = lane_sum(vb);
-        dCrow[n] = lane_sum(vc);
-      }
-      for (int lane = 0; lane < G; ++lane) {
-        dut[tt * G + lane] = du[lane];
-        const T dd = ddt[lane] * sgt[tt * G + lane];
-        ddt_t[tt * G + lane] = dd;
-        dbacc[lane] += dd;
-      }
-    }
-    store_tile(a.du + off, L, d0, nd, t0, tl, dut);
-    store_tile(a.ddelta + off, L, d0, nd, t0, tl, ddt_t);
-    if (a.z) store_tile(a.dz + off, L, d0, nd, t0, tl, dzt);
-  }
-  for (int64_t lane = 0; lane < nd; ++lane) {
-    for (int64_t n = 0; n < N; ++n) dA_part[(d0 + lane) * N + n] = dAl[n * G + lane];
-    dD_part[d0 + lane] = dDacc[lane];
-    dbias_part[d0 + lane] = dbacc[lane];
-  }
-}
+PMAMBA_LANEWISE(softplus_v, softplus)
+PMAMBA_LANEWISE(sigmoid_v, sigmoid)
+PMAMBA_LANEWISE(silu_v, silu)
+PMAMBA_LANEWISE(silu_grad_v, silu_grad)
+#undef PMAMBA_LANEWISE
 
+namespace scalar_f32 {
+using T = float;
+using V = Lanes<float>;
+#include "kernels/cpu/scan_body.inc"
+}  // namespace scalar_f32
+
+namespace scalar_f64 {
+using T = double;
+using V = Lanes<double>;
+#include "kernels/cpu/scan_body.inc"
+}  // namespace scalar_f64
+
+#if PMAMBA_SCAN_X86
+// vmath's exp_clamped, operation for operation (the same constants, roundings and order).
+#define PMAMBA_EXP_CLAMPED(P, I)                                                             \
+  const auto magic = P##_set1_ps(12582912.0f);                                               \
+  const auto kf = P##_sub_ps(P##_add_ps(P##_mul_ps(x, P##_set1_ps(1.44269504088896341f)), magic), magic); \
+  auto r = P##_fmadd_ps(kf, P##_set1_ps(-0.693145751953125f), x);                            \
+  r = P##_fmadd_ps(kf, P##_set1_ps(-1.428606765330187e-06f), r);                             \
+  auto p = P##_fmadd_ps(P##_set1_ps(1.0f / 5040.0f), r, P##_set1_ps(1.0f / 720.0f));         \
+  p = P##_fmadd_ps(p, r, P##_set1_ps(1.0f / 120.0f));                                        \
+  p = P##_fmadd_ps(p, r, P##_set1_ps(1.0f / 24.0f));                                         \
+  p = P##_fmadd_ps(p, r, P##_set1_ps(1.0f / 6.0f));                                          \
+  p = P##_fmadd_ps(p, r, P##_set1_ps(0.5f));                                                 \
+  p = P##_fmadd_ps(p, r, P##_set1_ps(1.0f));                                                 \
+  p = P##_fmadd_ps(p, r, P##_set1_ps(1.0f));                                                 \
+  const auto bits = P##_slli_epi32(P##_add_epi32(P##_cvttps_epi32(kf), P##_set1_epi32(127)), 23); \
+  return P##_mul_ps(p, P##_castsi##I##_ps(bits))
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace avx2 {
+using T = float;
+// Two 8-lane registers: lanes 0-7 and 8-15.
+struct V {
+  __m256 lo, hi;
+  static V load(const float* p) { return {_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
+  static void store(float* p, const V& a) {
+    _mm256_storeu_ps(p, a.lo);
+    _mm256_storeu_ps(p + 8, a.hi);
+  }
+  static V set1(float x) {
+    const __m256 v = _mm256_set1_ps(x);
+    return {v, v};
+  }
+  static V zero() { return {_mm256_setzero_ps(), _mm256_setzero_ps()}; }
+  static V add(const V& a, const V& b) { return {_mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi)}; }
+  static V sub(const V& a, const V& b) { return {_mm256_sub_ps(a.lo, b.lo), _mm256_sub_ps(a.hi, b.hi)}; }
+  static V mul(const V& a, const V& b) { return {_mm256_mul_ps(a.lo, b.lo), _mm256_mul_ps(a.hi, b.hi)}; }
+  static V div(const V& a, const V& b) { return {_mm256_div_ps(a.lo, b.lo), _mm256_div_ps(a.hi, b.hi)}; }
+  static V fma(const V& a, const V& b, const V& c) {
+    return {_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)};
+  }
+  // maxps/minps return the second operand unless the first is greater/smaller: a ? : exactly.
+  static V max(const V& a, const V& b) { return {_mm256_max_ps(a.lo, b.lo), _mm256_max_ps(a.hi, b.hi)}; }
+  static V min(const V& a, const V& b) { return {_mm256_min_ps(a.lo, b.lo), _mm256_min_ps(a.hi, b.hi)}; }
+  static V neg(const V& a) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    return {_mm256_xor_ps(a.lo, sign), _mm256_xor_ps(a.hi, sign)};
+  }
+  static V select_lt0(const V& x, const V& a, const V& b) {
+    const __m256 z = _mm256_setzero_ps();
+    return {_mm256_blendv_ps(b.lo, a.lo, _mm256_cmp_ps(x.lo, z, _CMP_LT_OQ)),
+            _mm256_blendv_ps(b.hi, a.hi, _mm256_cmp_ps(x.hi, z, _CMP_LT_OQ))};
+  }
+  static __m256 exp8(__m256 x) { PMAMBA_EXP_CLAMPED(_mm256, 256); }
+  static V exp_clamped(const V& a) { return {exp8(a.lo), exp8(a.hi)}; }
+  static V exp_nonpos(const V& a) { return exp_clamped(max(a, set1(-87.3f))); }
+  // lane_sum's order: (v[i] + v[i+8]), then + 4 apart, then (0 + 2) + (1 + 3).
+  static float hsum(const V& a) {
+    const __m256 s8 = _mm256_add_ps(a.lo, a.hi);
+    const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+    const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+  }
+};
+#include "kernels/cpu/scan_vmath.inc"
+#include "kernels/cpu/scan_body.inc"
+}  // namespace avx2
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx2,fma")
+// GCC 12's AVX-512 headers start masked intrinsics from `__m512 __Y = __Y;` (deliberately
+// undefined), which -Wmaybe-uninitialized reports at every use.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+namespace avx512 {
+using T = float;
+struct V {
+  __m512 v;
+  static V load(const float* p) { return {_mm512_loadu_ps(p)}; }
+  static void store(float* p, const V& a) { _mm512_storeu_ps(p, a.v); }
+  static V set1(float x) { return {_mm512_set1_ps(x)}; }
+  static V zero() { return {_mm512_setzero_ps()}; }
+  static V add(const V& a, const V& b) { return {_mm512_add_ps(a.v, b.v)}; }
+  static V sub(const V& a, const V& b) { return {_mm512_sub_ps(a.v, b.v)}; }
+  static V mul(const V& a, const V& b) { return {_mm512_mul_ps(a.v, b.v)}; }
+  static V div(const V& a, const V& b) { return {_mm512_div_ps(a.v, b.v)}; }
+  static V fma(const V& a, const V& b, const V& c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
+  static V max(const V& a, const V& b) { return {_mm512_max_ps(a.v, b.v)}; }
+  static V min(const V& a, const V& b) { return {_mm512_min_ps(a.v, b.v)}; }
+  static V neg(const V& a) { return {_mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(a.v), _mm512_set1_epi32(INT32_MIN)))}; }
+  static V select_lt0(const V& x, const V& a, const V& b) {
+    return {_mm512_mask_blend_ps(_mm512_cmp_ps_mask(x.v, _mm512_setzero_ps(), _CMP_LT_OQ), b.v, a.v)};
+  }
+  static __m512 exp16(__m512 x) { PMAMBA_EXP_CLAMPED(_mm512, 512); }
+  static V exp_clamped(const V& a) { return {exp16(a.v)}; }
+  static V exp_nonpos(const V& a) { return exp_clamped(max(a, set1(-87.3f))); }
+  static float hsum(const V& a) {
+    const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a.v), 1));
+    const __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(a.v), hi);
+    const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+    const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+  }
+};
+#include "kernels/cpu/scan_vmath.inc"
+#include "kernels/cpu/scan_body.inc"
+}  // namespace avx512
+#pragma GCC diagnostic pop
+#pragma GCC pop_options
+#undef PMAMBA_EXP_CLAMPED
+#endif  // PMAMBA_SCAN_X86
 template <typename T>
 PMAMBA_CLONES void step_channel(int64_t N, T* state, T u, T dt, const T* A, const T* Bv, const T* Cv,
                   T Dv, bool has_z, T z, T* out) {
@@ -274,13 +248,116 @@ PMAMBA_CLONES void step_channel(int64_t N, T* state, T u, T dt, const T* A, cons
   *out = v;
 }
 
+template <typename T>
+struct GroupFns {
+  void (*fwd)(const ScanForward<T>&, int64_t, int64_t);
+  void (*bwd)(const ScanBackward<T>&, int64_t, int64_t, T*, T*, T*, T*, T*);
+};
+
+template <typename T>
+GroupFns<T> group_fns();
+
+template <>
+GroupFns<double> group_fns<double>() {
+  return {scalar_f64::forward_group, scalar_f64::backward_group};
+}
+
+template <>
+GroupFns<float> group_fns<float>() {
+  switch (scan_isa()) {
+#if PMAMBA_SCAN_X86
+    case Isa::kAvx512: return {avx512::forward_group, avx512::backward_group};
+    case Isa::kAvx2: return {avx2::forward_group, avx2::backward_group};
+#endif
+    default: return {scalar_f32::forward_group, scalar_f32::backward_group};
+  }
+}
+
+std::atomic<int> g_forced_isa{-1};
+
 }  // namespace
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    case Isa::kScalar: return "scalar";
+  }
+  return "?";
+}
+
+std::optional<Isa> parse_isa(const std::string& name) {
+  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512})
+    if (name == isa_name(isa)) return isa;
+  return std::nullopt;
+}
+
+bool isa_supported(Isa isa) {
+  switch (isa) {
+    case Isa::kScalar: return true;
+#if PMAMBA_SCAN_X86
+    case Isa::kAvx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case Isa::kAvx512: return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+#endif
+    default: return false;
+  }
+}
+
+Isa best_isa() {
+  for (Isa isa : {Isa::kAvx512, Isa::kAvx2})
+    if (isa_supported(isa)) return isa;
+  return Isa::kScalar;
+}
+
+namespace {
+
+// PMAMBA_SCAN_ISA (scalar, avx2, avx512) pins the path for a whole process, for benchmarks and
+// for reproducing a report from another machine; results do not depend on it.
+Isa env_or_best_isa() {
+  const char* env = std::getenv("PMAMBA_SCAN_ISA");
+  if (env == nullptr || *env == '\0') return best_isa();
+  const std::optional<Isa> isa = parse_isa(env);
+  TORCH_CHECK(isa.has_value(), "PMAMBA_SCAN_ISA must be one of scalar, avx2, avx512 but is '", env, "'");
+  TORCH_CHECK(isa_supported(*isa), "PMAMBA_SCAN_ISA=", env, ": this CPU does not support ", env,
+              " (it supports up to ", isa_name(best_isa()), ")");
+  return *isa;
+}
+
+}  // namespace
+
+Isa scan_isa() {
+  const int forced = g_forced_isa.load(std::memory_order_relaxed);
+  if (forced >= 0) return static_cast<Isa>(forced);
+  static const Isa chosen = env_or_best_isa();
+  return chosen;
+}
+
+void set_scan_isa(std::optional<Isa> isa) {
+  if (isa) {
+    TORCH_CHECK(isa_supported(*isa), "set_scan_isa: this CPU does not support ", isa_name(*isa),
+                " (it supports up to ", isa_name(best_isa()), ")");
+  }
+  g_forced_isa.store(isa ? static_cast<int>(*isa) : -1, std::memory_order_relaxed);
+}
+
+float exp_bound_loop(Isa isa, float* x, int64_t n, int64_t reps) {
+  TORCH_CHECK(isa_supported(isa), "exp_bound_loop: this CPU does not support ", isa_name(isa));
+  TORCH_CHECK(n > 0 && n % kLanes == 0, "exp_bound_loop: n must be a positive multiple of ", kLanes, " but is ", n);
+  switch (isa) {
+#if PMAMBA_SCAN_X86
+    case Isa::kAvx512: return avx512::exp_bound_loop(x, n, reps);
+    case Isa::kAvx2: return avx2::exp_bound_loop(x, n, reps);
+#endif
+    default: return scalar_f32::exp_bound_loop(x, n, reps);
+  }
+}
 
 template <typename T>
 void scan_forward(const ScanForward<T>& a) {
   const int64_t tasks = a.s.batch * a.s.groups();
+  const auto fwd = group_fns<T>().fwd;
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) forward_group(a, k / a.s.groups(), k % a.s.groups());
+    for (int64_t k = begin; k < end; ++k) fwd(a, k / a.s.groups(), k % a.s.groups());
   });
 }
 
@@ -292,10 +369,11 @@ void scan_backward(const ScanBackward<T>& a) {
   std::vector<T> dB_part(static_cast<size_t>(B * Gs * L * N)), dC_part(dB_part.size());
   std::vector<T> dA_part(static_cast<size_t>(B * D * N)), dD_part(static_cast<size_t>(B * D)),
       dbias_part(static_cast<size_t>(B * D));
+  const auto bwd = group_fns<T>().bwd;
   at::parallel_for(0, B * Gs, 1, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
       const int64_t b = k / Gs, g = k % Gs;
-      backward_group(a, b, g, dB_part.data() + (b * Gs + g) * L * N, dC_part.data() + (b * Gs + g) * L * N,
+      bwd(a, b, g, dB_part.data() + (b * Gs + g) * L * N, dC_part.data() + (b * Gs + g) * L * N,
                      dA_part.data() + b * D * N, dD_part.data() + b * D, dbias_part.data() + b * D);
     }
   });

@@ -7,11 +7,17 @@
 // in or the vector width. Work is split over (batch, channel group) with at::parallel_for;
 // reductions across channels and batches use fixed orders.
 //
+// The float32 kernels exist for AVX-512, AVX2+FMA and plain C++ (written once, scan_body.inc);
+// the best one the CPU supports runs unless PMAMBA_SCAN_ISA or set_scan_isa pins another. All
+// three give the same bits (the same operations in the same order per lane, explicit FMAs).
+//
 // The forward saves the state at the start of every kChunk steps; the backward recomputes the
 // states of one chunk at a time from those checkpoints and runs the reverse scan over it.
 #pragma once
 
 #include <cstdint>
+#include <optional>
+#include <string>
 
 namespace pmamba::kernels::cpu {
 
@@ -45,6 +51,21 @@ struct ScanBackward {
   T *dBt, *dCt;         // (B, L, N)
   T *dD, *dbias;        // (D); ignored when the input is null
 };
+
+enum class Isa { kScalar, kAvx2, kAvx512 };
+
+const char* isa_name(Isa isa);                        // "scalar", "avx2", "avx512"
+std::optional<Isa> parse_isa(const std::string& name);
+bool isa_supported(Isa isa);                          // by this CPU (and this build)
+Isa best_isa();
+/// The path float32 scans take now: set_scan_isa's, else PMAMBA_SCAN_ISA's, else best_isa().
+Isa scan_isa();
+/// Pins the path (nullopt: back to the default); throws c10::Error for an unsupported one.
+void set_scan_isa(std::optional<Isa> isa);
+
+/// For the benchmark's bound: `reps` passes of x = exp(x) * -0.5 over x[0, n) (n a multiple
+/// of kLanes, values <= 0) with path `isa`'s exp, the one its scan uses; returns a checksum.
+float exp_bound_loop(Isa isa, float* x, int64_t n, int64_t reps);
 
 /// Instantiated for float and double.
 template <typename T>

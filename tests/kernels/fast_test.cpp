@@ -14,6 +14,7 @@
 #include <functional>
 
 #include "kernels/causal_conv1d.h"
+#include "kernels/cpu/scan_fast.h"
 #include "kernels/selective_scan.h"
 #include "tests/test_util.h"
 
@@ -176,6 +177,59 @@ TEST(FastScan, ResultsDoNotDependOnTheThreadCount) {
   at::set_num_threads(before);
   EXPECT_TRUE(test::bitwise_equal(o1, o2));
   for (size_t i = 0; i < g1.size(); ++i) EXPECT_TRUE(test::bitwise_equal(g1[i], g2[i])) << "d" << kNames[i];
+}
+
+// Every vector path must give the scalar path's bits: forward output, last state and every
+// gradient, on shapes that leave partial channel groups (D % 16) and partial chunks (L % 64).
+void expect_isa_matches_scalar(cpu::Isa isa) {
+  if (!cpu::isa_supported(isa)) GTEST_SKIP() << "this CPU has no " << cpu::isa_name(isa) << " (best: " << cpu::isa_name(cpu::best_isa()) << ")";
+  struct Case {
+    int64_t B, D, L, N;
+    bool z, bias;
+  };
+  for (const Case& c : {Case{2, 37, 150, 16, true, true}, Case{1, 16, 64, 5, false, false}, Case{3, 9, 7, 16, true, false}}) {
+    const ScanInputs base = random_inputs(c.B, c.D, c.L, c.N, c.z, c.bias, 11);
+    const at::Tensor w = at::randn({c.B, c.D, c.L}, at::kFloat);
+    std::vector<at::Tensor> got[2];
+    for (int k = 0; k < 2; ++k) {
+      cpu::set_scan_isa(k == 0 ? cpu::Isa::kScalar : isa);
+      const ScanInputs x = base.to(at::kFloat, true);
+      at::Tensor last;
+      ScanOptions o;
+      o.backend = Backend::kFast;
+      o.return_last_state = true;
+      const ScanOutput r = selective_scan(x.u, x.delta, x.A, x.B, x.C, x.D, x.z, x.bias, o);
+      (r.out * w).sum().backward();
+      got[k] = {r.out, r.last_state};
+      for (const auto& t : x.all()) got[k].push_back(t.defined() ? t.grad() : at::Tensor());
+    }
+    cpu::set_scan_isa(std::nullopt);
+    const char* what[] = {"out", "last_state", "du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddelta_bias"};
+    for (size_t i = 0; i < got[0].size(); ++i) {
+      ASSERT_EQ(got[0][i].defined(), got[1][i].defined()) << what[i];
+      if (!got[0][i].defined()) continue;
+      EXPECT_TRUE(test::bitwise_equal(got[0][i], got[1][i]))
+          << what[i] << " differs between scalar and " << cpu::isa_name(isa) << " at D " << c.D << " L " << c.L
+          << " N " << c.N << ": max diff " << test::max_abs_diff(got[0][i], got[1][i]);
+    }
+  }
+}
+
+TEST(FastScan, Avx2PathGivesTheScalarPathsBits) { expect_isa_matches_scalar(cpu::Isa::kAvx2); }
+TEST(FastScan, Avx512PathGivesTheScalarPathsBits) { expect_isa_matches_scalar(cpu::Isa::kAvx512); }
+
+TEST(FastScan, RefusesAnInstructionSetTheCpuLacks) {
+  if (cpu::isa_supported(cpu::Isa::kAvx512)) GTEST_SKIP() << "this CPU supports every path";
+  for (cpu::Isa isa : {cpu::Isa::kAvx2, cpu::Isa::kAvx512}) {
+    if (cpu::isa_supported(isa)) continue;
+    try {
+      cpu::set_scan_isa(isa);
+      ADD_FAILURE() << "set_scan_isa(" << cpu::isa_name(isa) << ") accepted an unsupported path";
+    } catch (const c10::Error& e) {
+      EXPECT_NE(std::string(e.what_without_backtrace()).find("does not support"), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_EQ(cpu::scan_isa(), cpu::best_isa());
 }
 
 TEST(FastScan, StepFormReproducesFullSequence) {
