@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/cpu/adamw_fast.h"
 #include "src/model/fqn.h"
 #include <c10/util/Exception.h>
 
@@ -47,20 +48,36 @@ const ParamState& AdamW::state(const std::string& fqn) const {
 
 void AdamW::step(double lr) {
   c10::NoGradGuard no_grad;
+  std::vector<kernels::cpu::AdamWSpan> spans;
+  std::vector<at::Tensor> keep;  // float32 copies of gradients that were not float32 already
   for (auto& [fqn, p] : params_) {
     if (fqn == follower_ || !owns(fqn)) continue;
     ParamState& s = state_.at(fqn);
-    at::Tensor g = p.grad().defined() ? p.grad().to(at::kFloat) : at::zeros_like(s.exp_avg);
     if (!s.exp_avg.defined()) s.exp_avg = at::zeros(p.sizes(), p.options().dtype(at::kFloat));
     if (!s.exp_avg_sq.defined()) s.exp_avg_sq = at::zeros(p.sizes(), p.options().dtype(at::kFloat));
     s.step += 1;
     const double bc1 = 1.0 - std::pow(options_.beta1, static_cast<double>(s.step));
     const double bc2 = 1.0 - std::pow(options_.beta2, static_cast<double>(s.step));
-    if (!no_decay_.at(fqn) && options_.weight_decay != 0) p.mul_(1.0 - lr * options_.weight_decay);
+    const double decay = !no_decay_.at(fqn) && options_.weight_decay != 0 ? 1.0 - lr * options_.weight_decay : 1.0;
+    at::Tensor g = p.grad().defined() ? p.grad().to(at::kFloat).contiguous() : at::Tensor();
+    if (p.is_cpu() && p.scalar_type() == at::kFloat && p.is_contiguous() && s.exp_avg.is_contiguous() &&
+        s.exp_avg_sq.is_contiguous()) {
+      if (g.defined()) keep.push_back(g);
+      spans.push_back({p.data_ptr<float>(), g.defined() ? g.data_ptr<float>() : nullptr, s.exp_avg.data_ptr<float>(),
+                       s.exp_avg_sq.data_ptr<float>(), p.numel(), static_cast<float>(decay),
+                       static_cast<float>(lr / bc1), static_cast<float>(std::sqrt(bc2))});
+      continue;
+    }
+    // On a GPU: the same formula in tensor operations (not bitwise the CPU's: other kernels).
+    if (!g.defined()) g = at::zeros_like(s.exp_avg);
+    if (decay != 1.0) p.mul_(decay);
     s.exp_avg.mul_(options_.beta1).add_(g, 1.0 - options_.beta1);
     s.exp_avg_sq.mul_(options_.beta2).addcmul_(g, g, 1.0 - options_.beta2);
-    const at::Tensor denom = (s.exp_avg_sq.sqrt() / std::sqrt(bc2)).add_(options_.eps);
-    p.addcdiv_(s.exp_avg, denom, -lr / bc1);
+    p.addcdiv_(s.exp_avg, (s.exp_avg_sq.sqrt() / std::sqrt(bc2)).add_(options_.eps), -lr / bc1);
+  }
+  if (!spans.empty()) {
+    kernels::cpu::adamw_update(spans, {static_cast<float>(options_.beta1), static_cast<float>(options_.beta2),
+                                       static_cast<float>(options_.eps)});
   }
   sync_follower();
 }
