@@ -1,10 +1,18 @@
 // Checkpoint save/load benchmark: a mamba-130m-sized model with its AdamW state (~1.55 GB),
-// saved and loaded by pmamba (none and zstd), against raw sequential I/O of the same bytes and
-// torch::save/torch::load of the same tensors, measured side by side in one process.
+// saved and loaded by pmamba (none and zstd), against raw sequential I/O of the same bytes,
+// torch::save/torch::load of the same tensors and, for the zstd save, the compressor alone on the
+// same chunks and threads, measured side by side in one process. Each pmamba save also reports
+// where its time went (ckpt::SaveProfile). Run it once with --dir on tmpfs (the software alone)
+// and once on the disk.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/serialize.h>
 
+#include <sys/vfs.h>
+#include <zstd.h>
+
+#include <atomic>
+#include <deque>
 #include <map>
 #include <nlohmann/json.hpp>
 
@@ -12,7 +20,9 @@
 #include "bench/bench_util.h"
 #include "kernels/threads.h"
 #include "src/ckpt/checkpoint.h"
+#include "src/ckpt/codec.h"
 #include "src/ckpt/fs.h"
+#include "src/ckpt/thread_pool.h"
 #include "src/model/fqn.h"
 #include "src/pp/state.h"
 
@@ -50,6 +60,88 @@ State make_state(const std::string& preset) {
   return s;
 }
 
+// The compressor alone, the contender a zstd save is held to: the same bytes cut into the same
+// chunks pmamba's zstd save makes (rows of about `chunk_bytes` along dim 0, edge chunks padded to
+// full size), compressed one-shot at the same level by a pool of the same size, each worker
+// reusing its context and buffers; no HDF5, no file, no digest. With `shuffle`, each chunk is
+// byte-shuffled first (the filter pipeline pmamba writes: shuffle -> zstd). Returns seconds;
+// `stored` gets the compressed total.
+double compress_alone(const std::vector<at::Tensor>& ts, int threads, int level, bool shuffle, size_t chunk_bytes,
+                      double* stored) {
+  std::atomic<size_t> total{0};
+  const double t0 = now_s();
+  {
+    ckpt::ThreadPool pool(threads);
+    std::deque<std::future<void>> inflight;
+    const size_t window = static_cast<size_t>(2 * threads);
+    for (const auto& t : ts) {
+      if (t.dim() == 0 || t.numel() == 0) continue;  // scalars are stored uncompressed
+      const auto* base = static_cast<const uint8_t*>(t.data_ptr());
+      const size_t bytes = t.nbytes();
+      const size_t elem = t.element_size();
+      const size_t row_bytes = bytes / static_cast<size_t>(t.size(0));
+      const size_t rows = std::min<size_t>(std::max<size_t>(1, chunk_bytes / row_bytes), static_cast<size_t>(t.size(0)));
+      const size_t chunk_raw = rows * row_bytes;
+      for (size_t start = 0; start < bytes; start += chunk_raw) {
+        while (inflight.size() >= window) {
+          inflight.front().get();
+          inflight.pop_front();
+        }
+        inflight.push_back(pool.submit([=, &total] {
+          thread_local ckpt::ZstdCCtxPtr cctx(ZSTD_createCCtx());
+          thread_local std::vector<uint8_t> pad, scratch, out;
+          const uint8_t* src = base + start;
+          const size_t avail = std::min(chunk_raw, bytes - start);
+          if (avail < chunk_raw) {
+            pad.assign(chunk_raw, 0);
+            std::memcpy(pad.data(), src, avail);
+            src = pad.data();
+          }
+          if (shuffle) {
+            ckpt::encode_chunk(src, chunk_raw, elem, level, cctx.get(), scratch, out);
+            total += out.size();
+            return;
+          }
+          if (out.size() < ZSTD_compressBound(chunk_raw)) out.resize(ZSTD_compressBound(chunk_raw));
+          const size_t n = ZSTD_compressCCtx(cctx.get(), out.data(), out.size(), src, chunk_raw, level);
+          if (ZSTD_isError(n)) throw std::runtime_error(ZSTD_getErrorName(n));
+          total += n;
+        }));
+      }
+    }
+    while (!inflight.empty()) {
+      inflight.front().get();
+      inflight.pop_front();
+    }
+  }
+  const double secs = now_s() - t0;
+  if (stored) *stored = static_cast<double>(total.load());
+  return secs;
+}
+
+std::string fs_type(const std::string& dir) {
+  struct statfs st;
+  if (::statfs(dir.c_str(), &st) != 0) return "unknown";
+  switch (static_cast<unsigned long>(st.f_type)) {
+    case 0x01021994UL: return "tmpfs";
+    case 0xEF53UL: return "ext4";
+    case 0x58465342UL: return "xfs";
+    case 0x9123683EUL: return "btrfs";
+    case 0x794C7630UL: return "overlayfs";
+    default: break;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "0x%lx", static_cast<unsigned long>(st.f_type));
+  return buf;
+}
+
+// A SaveProfile's phases by name, in the order a save runs them.
+std::vector<std::pair<std::string, double>> phases(const ckpt::SaveProfile& p) {
+  return {{"produce", p.produce_s}, {"open", p.open_s},       {"metadata", p.metadata_s}, {"data", p.data_s},
+          {"digest_wait", p.digest_s}, {"close", p.close_s},  {"fsync", p.fsync_s},       {"rename", p.rename_s},
+          {"manifest", p.manifest_s}, {"commit", p.commit_s}};
+}
+
 }  // namespace
 
 int run_ckpt_bench(const CkptBenchOptions& o) {
@@ -62,10 +154,13 @@ int run_ckpt_bench(const CkptBenchOptions& o) {
   ckpt::fs::remove_tree(dir);
   ckpt::fs::make_dirs(dir);
   const double gb = static_cast<double>(bytes) / 1e9;
-  std::fprintf(stderr, "state: %s, %.3f GB in %zu tensors, %d threads, %d repeats, dir %s\n", o.preset.c_str(), gb,
-               distinct.size(), o.threads, o.repeats, dir.c_str());
+  const std::string fs = fs_type(dir);
+  std::fprintf(stderr, "state: %s, %.3f GB in %zu tensors, %d threads, %d repeats, dir %s (%s)\n", o.preset.c_str(),
+               gb, distinct.size(), o.threads, o.repeats, dir.c_str(), fs.c_str());
 
   std::map<std::string, std::vector<double>> t, peak;
+  std::map<std::string, std::map<std::string, std::vector<double>>> phase;  // compression -> phase -> seconds
+  double alone_stored = 0, shuffled_stored = 0;
   std::map<std::string, double> stored;
   // Peak RSS is reported as the growth over the RSS before each operation: the state itself
   // (and the tied lm_head's own copy) is already resident.
@@ -82,7 +177,8 @@ int run_ckpt_bench(const CkptBenchOptions& o) {
     // every repeat so no contender always follows the same neighbour ----
     std::vector<std::pair<const void*, size_t>> bufs;
     for (const auto& x : distinct) bufs.emplace_back(x.data_ptr(), x.nbytes());
-    const std::vector<std::string> savers = {"raw", "pmamba-none", "pmamba-zstd:1", "torch"};
+    const std::vector<std::string> savers = {"raw", "pmamba-none", "zstd-alone", "pmamba-zstd:1", "torch",
+                                             "shuffle-zstd-alone"};
     for (size_t k = 0; k < savers.size(); ++k) {
       const std::string what = savers[(k + static_cast<size_t>(r)) % savers.size()];
       before = rss_mb();
@@ -97,6 +193,12 @@ int run_ckpt_bench(const CkptBenchOptions& o) {
           fsync_file(dir + "/torch.pt");  // the raw anchor fsyncs too
         }, &pk);
         record("torch_save", secs, pk, before);
+      } else if (what == "zstd-alone" || what == "shuffle-zstd-alone") {
+        const bool shuffle = what == "shuffle-zstd-alone";
+        double stored_bytes = 0;
+        secs = timed([&] { compress_alone(distinct, o.threads, 1, shuffle, ckpt::WriteOptions{}.chunk_bytes, &stored_bytes); }, &pk);
+        (shuffle ? shuffled_stored : alone_stored) = stored_bytes;
+        record(shuffle ? "shuffle_zstd_alone" : "zstd_alone", secs, pk, before);
       } else {
         const std::string comp = what.substr(7);
         ckpt::SaveOptions so;
@@ -104,11 +206,25 @@ int run_ckpt_bench(const CkptBenchOptions& o) {
         so.write.threads = o.threads;
         const std::string root = dir + "/pm-" + comp;
         ckpt::fs::remove_tree(root);
+        ckpt::SaveProfile prof;
+        so.profile = &prof;
         secs = timed([&] {
           ckpt::save_checkpoint(root, r, s.config, stages, pp::initial_train_state(1, r), so,
                                 [&](const model::StageSpec&) { return pp::collect_stage(*s.model, s.optim.get()); });
         }, &pk);
         record("pmamba_save_" + comp, secs, pk, before);
+        std::string line;
+        double accounted = 0;
+        for (const auto& [name, v] : phases(prof)) {
+          phase[comp][name].push_back(v);
+          accounted += v;
+          char buf[64];
+          std::snprintf(buf, sizeof buf, " %s %.3f", name.c_str(), v);
+          line += buf;
+        }
+        phase[comp]["other"].push_back(secs - accounted);
+        std::fprintf(stderr, "    phases:%s other %.3f (%lld datasets)\n", line.c_str(), secs - accounted,
+                     static_cast<long long>(prof.datasets));
         stored[comp] = static_cast<double>(ckpt::CheckpointReader(root).manifest().total_stored_bytes());
       }
     }
@@ -139,26 +255,53 @@ int run_ckpt_bench(const CkptBenchOptions& o) {
   j["threads"] = o.threads;
   j["repeats"] = o.repeats;
   j["cpu"] = cpu_model();
+  j["dir"] = dir;
+  j["fs"] = fs;
   for (const auto& [k, v] : t) {
     j[k + "_s"] = median(v);
     j[k + "_min_s"] = *std::min_element(v.begin(), v.end());
   }
+  // Speed ratios (the other's time over ours), each from medians of the same run.
   auto ratio = [&](const std::string& a, const std::string& b) { return median(t[b]) / median(t[a]); };
+  // The same ratio per repeat (the contenders of one repeat ran back to back), then its median:
+  // less sensitive to a slow stretch of the shared machine than a ratio of medians.
+  auto paired = [&](const std::string& a, const std::string& b) {
+    std::vector<double> r;
+    for (size_t i = 0; i < std::min(t[a].size(), t[b].size()); ++i) r.push_back(t[b][i] / t[a][i]);
+    return median(r);
+  };
   j["save_none_vs_raw_write"] = ratio("pmamba_save_none", "raw_write");
+  j["save_none_vs_raw_write_paired"] = paired("pmamba_save_none", "raw_write");
   j["save_zstd_vs_raw_write"] = ratio("pmamba_save_zstd:1", "raw_write");
+  j["save_zstd_vs_zstd_alone"] = ratio("pmamba_save_zstd:1", "zstd_alone");
+  j["save_zstd_vs_zstd_alone_paired"] = paired("pmamba_save_zstd:1", "zstd_alone");
+  j["save_zstd_vs_shuffle_zstd_alone"] = ratio("pmamba_save_zstd:1", "shuffle_zstd_alone");
+  j["zstd_alone_gb_per_s"] = gb / median(t["zstd_alone"]);
+  j["shuffle_zstd_alone_gb_per_s"] = gb / median(t["shuffle_zstd_alone"]);
+  j["zstd_alone_ratio"] = alone_stored > 0 ? static_cast<double>(bytes) / alone_stored : 0.0;
+  j["shuffle_zstd_alone_ratio"] = shuffled_stored > 0 ? static_cast<double>(bytes) / shuffled_stored : 0.0;
+  j["save_none_vs_torch_save"] = ratio("pmamba_save_none", "torch_save");
+  j["torch_save_vs_raw_write"] = ratio("torch_save", "raw_write");
   j["load_none_vs_raw_read"] = ratio("pmamba_load_none", "raw_read");
   j["load_zstd_vs_raw_read"] = ratio("pmamba_load_zstd:1", "raw_read");
-  j["save_none_vs_torch_save"] = ratio("pmamba_save_none", "torch_save");
   j["load_none_vs_torch_load"] = ratio("pmamba_load_none", "torch_load");
-  j["torch_save_vs_raw_write"] = ratio("torch_save", "raw_write");
   j["torch_load_vs_raw_read"] = ratio("torch_load", "raw_read");
+  // Where pmamba's save time goes, phase by phase (medians of the repeats; "other" is what no
+  // phase timer covers: the lock, the temporary directory, the caller's loop).
+  for (const auto& [comp, by_phase] : phase) {
+    nlohmann::ordered_json pj;
+    for (const auto& [name, unused] : phases(ckpt::SaveProfile{})) pj[name + "_s"] = median(by_phase.at(name));
+    pj["other_s"] = median(by_phase.at("other"));
+    j["save_" + (comp == "none" ? std::string("none") : std::string("zstd")) + "_phases"] = pj;
+  }
   // The same ratios from the fastest of the repeats (the shared disk's noise is one-sided).
   auto best = [&](const std::string& a, const std::string& b) {
     return *std::min_element(t[b].begin(), t[b].end()) / *std::min_element(t[a].begin(), t[a].end());
   };
   j["best_save_none_vs_raw_write"] = best("pmamba_save_none", "raw_write");
-  j["best_load_none_vs_raw_read"] = best("pmamba_load_none", "raw_read");
   j["best_save_none_vs_torch_save"] = best("pmamba_save_none", "torch_save");
+  j["best_save_zstd_vs_zstd_alone"] = best("pmamba_save_zstd:1", "zstd_alone");
+  j["best_load_none_vs_raw_read"] = best("pmamba_load_none", "raw_read");
   j["best_load_none_vs_torch_load"] = best("pmamba_load_none", "torch_load");
   j["zstd_compression_ratio"] = static_cast<double>(bytes) / stored["zstd:1"];
   // Memory a save needs beyond the state it saves, as a multiple of the state's size:

@@ -293,6 +293,9 @@ std::string save_checkpoint(const std::string& root, int64_t step, const model::
                             const std::vector<model::StageSpec>& stages, const nlohmann::ordered_json& train,
                             const SaveOptions& options,
                             const std::function<StageData(const model::StageSpec&)>& produce) {
+  using clock = std::chrono::steady_clock;
+  SaveProfile* profile = options.profile;
+  auto since = [](clock::time_point t0) { return std::chrono::duration<double>(clock::now() - t0).count(); };
   RootLock lock = RootLock::acquire(root, "pmamba (save_checkpoint)");
   // Without a run id the checkpoint continues the run the root holds, or starts one.
   std::string run_id = options.run_id.empty() ? root_run_id(root) : options.run_id;
@@ -303,17 +306,30 @@ std::string save_checkpoint(const std::string& root, int64_t step, const model::
     header.step = step;
     header.config_json = model::config_to_json_string(config);
     header.train_json = train.dump();
-    for (const auto& spec : stages) {
+    WriteOptions write = options.write;
+    if (profile) write.profile = profile;
+    // This process writes every shard, so the manifest comes from the writers' records of what
+    // they wrote instead of a rescan of the files (each scan reopens every dataset).
+    std::vector<WrittenShard> written(stages.size());
+    for (size_t i = 0; i < stages.size(); ++i) {
+      const model::StageSpec& spec = stages[i];
       header.stage = spec.stage;
       header.num_stages = spec.num_stages;
       header.layer_begin = spec.layer_begin;
       header.layer_end = spec.layer_end;
+      clock::time_point t0 = clock::now();
       const StageData data = produce(spec);
-      write_shard(tmp, header, data.tensors, data.aliases, options.write);
+      if (profile) profile->produce_s += since(t0);
+      write_shard(tmp, header, data.tensors, data.aliases, write, &written[i]);
     }
+    clock::time_point t0 = clock::now();
     const Manifest m = build_manifest(tmp, run_id, config, stages, step, options.write.compression,
-                                      options.has_optimizer, train);
-    return commit_step_dir(root, tmp, m, CommitOptions{options.keep_last, false}).dir;
+                                      options.has_optimizer, train, written);
+    if (profile) profile->manifest_s += since(t0);
+    t0 = clock::now();
+    std::string dir = commit_step_dir(root, tmp, m, CommitOptions{options.keep_last, false}).dir;
+    if (profile) profile->commit_s += since(t0);
+    return dir;
   } catch (...) {
     abort_step_dir(tmp);
     throw;

@@ -4,8 +4,9 @@
 // Commit protocol, in order (each step is a fault-injection point, see fault.h):
 //   1. shards are written into <root>/step-N.tmp-<pid>-<n>/ under temporary names,
 //      fsynced and renamed (shard-partial, shard-written, shard-synced, shard-renamed);
-//   2. manifest.json is built by scanning the shards, written to a temporary name, fsynced,
-//      renamed (manifest-written, manifest-renamed);
+//   2. manifest.json is built (by scanning the shards, or from their writers' records when one
+//      process wrote them all), written to a temporary name, fsynced, renamed
+//      (manifest-written, manifest-renamed);
 //   3. the directory is renamed to step-N (an existing step-N is swapped out atomically) and
 //      the root fsynced (dir-renamed);
 //   4. `latest` is replaced by rename (latest-written, latest-renamed);
@@ -97,6 +98,7 @@ struct SaveOptions {
   int keep_last = 0;  // 0 keeps every checkpoint
   bool has_optimizer = true;
   std::string run_id;  // "" draws a new one
+  SaveProfile* profile = nullptr;  // when set, where the save's time went is added to it
 };
 
 /// Saves a whole model from one process, holding the root's lock while it does: `produce` is

@@ -37,6 +37,10 @@ struct Compression {
 /// shuffle + zstd of one chunk into `out` (resized to the frame size).
 void encode_chunk(const uint8_t* raw, size_t bytes, size_t elem_size, int level, ZSTD_CCtx* cctx,
                   std::vector<uint8_t>& scratch, std::vector<uint8_t>& out);
+/// The same into a caller's buffer of `capacity` >= ZSTD_compressBound(bytes) bytes (a writer
+/// reuses its buffers instead of zero-filling a fresh vector per chunk); returns the frame size.
+size_t encode_chunk(const uint8_t* raw, size_t bytes, size_t elem_size, int level, ZSTD_CCtx* cctx,
+                    std::vector<uint8_t>& scratch, uint8_t* out, size_t capacity);
 
 /// Inverse of encode_chunk for a chunk whose decoded size must be exactly `bytes`.
 /// `shuffled` / `compressed` say which filters were applied (from the chunk's filter mask).

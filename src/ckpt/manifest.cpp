@@ -1,6 +1,8 @@
 #include "src/ckpt/manifest.h"
 
 #include <algorithm>
+#include <functional>
+#include <map>
 #include <set>
 #include <unordered_map>
 
@@ -105,9 +107,21 @@ uint64_t train_digest(const ojson& train) {
   return bytes_digest(text.data(), text.size());
 }
 
-Manifest build_manifest(const std::string& dir, const std::string& run_id, const model::MambaConfig& config,
-                        const std::vector<model::StageSpec>& stages, int64_t step, const Compression& compression,
-                        bool has_optimizer, const ojson& train, int files_per_stage) {
+namespace {
+
+// One shard's contribution to a manifest: from a scan of the file or from its writer's record.
+struct ShardContents {
+  int64_t bytes = 0;
+  std::vector<StoredDataset> datasets;
+  std::vector<AliasToSave> aliases;
+};
+
+// The manifest of `stages` x `files_per_stage` shards whose contents `contents` yields (in stage
+// and part order), every FQN placed once; throws FormatError for an FQN stored twice or unknown.
+Manifest assemble_manifest(const std::string& run_id, const model::MambaConfig& config,
+                           const std::vector<model::StageSpec>& stages, int64_t step, const Compression& compression,
+                           bool has_optimizer, const ojson& train, int files_per_stage,
+                           const std::function<ShardContents(const model::StageSpec&, int, const std::string&)>& contents) {
   if (files_per_stage < 1 || files_per_stage > kMaxFilesPerStage) {
     throw UsageError("files per stage must be in [1, " + std::to_string(kMaxFilesPerStage) + "], not " +
                      std::to_string(files_per_stage));
@@ -124,11 +138,9 @@ Manifest build_manifest(const std::string& dir, const std::string& run_id, const
     m.stages.push_back(StageEntry{spec.stage, spec.layer_begin, spec.layer_end, {}});
     for (int part = 0; part < files_per_stage; ++part) {
       const std::string file = shard_file_name(spec.stage, spec.num_stages, part, files_per_stage);
-      const std::string path = fs::join(dir, file);
-      if (!fs::is_file(path)) throw FormatError("shard '" + path + "' is missing");
-      m.stages.back().files.push_back(ShardFile{file, fs::file_size(path)});
-      ShardReader shard(path);
-      for (auto& d : shard.scan()) {
+      ShardContents shard = contents(spec, part, file);
+      m.stages.back().files.push_back(ShardFile{file, shard.bytes});
+      for (auto& d : shard.datasets) {
         auto [it, inserted] = found.try_emplace(d.fqn);
         TensorEntry& t = it->second;
         if (inserted) {
@@ -141,7 +153,7 @@ Manifest build_manifest(const std::string& dir, const std::string& run_id, const
         d.compressed = false;  // the manifest does not record it; check_shard compares it with the compression
         t.slots[d.slot] = std::move(d);
       }
-      for (const auto& a : shard.aliases()) {
+      for (const auto& a : shard.aliases) {
         auto [it, inserted] = found.try_emplace(a.fqn);
         if (!inserted) throw FormatError("'" + a.fqn + "' is stored twice: in " + it->second.file + " and as an alias in " + file);
         it->second.fqn = a.fqn;
@@ -161,6 +173,26 @@ Manifest build_manifest(const std::string& dir, const std::string& run_id, const
   if (!found.empty()) {
     throw FormatError("shard '" + found.begin()->second.file + "' holds unknown tensor '" + found.begin()->first + "'");
   }
+  return m;
+}
+
+}  // namespace
+
+Manifest build_manifest(const std::string& dir, const std::string& run_id, const model::MambaConfig& config,
+                        const std::vector<model::StageSpec>& stages, int64_t step, const Compression& compression,
+                        bool has_optimizer, const ojson& train, int files_per_stage) {
+  Manifest m = assemble_manifest(
+      run_id, config, stages, step, compression, has_optimizer, train, files_per_stage,
+      [&](const model::StageSpec&, int, const std::string& file) {
+        const std::string path = fs::join(dir, file);
+        if (!fs::is_file(path)) throw FormatError("shard '" + path + "' is missing");
+        ShardContents c;
+        c.bytes = fs::file_size(path);
+        ShardReader shard(path);
+        c.datasets = shard.scan();
+        c.aliases = shard.aliases();
+        return c;
+      });
   // What is committed passes every check a reader will make, so a checkpoint that commits loads.
   Problems problems(Problems::Mode::kThrow, "checkpoint '" + dir + "': ");
   check_manifest(m, problems);
@@ -170,6 +202,64 @@ Manifest build_manifest(const std::string& dir, const std::string& run_id, const
       check_shard(m, s, f, dir, problems, shard);
     }
   }
+  check_ties(m, problems);
+  return m;
+}
+
+Manifest build_manifest(const std::string& dir, const std::string& run_id, const model::MambaConfig& config,
+                        const std::vector<model::StageSpec>& stages, int64_t step, const Compression& compression,
+                        bool has_optimizer, const ojson& train, const std::vector<WrittenShard>& written) {
+  const std::string where = "checkpoint '" + dir + "': ";
+  if (written.empty()) throw UsageError("internal: a manifest from no written shards");
+  const int parts = written.front().header.parts;
+  std::map<std::string, const WrittenShard*> by_file;
+  for (const auto& w : written) {
+    if (!by_file.emplace(w.file, &w).second) throw UsageError("internal: shard '" + w.file + "' reported twice");
+  }
+  if (written.size() != stages.size() * static_cast<size_t>(std::max(parts, 1))) {
+    throw FormatError(where + std::to_string(written.size()) + " shards were written for " +
+                      std::to_string(stages.size()) + " stages of " + std::to_string(parts) + " files");
+  }
+  Manifest m = assemble_manifest(
+      run_id, config, stages, step, compression, has_optimizer, train, parts,
+      [&](const model::StageSpec& spec, int part, const std::string& file) {
+        const std::string path = fs::join(dir, file);
+        auto it = by_file.find(file);
+        if (it == by_file.end()) throw FormatError("shard '" + path + "' is missing (no writer reported it)");
+        const WrittenShard& w = *it->second;
+        const ShardHeader& h = w.header;
+        if (h.stage != spec.stage || h.num_stages != spec.num_stages || h.layer_begin != spec.layer_begin ||
+            h.layer_end != spec.layer_end || h.part != part || h.step != step || h.compression != compression.str()) {
+          throw FormatError(where + "shard '" + file + "' was written for stage " + std::to_string(h.stage) + " of " +
+                            std::to_string(h.num_stages) + ", part " + std::to_string(h.part) + ", step " +
+                            std::to_string(h.step) + ", compression " + h.compression + "; the checkpoint is stage " +
+                            std::to_string(spec.stage) + " of " + std::to_string(spec.num_stages) + ", part " +
+                            std::to_string(part) + ", step " + std::to_string(step) + ", " + compression.str());
+        }
+        // The file must still be what was fsynced: a size that moved means something else wrote it.
+        const int64_t size = fs::file_size(path);
+        if (size != w.bytes) {
+          throw FormatError(where + "shard '" + path + "' is " + std::to_string(size) + " bytes but its writer wrote " +
+                            std::to_string(w.bytes));
+        }
+        ShardContents c;
+        c.bytes = w.bytes;
+        c.datasets = w.datasets;
+        c.aliases = w.aliases;
+        for (const auto& d : c.datasets) {
+          const bool want = compression.zstd && !d.shape.empty() && d.raw_bytes > 0;
+          if (d.compressed != want) {
+            throw FormatError(where + "shard '" + file + "': '" + d.fqn + "' (" + slot_name(d.slot) + ") was written " +
+                              (d.compressed ? "compressed" : "uncompressed") + " but the checkpoint's compression is " +
+                              compression.str());
+          }
+        }
+        return c;
+      });
+  // Every check a reader makes of the manifest itself; a reader's per-shard checks compare the
+  // files with these same records, which came from the writer's own HDF5 handles.
+  Problems problems(Problems::Mode::kThrow, where);
+  check_manifest(m, problems);
   check_ties(m, problems);
   return m;
 }

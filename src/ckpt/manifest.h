@@ -1,5 +1,6 @@
 // manifest.json: the commit marker and the index of a checkpoint (schema in docs/FORMAT.md).
-// It is built by scanning the written shards (so it describes what is really on disk) and is
+// It is built by scanning the written shards, or from the records their writer kept of what it
+// handed HDF5 when one process wrote them all (so it describes what is really on disk), and is
 // checked against the config on every read: each FQN exactly once, in the shard of the stage
 // that owns it, with the shape and dtype the config implies (check.h holds the checks).
 #pragma once
@@ -18,6 +19,7 @@
 namespace pmamba::ckpt {
 
 class Problems;
+struct WrittenShard;
 
 struct TensorEntry {
   std::string fqn;
@@ -78,6 +80,16 @@ Manifest build_manifest(const std::string& dir, const std::string& run_id, const
                         const std::vector<model::StageSpec>& stages, int64_t step,
                         const Compression& compression, bool has_optimizer,
                         const nlohmann::ordered_json& train, int files_per_stage = 1);
+
+/// The same manifest from what the writers of its shards report (ShardWriter::written), without
+/// reopening them: for a process that wrote every shard itself (save_checkpoint). It is checked as
+/// a reader checks a manifest (check_manifest, check_ties), each shard's header and compression
+/// against the checkpoint, and each file's size against what its writer fsynced. `written` holds
+/// every shard of every stage (any order).
+Manifest build_manifest(const std::string& dir, const std::string& run_id, const model::MambaConfig& config,
+                        const std::vector<model::StageSpec>& stages, int64_t step,
+                        const Compression& compression, bool has_optimizer,
+                        const nlohmann::ordered_json& train, const std::vector<WrittenShard>& written);
 
 std::string manifest_to_json(const Manifest& m);  // one line per key and per tensor, canonical order
 /// Parses and checks (format, version, run id, config, layout, completeness, shapes, training

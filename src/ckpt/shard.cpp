@@ -3,11 +3,13 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <deque>
 #include <memory>
 #include <mutex>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <cerrno>
 #include <nlohmann/json.hpp>
@@ -69,6 +71,26 @@ int pool_threads(int requested) {
   return requested > 0 ? requested : ThreadPool::default_threads();
 }
 
+// Adds the time between consecutive lap() calls to a SaveProfile field; does nothing without
+// a profile, so an unprofiled save reads no clock.
+class Laps {
+ public:
+  explicit Laps(SaveProfile* p) : p_(p), t_(p ? now() : 0) {}
+  void lap(double SaveProfile::*field) {
+    if (!p_) return;
+    const double t = now();
+    p_->*field += t - t_;
+    t_ = t;
+  }
+
+ private:
+  static double now() {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  }
+  SaveProfile* p_;
+  double t_;
+};
+
 int64_t chunk_rows(const std::vector<int64_t>& shape, size_t elem, size_t chunk_bytes) {
   size_t row_bytes = elem;
   for (size_t i = 1; i < shape.size(); ++i) row_bytes *= static_cast<size_t>(shape[i]);
@@ -76,32 +98,31 @@ int64_t chunk_rows(const std::vector<int64_t>& shape, size_t elem, size_t chunk_
   return std::min(rows, shape[0]);
 }
 
-// Writes `total` bytes at `offset` of fd in 16 MiB pieces spread over the pool (HDF5 is not
-// thread-safe, plain pwrite is) and waits for them.
-void pwrite_parallel(int fd, const uint8_t* base, size_t total, int64_t offset, ThreadPool& pool,
-                     const std::string& what) {
-  constexpr size_t kPiece = size_t{16} << 20;
-  FutureGuard guard;
-  for (size_t start = 0; start < total; start += kPiece) {
-    const size_t len = std::min(kPiece, total - start);
-    guard.futures.push_back(pool.submit([=] {
-      size_t done = 0;
-      while (done < len) {
-        const ssize_t n = ::pwrite(fd, base + start + done, len - done, offset + static_cast<int64_t>(start + done));
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) throw IoError("cannot write " + what + ": " + std::strerror(n < 0 ? errno : ENOSPC));
-        done += static_cast<size_t>(n);
-      }
-    }));
-  }
-  while (!guard.futures.empty()) {
-    guard.futures.front().get();
-    guard.futures.pop_front();
+// Writes `total` bytes at `offset` of fd (HDF5 is bypassed for raw data it has placed).
+void pwrite_all(int fd, const uint8_t* base, size_t total, int64_t offset, const std::string& what) {
+  size_t done = 0;
+  while (done < total) {
+    const size_t len = std::min(total - done, size_t{1} << 30);
+    const ssize_t n = ::pwrite(fd, base + done, len, offset + static_cast<int64_t>(done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) throw IoError("cannot write " + what + ": " + std::strerror(n < 0 ? errno : ENOSPC));
+    done += static_cast<size_t>(n);
   }
 }
 
-void write_dataset(hid_t file, int fd, const TensorToSave& item, const WriteOptions& o, ThreadPool& pool,
-                   const std::string& where) {  const at::Tensor data = item.tensor.detach().cpu().contiguous();
+// One chunk's compression: its buffers and context, reused chunk after chunk.
+struct ChunkJob {
+  ZstdCCtxPtr cctx;
+  std::vector<uint8_t> out, scratch, pad;  // grown on first use, never shrunk
+  size_t size = 0;                          // bytes of `out` holding the frame
+};
+
+// Writes one dataset and returns what it wrote, described as a scan of the file would find it.
+// `spare` holds the writer's idle chunk jobs.
+StoredDataset write_dataset(hid_t file, int fd, const TensorToSave& item, const WriteOptions& o, ThreadPool& pool,
+                            std::vector<std::unique_ptr<ChunkJob>>& spare, const std::string& where) {
+  Laps laps(o.profile);
+  const at::Tensor data = item.tensor.detach().cpu().contiguous();
   const std::string path = dataset_path(item.fqn, item.slot);
   const std::string what = where + ": dataset '" + path + "'";
   const StorageType ty = storage_type(data.scalar_type());
@@ -109,10 +130,16 @@ void write_dataset(hid_t file, int fd, const TensorToSave& item, const WriteOpti
   const auto* base = static_cast<const uint8_t*>(data.data_ptr());
   const size_t total = data.nbytes();
 
+  // The digest is taken alongside the write, on a pool thread; a small tensor's on this one,
+  // where it costs less than handing it over (a third of the datasets are 8-byte step counts).
   FutureGuard guard;
   uint64_t digest = 0;
-  guard.futures.push_back(pool.submit([&digest, base, total] { digest = bytes_digest(base, total); }));
-  std::future<void>& digest_done = guard.futures.back();
+  constexpr size_t kInlineDigest = size_t{256} << 10;
+  if (total <= kInlineDigest) {
+    digest = bytes_digest(base, total);
+  } else {
+    guard.futures.push_back(pool.submit([&digest, base, total] { digest = bytes_digest(base, total); }));
+  }
 
   const std::vector<int64_t> shape = data.sizes().vec();
   std::vector<hsize_t> dims(shape.begin(), shape.end());
@@ -139,16 +166,19 @@ void write_dataset(hid_t file, int fd, const TensorToSave& item, const WriteOpti
   h5::Handle dset(h5::check(
       H5Dcreate2(file, path.c_str(), ty.file, space.get(), lcpl.get(), dcpl.get(), H5P_DEFAULT),
       "cannot create " + what));
+  laps.lap(&SaveProfile::metadata_s);
 
   if (!chunked) {
     if (total > 0) {
       // The space was allocated at creation; its bytes go straight to the file with pwrite
-      // (HDF5 never touches a raw data region it does not fill), several pieces at once.
+      // (HDF5 never touches a raw data region it does not fill), from this thread in one
+      // sequential pass: writers of one file serialise on its inode lock anyway, and the pool
+      // thread is busy with the digest.
       const haddr_t addr = H5Dget_offset(dset.get());
       if (addr == HADDR_UNDEF) {
         h5::check_status(H5Dwrite(dset.get(), ty.mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, base), "cannot write " + what);
       } else {
-        pwrite_parallel(fd, base, total, static_cast<int64_t>(addr), pool, what);
+        pwrite_all(fd, base, total, static_cast<int64_t>(addr), what);
       }
     }
   } else {
@@ -158,26 +188,39 @@ void write_dataset(hid_t file, int fd, const TensorToSave& item, const WriteOpti
     const size_t chunk_raw = static_cast<size_t>(rows) * row_bytes;
     const int64_t n_chunks = (shape[0] + rows - 1) / rows;
     const int level = o.compression.level;
-    struct Job {
-      std::vector<uint8_t> out;
-    };
-    std::deque<std::unique_ptr<Job>> jobs;
-    FutureGuard inflight;
+    // Jobs come from (and go back to) the writer's spares, so a save allocates and first-touches
+    // its chunk buffers once, not once per chunk (fresh memory is slow to touch on a VM that
+    // hands freed pages back to the host).
+    std::deque<std::unique_ptr<ChunkJob>> jobs;
+    struct GiveBack {
+      std::deque<std::unique_ptr<ChunkJob>>& jobs;
+      std::vector<std::unique_ptr<ChunkJob>>& spare;
+      ~GiveBack() {
+        for (auto& j : jobs) spare.push_back(std::move(j));
+      }
+    } give_back{jobs, spare};
+    FutureGuard inflight;  // declared after `jobs`: its futures finish before the jobs go back
     auto submit = [&](int64_t c) {
-      jobs.push_back(std::make_unique<Job>());
-      Job* job = jobs.back().get();
+      if (spare.empty()) spare.push_back(std::make_unique<ChunkJob>());
+      jobs.push_back(std::move(spare.back()));
+      spare.pop_back();
+      ChunkJob* job = jobs.back().get();
       inflight.futures.push_back(pool.submit([=] {
-        thread_local ZstdCCtxPtr cctx(ZSTD_createCCtx());
-        thread_local std::vector<uint8_t> scratch, pad;
+        if (!job->cctx) job->cctx.reset(ZSTD_createCCtx());
+        if (!job->cctx) throw ResourceError("cannot allocate a zstd compression context");
+        const size_t bound = ZSTD_compressBound(chunk_raw);
+        if (job->out.size() < bound) job->out.resize(bound);
         const size_t start = static_cast<size_t>(c) * chunk_raw;
         const size_t avail = std::min(chunk_raw, total - start);
         const uint8_t* src = base + start;
-        if (avail < chunk_raw) {  // edge chunks are stored at full chunk size
-          pad.assign(chunk_raw, 0);
-          std::memcpy(pad.data(), src, avail);
-          src = pad.data();
+        if (avail < chunk_raw) {  // edge chunks are stored at full chunk size, zero padded
+          if (job->pad.size() < chunk_raw) job->pad.resize(chunk_raw);
+          std::memcpy(job->pad.data(), src, avail);
+          std::memset(job->pad.data() + avail, 0, chunk_raw - avail);
+          src = job->pad.data();
         }
-        encode_chunk(src, chunk_raw, elem, level, cctx.get(), scratch, job->out);
+        job->size = encode_chunk(src, chunk_raw, elem, level, job->cctx.get(), job->scratch, job->out.data(),
+                                 job->out.size());
       }));
     };
     const size_t window = static_cast<size_t>(2 * pool.size());
@@ -187,17 +230,36 @@ void write_dataset(hid_t file, int fd, const TensorToSave& item, const WriteOpti
       while (next < n_chunks && jobs.size() < window) submit(next++);
       inflight.futures.front().get();
       inflight.futures.pop_front();
-      const std::unique_ptr<Job> job = std::move(jobs.front());
-      jobs.pop_front();
+      ChunkJob& job = *jobs.front();
       offset[0] = static_cast<hsize_t>(c * rows);
-      h5::check_status(H5Dwrite_chunk(dset.get(), H5P_DEFAULT, 0, offset.data(), job->out.size(),
-                                      job->out.data()),
+      h5::check_status(H5Dwrite_chunk(dset.get(), H5P_DEFAULT, 0, offset.data(), job.size, job.out.data()),
                        "cannot write chunk " + std::to_string(c) + " of " + what);
+      spare.push_back(std::move(jobs.front()));
+      jobs.pop_front();
     }
   }
-  digest_done.get();
-  h5::write_attr(dset.get(), "dtype", dtype_name(data.scalar_type()));
+  laps.lap(&SaveProfile::data_s);
+  while (!guard.futures.empty()) {
+    guard.futures.front().get();
+    guard.futures.pop_front();
+  }
+  laps.lap(&SaveProfile::digest_s);
+  StoredDataset out;
+  out.path = path;
+  out.fqn = item.fqn;
+  out.slot = item.slot;
+  out.shape = shape;
+  out.dtype = dtype_name(data.scalar_type());
+  out.digest = digest;
+  out.raw_bytes = static_cast<int64_t>(total);
+  out.compressed = chunked;
+  h5::write_attr(dset.get(), "dtype", out.dtype);
   h5::write_attr(dset.get(), "xxh3_64", digest_hex(digest));
+  // HDF5's own account of the bytes it stores, the number a scan reads back.
+  out.stored_bytes = static_cast<int64_t>(H5Dget_storage_size(dset.get()));
+  laps.lap(&SaveProfile::metadata_s);
+  if (o.profile) ++o.profile->datasets;
+  return out;
 }
 
 nlohmann::json aliases_to_json(const std::vector<AliasToSave>& aliases) {
@@ -246,6 +308,8 @@ struct ShardWriter::Impl {
   int fd = -1;
   std::unique_ptr<ThreadPool> pool;
   std::vector<AliasToSave> aliases;
+  WrittenShard written;
+  std::vector<std::unique_ptr<ChunkJob>> spare_jobs;  // zstd: chunk buffers reused across datasets
   bool first = true;
   bool finished = false;
 };
@@ -255,6 +319,7 @@ ShardWriter::ShardWriter(const std::string& dir, const ShardHeader& header, cons
   h5::Silence quiet;
   register_zstd_filter();
   Impl& m = *impl_;
+  Laps laps(options.profile);
   m.dir = dir;
   m.header = header;
   m.options = options;
@@ -282,6 +347,7 @@ ShardWriter::ShardWriter(const std::string& dir, const ShardHeader& header, cons
     abandon();
     throw;
   }
+  laps.lap(&SaveProfile::open_s);
 }
 
 ShardWriter::~ShardWriter() {
@@ -305,7 +371,8 @@ void ShardWriter::added() {
 
 void ShardWriter::add(const TensorToSave& t) {
   h5::Silence quiet;
-  write_dataset(impl_->file.get(), impl_->fd, t, impl_->options, *impl_->pool, impl_->tmp);
+  impl_->written.datasets.push_back(write_dataset(impl_->file.get(), impl_->fd, t, impl_->options, *impl_->pool,
+                                                    impl_->spare_jobs, impl_->tmp));
   added();
 }
 
@@ -323,6 +390,9 @@ void ShardWriter::copy(const ShardReader& src, const StoredDataset& d) {
   h5::Handle dset = h5::open_dataset(impl_->file.get(), d.path);
   h5::write_attr(dset.get(), "dtype", d.dtype);
   h5::write_attr(dset.get(), "xxh3_64", digest_hex(d.digest));
+  StoredDataset out = d;
+  out.stored_bytes = static_cast<int64_t>(H5Dget_storage_size(dset.get()));
+  impl_->written.datasets.push_back(std::move(out));
   added();
 }
 
@@ -331,6 +401,7 @@ void ShardWriter::add_alias(const AliasToSave& a) { impl_->aliases.push_back(a);
 std::string ShardWriter::finish() {
   h5::Silence quiet;
   Impl& m = *impl_;
+  Laps laps(m.options.profile);
   try {
     for (const auto& a : m.aliases) {
       std::vector<Slot> slots;
@@ -341,14 +412,30 @@ std::string ShardWriter::finish() {
       h5::Handle root(h5::check(H5Gopen2(m.file.get(), "/", H5P_DEFAULT), "H5Gopen2(/)"));
       h5::write_attr(root.get(), "aliases", aliases_to_json(m.aliases).dump());
     }
+    laps.lap(&SaveProfile::metadata_s);
     m.file.close("cannot finish writing '" + m.tmp + "'");
+    laps.lap(&SaveProfile::close_s);
     fault_point("shard-written", m.header.stage);
     if (::fsync(m.fd) != 0) throw IoError("fsync of '" + m.tmp + "' failed: " + std::strerror(errno));
+    struct stat st;
+    if (::fstat(m.fd, &st) != 0) throw IoError("cannot stat '" + m.tmp + "': " + std::strerror(errno));
     ::close(m.fd);
     m.fd = -1;
+    laps.lap(&SaveProfile::fsync_s);
     fault_point("shard-synced", m.header.stage);
     fs::rename_path(m.tmp, m.final_path);
     fs::fsync_path(m.dir);
+    laps.lap(&SaveProfile::rename_s);
+    WrittenShard& w = m.written;
+    w.path = m.final_path;
+    w.file = fs::basename(m.final_path);
+    w.bytes = static_cast<int64_t>(st.st_size);
+    w.header = m.header;
+    w.header.compression = m.options.compression.str();
+    w.aliases = m.aliases;
+    std::sort(w.datasets.begin(), w.datasets.end(),
+              [](const StoredDataset& a, const StoredDataset& b) { return a.path < b.path; });
+    if (m.options.profile) ++m.options.profile->shards;
     m.finished = true;
     fault_point("shard-renamed", m.header.stage);
   } catch (...) {
@@ -358,13 +445,29 @@ std::string ShardWriter::finish() {
   return m.final_path;
 }
 
+const WrittenShard& ShardWriter::written() const {
+  if (!impl_->finished || impl_->written.path.empty()) {
+    throw UsageError("internal: ShardWriter::written() before a successful finish()");
+  }
+  return impl_->written;
+}
+
 std::string write_shard(const std::string& dir, const ShardHeader& header,
                         const std::vector<TensorToSave>& tensors,
                         const std::vector<AliasToSave>& aliases, const WriteOptions& options) {
+  return write_shard(dir, header, tensors, aliases, options, nullptr);
+}
+
+std::string write_shard(const std::string& dir, const ShardHeader& header,
+                        const std::vector<TensorToSave>& tensors,
+                        const std::vector<AliasToSave>& aliases, const WriteOptions& options,
+                        WrittenShard* written) {
   ShardWriter w(dir, header, options);
   for (const auto& t : tensors) w.add(t);
   for (const auto& a : aliases) w.add_alias(a);
-  return w.finish();
+  std::string path = w.finish();
+  if (written) *written = w.written();
+  return path;
 }
 
 // ---- reading ----

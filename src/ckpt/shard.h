@@ -49,10 +49,40 @@ struct AliasToSave {
   std::map<Slot, uint64_t> digests;
 };
 
+/// Where a save's time went, in seconds, summed over every shard and dataset written while it
+/// was given (WriteOptions::profile, SaveOptions::profile). Measurement only: the files written
+/// are the same with or without it.
+struct SaveProfile {
+  double open_s = 0;      // creating the file, its root attributes, the thread pool
+  double metadata_s = 0;  // per-dataset HDF5 objects: H5Dcreate (groups, layout) and attributes
+  double data_s = 0;      // tensor bytes into the file (zstd: including compression waited for)
+  double digest_s = 0;    // waiting for a dataset's digest after its bytes were written
+  double close_s = 0;     // H5Fclose: HDF5 writes out its metadata
+  double fsync_s = 0;     // fsync of the shard
+  double rename_s = 0;    // rename of the shard and fsync of its directory
+  double produce_s = 0;   // save_checkpoint: the caller's produce() (collecting the tensors)
+  double manifest_s = 0;  // building and checking the manifest
+  double commit_s = 0;    // writing the manifest, renames and fsyncs, latest, pruning
+  int64_t datasets = 0;
+  int64_t shards = 0;
+};
+
 struct WriteOptions {
   Compression compression;
   int threads = 0;                     // 0 = hardware concurrency
   size_t chunk_bytes = size_t{4} << 20;  // target uncompressed chunk size
+  SaveProfile* profile = nullptr;      // when set, phase times are added to it
+};
+
+/// What a writer put into one shard, as it wrote it: the same fields a scan of the finished
+/// file finds (ShardReader::scan), so a manifest can be built without reopening the file.
+struct WrittenShard {
+  std::string path;   // final path
+  std::string file;   // file name in its directory
+  int64_t bytes = 0;  // size of the file as fsynced
+  ShardHeader header;
+  std::vector<StoredDataset> datasets;  // sorted by path, as scan() returns them
+  std::vector<AliasToSave> aliases;
 };
 
 class ShardReader;
@@ -75,6 +105,9 @@ class ShardWriter {
   void add_alias(const AliasToSave& alias);
   /// Returns the final path.
   std::string finish();
+  /// After finish(): what was written (the digests are those of the bytes handed to HDF5, the
+  /// sizes HDF5's own for each dataset and the file's as fsynced).
+  const WrittenShard& written() const;
 
  private:
   void added();
@@ -83,10 +116,15 @@ class ShardWriter {
   std::unique_ptr<Impl> impl_;
 };
 
-/// Writes <dir>/<shard name> in one call (ShardWriter). Returns the final path.
+/// Writes <dir>/<shard name> in one call (ShardWriter). Returns the final path; with `written`,
+/// also what was written (ShardWriter::written).
 std::string write_shard(const std::string& dir, const ShardHeader& header,
                         const std::vector<TensorToSave>& tensors,
                         const std::vector<AliasToSave>& aliases, const WriteOptions& options);
+std::string write_shard(const std::string& dir, const ShardHeader& header,
+                        const std::vector<TensorToSave>& tensors,
+                        const std::vector<AliasToSave>& aliases, const WriteOptions& options,
+                        WrittenShard* written);
 
 /// Read side of a shard. Opening checks the format name and version and parses the header;
 /// in a version-1 shard every global-heap collection is checked first (heap_check.h), and in

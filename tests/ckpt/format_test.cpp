@@ -10,6 +10,7 @@
 #include "src/ckpt/format.h"
 #include "src/ckpt/h5.h"
 #include "src/ckpt/thread_pool.h"
+#include "src/ckpt/verify.h"
 #include "src/ckpt/zstd_filter.h"
 #include "tests/ckpt/ckpt_test_util.h"
 #include "tests/test_util.h"
@@ -35,6 +36,25 @@ TEST(Codec, ShuffleMatchesHdf5LayoutAndInverts) {
   EXPECT_EQ(out[20], 20);
   unshuffle_bytes(out.data(), back.data(), out.size(), 4);
   EXPECT_EQ(back, in);
+}
+
+// The vector shuffle (16 elements at a time) must give the byte-gather loop's output for every
+// length, including the tails it leaves to the loop.
+TEST(Codec, VectorShuffleMatchesTheByteLoop) {
+  for (size_t elem : {2, 4, 8}) {
+    for (size_t n : {0, 1, 15, 16, 17, 31, 32, 33, 100, 1023, 4099}) {
+      const size_t left = elem - 1;  // bytes after the last whole element stay in place
+      std::vector<uint8_t> in(n * elem + left), out(in.size()), want(in.size()), back(in.size());
+      for (size_t i = 0; i < in.size(); ++i) in[i] = static_cast<uint8_t>(i * 2654435761u >> 11);
+      for (size_t j = 0; j < elem; ++j)
+        for (size_t i = 0; i < n; ++i) want[j * n + i] = in[i * elem + j];
+      std::copy(in.end() - static_cast<std::ptrdiff_t>(left), in.end(), want.end() - static_cast<std::ptrdiff_t>(left));
+      shuffle_bytes(in.data(), out.data(), in.size(), elem);
+      EXPECT_EQ(out, want) << "elem " << elem << " n " << n;
+      unshuffle_bytes(out.data(), back.data(), out.size(), elem);
+      EXPECT_EQ(back, in) << "elem " << elem << " n " << n;
+    }
+  }
 }
 
 // Our direct-chunk writer must store exactly the bytes HDF5's own pipeline (shuffle ->
@@ -124,6 +144,132 @@ TEST_F(CkptTest, RoundTripsAllDtypesAndShapes) {
     }
     fs::remove_tree(path);
   }
+}
+
+// Writes every stage of a tied tiny model (PP 2) with random optimizer state into a fresh
+// locked step directory; returns its writers' records.
+std::vector<WrittenShard> write_stages(const std::string& tmp, const model::MambaConfig& config,
+                                       const std::vector<model::StageSpec>& stages, const std::string& compression) {
+  std::vector<WrittenShard> written(stages.size());
+  WriteOptions w;
+  w.compression = Compression::parse(compression);
+  w.chunk_bytes = 1024;  // many chunks, edge chunks included
+  for (size_t i = 0; i < stages.size(); ++i) {
+    model::MambaLM m(config, stages[i]);
+    m->init_parameters(5);
+    std::vector<std::pair<std::string, at::Tensor>> named;
+    for (const auto& item : m->named_parameters()) named.emplace_back(item.key(), item.value());
+    pp::AdamW opt(named, config, {});
+    for (const auto& [fqn, p] : named) {
+      if (opt.is_follower(fqn)) continue;  // the tied head shares the embedding's state
+      // Seeded by the FQN (the embedding's for the tied head): tied copies on two stages agree.
+      const std::string key = fqn == model::kLmHeadFqn ? model::kEmbeddingFqn : fqn;
+      at::Generator g = at::detail::createCPUGenerator(std::hash<std::string>{}(key));
+      opt.state(fqn).exp_avg = at::normal(0, 1e-2, p.sizes(), g);
+      opt.state(fqn).exp_avg_sq = at::normal(0, 1e-2, p.sizes(), g).pow_(2);
+      opt.state(fqn).step = 7;
+    }
+    ShardHeader h;
+    h.stage = stages[i].stage;
+    h.num_stages = stages[i].num_stages;
+    h.layer_begin = stages[i].layer_begin;
+    h.layer_end = stages[i].layer_end;
+    h.step = 7;
+    h.config_json = model::config_to_json_string(config);
+    h.train_json = pp::initial_train_state(5, 7).dump();
+    const StageData d = pp::collect_stage(*m, &opt);
+    write_shard(tmp, h, d.tensors, d.aliases, w, &written[i]);
+  }
+  return written;
+}
+
+// A process that wrote every shard builds the manifest from its writers' records instead of
+// rescanning the files: the result must be the scan's, byte for byte.
+TEST_F(CkptTest, ManifestFromWriterRecordsEqualsTheScan) {
+  const model::MambaConfig config = model::preset("tiny");
+  const auto stages = model::make_stages(config.n_layer, 2, "");
+  const auto train = pp::initial_train_state(5, 7);
+  for (const std::string comp : {"none", "zstd:1"}) {
+    const std::string root = dir_ + "/" + comp.substr(0, 4);
+    RootLock lock = RootLock::acquire(root, "this test");
+    const std::string tmp = begin_step_dir(root, 7);
+    const std::vector<WrittenShard> written = write_stages(tmp, config, stages, comp);
+    const Compression c = Compression::parse(comp);
+    const Manifest scanned = build_manifest(tmp, "0123456789abcdef0123456789abcdef", config, stages, 7, c, true, train);
+    const Manifest recorded =
+        build_manifest(tmp, "0123456789abcdef0123456789abcdef", config, stages, 7, c, true, train, written);
+    EXPECT_EQ(manifest_to_json(recorded), manifest_to_json(scanned)) << comp;
+    // The records name the slots a scan finds, with the scan's stored sizes.
+    ShardReader r(written[1].path);
+    const auto found = r.scan();
+    ASSERT_EQ(found.size(), written[1].datasets.size());
+    for (size_t i = 0; i < found.size(); ++i) {
+      EXPECT_EQ(found[i].path, written[1].datasets[i].path);
+      EXPECT_EQ(found[i].stored_bytes, written[1].datasets[i].stored_bytes) << found[i].path;
+      EXPECT_EQ(found[i].compressed, written[1].datasets[i].compressed) << found[i].path;
+    }
+    abort_step_dir(tmp);
+  }
+}
+
+// Building from records must still notice a file that is no longer what its writer fsynced, and
+// a record that disagrees with the file (here: a forged digest) is caught by every reader and by
+// verify, which compare the manifest with the shards themselves.
+TEST_F(CkptTest, RecordsThatDisagreeWithTheFilesAreCaught) {
+  const model::MambaConfig config = model::preset("tiny");
+  const auto stages = model::make_stages(config.n_layer, 2, "");
+  const auto train = pp::initial_train_state(5, 7);
+  const std::string root = dir_ + "/r";
+  RootLock lock = RootLock::acquire(root, "this test");
+  const std::string run = "0123456789abcdef0123456789abcdef";
+  {
+    const std::string tmp = begin_step_dir(root, 7);
+    const std::vector<WrittenShard> written = write_stages(tmp, config, stages, "none");
+    {
+      std::ofstream grow(written[0].path, std::ios::app | std::ios::binary);
+      grow << "x";
+    }
+    PMAMBA_EXPECT_THROW_WITH(build_manifest(tmp, run, config, stages, 7, Compression{}, true, train, written),
+                             FormatError, "but its writer wrote");
+    abort_step_dir(tmp);
+  }
+  const std::string tmp = begin_step_dir(root, 7);
+  std::vector<WrittenShard> written = write_stages(tmp, config, stages, "none");
+  for (auto& d : written[1].datasets) {
+    if (d.fqn == "backbone.layers.2.mixer.D" && d.slot == Slot::kParam) d.digest ^= 1;
+  }
+  const Manifest m = build_manifest(tmp, run, config, stages, 7, Compression{}, true, train, written);
+  const std::string step = commit_step_dir(root, tmp, m, {}).dir;
+  PMAMBA_EXPECT_THROW_WITH(CheckpointReader r(step), FormatError, "metadata disagree with the manifest");
+  const VerifyReport report = verify_checkpoint(step, {});
+  ASSERT_FALSE(report.ok());
+  EXPECT_NE(report.problems.front().find("backbone.layers.2.mixer.D"), std::string::npos) << report.problems.front();
+}
+
+// save_checkpoint reports where its time went when asked, and writes the same files either way.
+TEST_F(CkptTest, SaveProfileAccountsForThePhases) {
+  const model::MambaConfig config = model::preset("tiny");
+  const auto stages = model::make_stages(config.n_layer, 2, "");
+  SaveProfile prof;
+  SaveOptions o;
+  o.write.compression = Compression::parse("zstd:1");
+  o.profile = &prof;
+  o.run_id = "0123456789abcdef0123456789abcdef";
+  auto produce = [&](const model::StageSpec& spec) {
+    model::MambaLM m(config, spec);
+    m->init_parameters(2);
+    return pp::collect_stage(*m, nullptr);
+  };
+  const std::string a = save_checkpoint(dir_ + "/a", 1, config, stages, pp::initial_train_state(2, 1), o, produce);
+  o.profile = nullptr;
+  const std::string b = save_checkpoint(dir_ + "/b", 1, config, stages, pp::initial_train_state(2, 1), o, produce);
+  EXPECT_EQ(prof.shards, 2);
+  EXPECT_EQ(prof.datasets, static_cast<int64_t>(model::list_parameters(config).size() - 1) * 4);  // the tied head is an alias
+  EXPECT_GT(prof.data_s, 0);
+  EXPECT_GT(prof.metadata_s, 0);
+  EXPECT_GT(prof.manifest_s, 0);
+  EXPECT_GT(prof.commit_s, 0);
+  EXPECT_EQ(fs::read_file(a + "/manifest.json"), fs::read_file(b + "/manifest.json"));
 }
 
 TEST_F(CkptTest, LoadsAtAnyPipelineDegree) {
