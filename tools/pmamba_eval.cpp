@@ -3,7 +3,7 @@
 #include "tools/tool_main.h"
 
 int main(int argc, char** argv) {
-  pmamba::tools::prefer_passive_omp_wait(argv);
+  pmamba::tools::prepare_compute_process(argv);
   CLI::App app{"Run a Mamba LM split into pipeline stages on token sequences; report loss and "
                "accuracy and write the logits.",
                "pmamba-eval"};

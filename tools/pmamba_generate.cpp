@@ -4,7 +4,7 @@
 
 int main(int argc, char** argv) {
   // Decoding runs hundreds of tiny parallel regions per token (tool_main.h says why).
-  pmamba::tools::prefer_passive_omp_wait(argv);
+  pmamba::tools::prepare_compute_process(argv);
   CLI::App app{"Generate tokens from a Mamba LM: prefill each prompt, then one recurrent step per token, with the "
                "stages as processes at --pp N. stdout holds only the generated ids (one line per prompt, the same "
                "at every --pp); timings go to stderr.",

@@ -5,7 +5,7 @@
 #include "tools/version.h"
 
 int main(int argc, char** argv) {
-  pmamba::tools::prefer_passive_omp_wait(argv);  // first: it may restart the program
+  pmamba::tools::prepare_compute_process(argv);  // first: it may restart the program
   // Before any other thread exists: the stop signals are taken by one thread of their own.
   pmamba::pp::install_stop_signals("pmamba-train");
   CLI::App app{"Train a Mamba LM with pipeline parallelism over c10d (Gloo on CPU, NCCL on CUDA). Without launcher "

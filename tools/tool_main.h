@@ -20,8 +20,10 @@
 #include <new>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "kernels/memory.h"
 #include "src/ckpt/errors.h"
 #include "src/ckpt/suggest.h"
 #include "src/model/errors.h"
@@ -158,17 +160,29 @@ inline std::string suggest_for_choice(const std::string& message) {
 
 }  // namespace detail
 
-/// Restarts this program with OMP_WAIT_POLICY=passive unless the caller chose a policy. LibTorch's
-/// parallel regions are libgomp's, and its default spin-wait keeps idle threads busy between
-/// them, fighting OpenBLAS's own pool for the same cores: on 2 cores a mamba-130m decode step
-/// ran 4x slower and tiny-hybrid training 2.1-2.9x slower (bench/RESULTS.md). libgomp reads the
-/// variable when it loads, before main, hence the exec; it keeps the pid, and if it fails the
-/// program simply runs as it is. Call it first in main, before any thread or signal handler.
-inline void prefer_passive_omp_wait(char** argv) {
-  if (!std::getenv("OMP_WAIT_POLICY")) {
-    ::setenv("OMP_WAIT_POLICY", "passive", 1);
-    ::execv("/proc/self/exe", argv);
+/// Prepares a compute-heavy tool's process, first thing in main (before any thread or signal
+/// handler):
+///  - restarts the program (same pid) with OMP_WAIT_POLICY=passive and OPENBLAS_THREAD_TIMEOUT=4
+///    where the caller set neither. LibTorch's parallel regions are libgomp's, and its default
+///    spin-wait keeps idle threads busy between them, fighting OpenBLAS's own pool for the same
+///    cores: on 2 cores a mamba-130m decode step ran 4x slower and tiny-hybrid training 2.1-2.9x
+///    slower. OpenBLAS's idle workers likewise spin (with sched_yield) for 2^28 cycles after each
+///    product before they sleep, stealing the cores from the scan and elementwise work between
+///    matmuls; 2^4 cycles made small training 15% faster (bench/RESULTS.md). Both libraries read
+///    the variables when they load, before main, hence the exec; if it fails the program simply
+///    runs as it is;
+///  - keeps freed memory in the process (kernels::retain_freed_memory).
+inline void prepare_compute_process(char** argv) {
+  bool changed = false;
+  for (const auto& [name, value] : {std::pair<const char*, const char*>{"OMP_WAIT_POLICY", "passive"},
+                                    std::pair<const char*, const char*>{"OPENBLAS_THREAD_TIMEOUT", "4"}}) {
+    if (!std::getenv(name)) {
+      ::setenv(name, value, 1);
+      changed = true;
+    }
   }
+  if (changed) ::execv("/proc/self/exe", argv);
+  kernels::retain_freed_memory();
 }
 
 /// Long names (no dashes) of the options given on the command line, option groups included:
