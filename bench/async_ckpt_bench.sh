@@ -9,7 +9,8 @@
 # write, so steps that slow down while the write runs count. The script checks that each async
 # save committed before step STEPS-1 (else the window would hide part of it). Whole-process times
 # are printed too. One JSON line on stdout at the end, progress on stderr.
-# Usage: bench/async_ckpt_bench.sh BUILD_DIR [STEPS [EVERY [REPEATS [PRESET [THREADS]]]]]
+# Usage: bench/async_ckpt_bench.sh BUILD_DIR [STEPS [EVERY [REPEATS [PRESET [THREADS [COMPRESSION]]]]]]
+# (COMPRESSION: pmamba-train's --compression, default its own default)
 set -euo pipefail
 BUILD=${1:-build}
 BIN=$BUILD/bin
@@ -18,12 +19,14 @@ EVERY=${3:-10}
 REPEATS=${4:-3}
 PRESET=${5:-small}
 THREADS=${6:-2}
+COMPRESSION=${7:-}
 # Checkpoints go to the disk under test (BENCH_DIR, default the build directory), not tmpfs.
 DIR=${BENCH_DIR:-$BUILD/bench-scratch}
 mkdir -p "$DIR"
 T=$(mktemp -d "$DIR/async-ckpt-XXXXXX")
 trap 'rm -rf "$T"' EXIT
 common=(--preset "$PRESET" --data selective-copy --steps "$STEPS" --seed 1 --threads "$THREADS" --quiet)
+[ -n "$COMPRESSION" ] && common+=(--compression "$COMPRESSION")
 one() {  # mode, repeat
   local mode=$1 r=$2 extra=()
   case $mode in
@@ -47,9 +50,9 @@ for r in $(seq 1 "$REPEATS"); do
     one "$mode" "$r"
   done
 done
-python3 - "$T" "$STEPS" "$EVERY" "$REPEATS" "$PRESET" "$THREADS" <<'PY'
+python3 - "$T" "$STEPS" "$EVERY" "$REPEATS" "$PRESET" "$THREADS" "${COMPRESSION:-default}" <<'PY'
 import datetime, json, os, statistics, sys
-d, steps, every, repeats, preset, threads = sys.argv[1], *map(int, sys.argv[2:5]), sys.argv[5], int(sys.argv[6])
+d, steps, every, repeats, preset, threads, compression = sys.argv[1], *map(int, sys.argv[2:5]), sys.argv[5], int(sys.argv[6]), sys.argv[7]
 def stamp(j):
     return datetime.datetime.fromisoformat(j["time"].replace("Z", "+00:00")).timestamp()
 res = {m: [] for m in ("none", "sync", "async")}
@@ -92,7 +95,7 @@ med = {m: statistics.median(x["window"] for x in v) for m, v in res.items()}
 proc = {m: statistics.median(x["process"] for x in v) for m, v in res.items()}
 n_inner = len(range(every, steps, every))
 out = {
-    "bench": "async_ckpt", "preset": preset, "threads": threads, "steps": steps, "ckpt_every": every,
+    "bench": "async_ckpt", "preset": preset, "threads": threads, "compression": compression, "steps": steps, "ckpt_every": every,
     "repeats": repeats, "checkpoints_in_window": n_inner,
     "window_s": med, "process_s": proc,
     "sync_save_s_median": statistics.median(saves),

@@ -6,6 +6,8 @@
 #include <chrono>
 #include <cstring>
 #include <deque>
+#include <future>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <fcntl.h>
@@ -117,149 +119,204 @@ struct ChunkJob {
   size_t size = 0;                          // bytes of `out` holding the frame
 };
 
-// Writes one dataset and returns what it wrote, described as a scan of the file would find it.
-// `spare` holds the writer's idle chunk jobs.
-StoredDataset write_dataset(hid_t file, int fd, const TensorToSave& item, const WriteOptions& o, ThreadPool& pool,
-                            std::vector<std::unique_ptr<ChunkJob>>& spare, const std::string& where) {
-  Laps laps(o.profile);
-  const at::Tensor data = item.tensor.detach().cpu().contiguous();
-  const std::string path = dataset_path(item.fqn, item.slot);
-  const std::string what = where + ": dataset '" + path + "'";
-  const StorageType ty = storage_type(data.scalar_type());
-  const size_t elem = data.element_size();
-  const auto* base = static_cast<const uint8_t*>(data.data_ptr());
-  const size_t total = data.nbytes();
-
-  // The digest is taken alongside the write, on a pool thread; a small tensor's on this one,
-  // where it costs less than handing it over (a third of the datasets are 8-byte step counts).
-  FutureGuard guard;
+// One dataset's bytes and layout, known before it is created. Its digest is taken on a pool
+// thread for a large tensor (a small one's here, where it costs less than handing it over: a
+// third of the datasets are 8-byte step counts).
+struct Prepared {
+  at::Tensor data;  // contiguous on the CPU
+  const uint8_t* base = nullptr;
+  size_t total = 0, elem = 0;
+  bool chunked = false;
+  int64_t rows = 0, n_chunks = 0;
+  size_t chunk_raw = 0;
   uint64_t digest = 0;
+  std::future<void> digest_done;  // valid while the pool computes `digest`
+};
+
+std::unique_ptr<Prepared> prepare(const TensorToSave& item, const WriteOptions& o, ThreadPool& pool) {
+  auto p = std::make_unique<Prepared>();
+  p->data = item.tensor.detach().cpu().contiguous();
+  p->base = static_cast<const uint8_t*>(p->data.data_ptr());
+  p->total = p->data.nbytes();
+  p->elem = p->data.element_size();
+  p->chunked = o.compression.zstd && p->data.dim() > 0 && p->data.numel() > 0;
+  if (p->chunked) {
+    const std::vector<int64_t> shape = p->data.sizes().vec();
+    p->rows = chunk_rows(shape, p->elem, o.chunk_bytes);
+    p->chunk_raw = static_cast<size_t>(p->rows) * (p->total / static_cast<size_t>(shape[0]));
+    p->n_chunks = (shape[0] + p->rows - 1) / p->rows;
+  }
   constexpr size_t kInlineDigest = size_t{256} << 10;
-  if (total <= kInlineDigest) {
-    digest = bytes_digest(base, total);
+  if (p->total <= kInlineDigest) {
+    p->digest = bytes_digest(p->base, p->total);
   } else {
-    guard.futures.push_back(pool.submit([&digest, base, total] { digest = bytes_digest(base, total); }));
+    Prepared* q = p.get();  // stays put: the unique_ptr moves, the object does not
+    p->digest_done = pool.submit([q] { q->digest = bytes_digest(q->base, q->total); });
   }
+  return p;
+}
 
-  const std::vector<int64_t> shape = data.sizes().vec();
-  std::vector<hsize_t> dims(shape.begin(), shape.end());
-  h5::Handle space(h5::check(data.dim() == 0 ? H5Screate(H5S_SCALAR)
-                                             : H5Screate_simple(data.dim(), dims.data(), nullptr),
-                             what + ": H5Screate"));
-  h5::Handle lcpl(h5::check(H5Pcreate(H5P_LINK_CREATE), "H5Pcreate"));
-  h5::check_status(H5Pset_create_intermediate_group(lcpl.get(), 1), "H5Pset_create_intermediate_group");
-  h5::Handle dcpl(h5::check(H5Pcreate(H5P_DATASET_CREATE), "H5Pcreate"));
-  h5::check_status(H5Pset_fill_time(dcpl.get(), H5D_FILL_TIME_NEVER), "H5Pset_fill_time");
-  const bool chunked = o.compression.zstd && data.dim() > 0 && data.numel() > 0;
-  if (!chunked && total > 0) h5::check_status(H5Pset_alloc_time(dcpl.get(), H5D_ALLOC_TIME_EARLY), "H5Pset_alloc_time");
-  int64_t rows = 0;
-  if (chunked) {
-    rows = chunk_rows(shape, elem, o.chunk_bytes);
-    std::vector<hsize_t> chunk = dims;
-    chunk[0] = static_cast<hsize_t>(rows);
-    h5::check_status(H5Pset_chunk(dcpl.get(), data.dim(), chunk.data()), what + ": H5Pset_chunk");
-    h5::check_status(H5Pset_shuffle(dcpl.get()), what + ": H5Pset_shuffle");
-    const unsigned level = static_cast<unsigned>(o.compression.level);
-    h5::check_status(H5Pset_filter(dcpl.get(), kZstdFilterId, H5Z_FLAG_MANDATORY, 1, &level),
-                     what + ": H5Pset_filter(zstd)");
-  }
-  h5::Handle dset(h5::check(
-      H5Dcreate2(file, path.c_str(), ty.file, space.get(), lcpl.get(), dcpl.get(), H5P_DEFAULT),
-      "cannot create " + what));
-  laps.lap(&SaveProfile::metadata_s);
-
-  if (!chunked) {
-    if (total > 0) {
-      // The space was allocated at creation; its bytes go straight to the file with pwrite
-      // (HDF5 never touches a raw data region it does not fill), from this thread in one
-      // sequential pass: writers of one file serialise on its inode lock anyway, and the pool
-      // thread is busy with the digest.
-      const haddr_t addr = H5Dget_offset(dset.get());
-      if (addr == HADDR_UNDEF) {
-        h5::check_status(H5Dwrite(dset.get(), ty.mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, base), "cannot write " + what);
-      } else {
-        pwrite_all(fd, base, total, static_cast<int64_t>(addr), what);
+// Writes `items` in order, handing `wrote` what it wrote for each right after it is written,
+// described as a scan of the file would find it. With zstd, chunks are compressed in the pool and written in file order from this thread
+// (HDF5 is not thread-safe), at most 2 * threads in flight, which bounds the extra memory. The
+// window runs across datasets, so the next tensors' chunks compress while this one's are written
+// instead of the pool idling at every dataset boundary (most of a model's ~1000 datasets are a
+// few chunks or smaller). `spare` holds the writer's idle chunk jobs.
+void write_datasets(hid_t file, int fd, const std::vector<const TensorToSave*>& items, const WriteOptions& o,
+                    ThreadPool& pool, std::vector<std::unique_ptr<ChunkJob>>& spare, const std::string& where,
+                    const std::function<void(StoredDataset)>& wrote) {
+  std::vector<std::unique_ptr<Prepared>> prep(items.size());
+  struct InFlight {
+    size_t item;
+    int64_t chunk;
+    std::unique_ptr<ChunkJob> job;
+    std::future<void> done;
+  };
+  std::deque<InFlight> inflight;
+  // Declared after `prep` and `inflight`, so destroyed first: nothing the pool still runs for
+  // this call outlives what it reads or writes, and the jobs go back to the spares.
+  struct Drain {
+    std::vector<std::unique_ptr<Prepared>>& prep;
+    std::deque<InFlight>& inflight;
+    std::vector<std::unique_ptr<ChunkJob>>& spare;
+    ~Drain() {
+      for (auto& f : inflight) {
+        if (f.done.valid()) f.done.wait();
+        spare.push_back(std::move(f.job));
+      }
+      for (auto& p : prep) {
+        if (p && p->digest_done.valid()) p->digest_done.wait();
       }
     }
-  } else {
-    // Compress chunks in the pool, write them in order from this thread (HDF5 is not
-    // thread-safe); at most 2 * threads chunks are in flight, which bounds the extra memory.
-    const size_t row_bytes = total / static_cast<size_t>(shape[0]);
-    const size_t chunk_raw = static_cast<size_t>(rows) * row_bytes;
-    const int64_t n_chunks = (shape[0] + rows - 1) / rows;
-    const int level = o.compression.level;
-    // Jobs come from (and go back to) the writer's spares, so a save allocates and first-touches
-    // its chunk buffers once, not once per chunk (fresh memory is slow to touch on a VM that
-    // hands freed pages back to the host).
-    std::deque<std::unique_ptr<ChunkJob>> jobs;
-    struct GiveBack {
-      std::deque<std::unique_ptr<ChunkJob>>& jobs;
-      std::vector<std::unique_ptr<ChunkJob>>& spare;
-      ~GiveBack() {
-        for (auto& j : jobs) spare.push_back(std::move(j));
+  } drain{prep, inflight, spare};
+  size_t prepared = 0;  // items [0, prepared) have been prepared
+  auto ensure_prepared = [&](size_t i) {
+    for (; prepared <= i; ++prepared) prep[prepared] = prepare(*items[prepared], o, pool);
+  };
+  const int level = o.compression.level;
+  const size_t window = static_cast<size_t>(2 * pool.size());
+  size_t sub_item = 0;  // the next chunk to compress, in file order
+  int64_t sub_chunk = 0;
+  auto fill = [&] {
+    while (inflight.size() < window) {
+      while (sub_item < items.size()) {
+        // Look ahead only as far as the window reaches: prepared tensors are held until written.
+        ensure_prepared(sub_item);
+        const Prepared& p = *prep[sub_item];
+        if (p.chunked && sub_chunk < p.n_chunks) break;
+        ++sub_item;
+        sub_chunk = 0;
       }
-    } give_back{jobs, spare};
-    FutureGuard inflight;  // declared after `jobs`: its futures finish before the jobs go back
-    auto submit = [&](int64_t c) {
+      if (sub_item == items.size()) return;
       if (spare.empty()) spare.push_back(std::make_unique<ChunkJob>());
-      jobs.push_back(std::move(spare.back()));
+      InFlight f{sub_item, sub_chunk, std::move(spare.back()), {}};
       spare.pop_back();
-      ChunkJob* job = jobs.back().get();
-      inflight.futures.push_back(pool.submit([=] {
+      ChunkJob* job = f.job.get();
+      const Prepared* p = prep[sub_item].get();
+      const int64_t c = sub_chunk++;
+      f.done = pool.submit([job, p, c, level] {
         if (!job->cctx) job->cctx.reset(ZSTD_createCCtx());
         if (!job->cctx) throw ResourceError("cannot allocate a zstd compression context");
-        const size_t bound = ZSTD_compressBound(chunk_raw);
+        const size_t bound = ZSTD_compressBound(p->chunk_raw);
         if (job->out.size() < bound) job->out.resize(bound);
-        const size_t start = static_cast<size_t>(c) * chunk_raw;
-        const size_t avail = std::min(chunk_raw, total - start);
-        const uint8_t* src = base + start;
-        if (avail < chunk_raw) {  // edge chunks are stored at full chunk size, zero padded
-          if (job->pad.size() < chunk_raw) job->pad.resize(chunk_raw);
+        const size_t start = static_cast<size_t>(c) * p->chunk_raw;
+        const size_t avail = std::min(p->chunk_raw, p->total - start);
+        const uint8_t* src = p->base + start;
+        if (avail < p->chunk_raw) {  // edge chunks are stored at full chunk size, zero padded
+          if (job->pad.size() < p->chunk_raw) job->pad.resize(p->chunk_raw);
           std::memcpy(job->pad.data(), src, avail);
-          std::memset(job->pad.data() + avail, 0, chunk_raw - avail);
+          std::memset(job->pad.data() + avail, 0, p->chunk_raw - avail);
           src = job->pad.data();
         }
-        job->size = encode_chunk(src, chunk_raw, elem, level, job->cctx.get(), job->scratch, job->out.data(),
+        job->size = encode_chunk(src, p->chunk_raw, p->elem, level, job->cctx.get(), job->scratch, job->out.data(),
                                  job->out.size());
-      }));
-    };
-    const size_t window = static_cast<size_t>(2 * pool.size());
-    int64_t next = 0;
-    std::vector<hsize_t> offset(dims.size(), 0);
-    for (int64_t c = 0; c < n_chunks; ++c) {
-      while (next < n_chunks && jobs.size() < window) submit(next++);
-      inflight.futures.front().get();
-      inflight.futures.pop_front();
-      ChunkJob& job = *jobs.front();
-      offset[0] = static_cast<hsize_t>(c * rows);
-      h5::check_status(H5Dwrite_chunk(dset.get(), H5P_DEFAULT, 0, offset.data(), job.size, job.out.data()),
-                       "cannot write chunk " + std::to_string(c) + " of " + what);
-      spare.push_back(std::move(jobs.front()));
-      jobs.pop_front();
+      });
+      inflight.push_back(std::move(f));
     }
+  };
+
+  for (size_t i = 0; i < items.size(); ++i) {
+    Laps laps(o.profile);
+    const TensorToSave& item = *items[i];
+    ensure_prepared(i);
+    Prepared& p = *prep[i];
+    const at::Tensor& data = p.data;
+    const std::string path = dataset_path(item.fqn, item.slot);
+    const std::string what = where + ": dataset '" + path + "'";
+    const StorageType ty = storage_type(data.scalar_type());
+
+    const std::vector<int64_t> shape = data.sizes().vec();
+    std::vector<hsize_t> dims(shape.begin(), shape.end());
+    h5::Handle space(h5::check(data.dim() == 0 ? H5Screate(H5S_SCALAR)
+                                               : H5Screate_simple(data.dim(), dims.data(), nullptr),
+                               what + ": H5Screate"));
+    h5::Handle lcpl(h5::check(H5Pcreate(H5P_LINK_CREATE), "H5Pcreate"));
+    h5::check_status(H5Pset_create_intermediate_group(lcpl.get(), 1), "H5Pset_create_intermediate_group");
+    h5::Handle dcpl(h5::check(H5Pcreate(H5P_DATASET_CREATE), "H5Pcreate"));
+    h5::check_status(H5Pset_fill_time(dcpl.get(), H5D_FILL_TIME_NEVER), "H5Pset_fill_time");
+    if (!p.chunked && p.total > 0) h5::check_status(H5Pset_alloc_time(dcpl.get(), H5D_ALLOC_TIME_EARLY), "H5Pset_alloc_time");
+    if (p.chunked) {
+      std::vector<hsize_t> chunk = dims;
+      chunk[0] = static_cast<hsize_t>(p.rows);
+      h5::check_status(H5Pset_chunk(dcpl.get(), data.dim(), chunk.data()), what + ": H5Pset_chunk");
+      h5::check_status(H5Pset_shuffle(dcpl.get()), what + ": H5Pset_shuffle");
+      const unsigned lvl = static_cast<unsigned>(level);
+      h5::check_status(H5Pset_filter(dcpl.get(), kZstdFilterId, H5Z_FLAG_MANDATORY, 1, &lvl),
+                       what + ": H5Pset_filter(zstd)");
+    }
+    h5::Handle dset(h5::check(
+        H5Dcreate2(file, path.c_str(), ty.file, space.get(), lcpl.get(), dcpl.get(), H5P_DEFAULT),
+        "cannot create " + what));
+    laps.lap(&SaveProfile::metadata_s);
+
+    if (!p.chunked) {
+      if (p.total > 0) {
+        // The space was allocated at creation; its bytes go straight to the file with pwrite
+        // (HDF5 never touches a raw data region it does not fill), from this thread in one
+        // sequential pass: writers of one file serialise on its inode lock anyway, and the pool
+        // thread is busy with the digest.
+        const haddr_t addr = H5Dget_offset(dset.get());
+        if (addr == HADDR_UNDEF) {
+          h5::check_status(H5Dwrite(dset.get(), ty.mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, p.base), "cannot write " + what);
+        } else {
+          pwrite_all(fd, p.base, p.total, static_cast<int64_t>(addr), what);
+        }
+      }
+    } else {
+      std::vector<hsize_t> offset(dims.size(), 0);
+      for (int64_t c = 0; c < p.n_chunks; ++c) {
+        fill();
+        InFlight& f = inflight.front();
+        if (f.item != i || f.chunk != c) throw UsageError("internal: zstd chunks out of order in " + what);
+        f.done.get();
+        offset[0] = static_cast<hsize_t>(c * p.rows);
+        h5::check_status(H5Dwrite_chunk(dset.get(), H5P_DEFAULT, 0, offset.data(), f.job->size, f.job->out.data()),
+                         "cannot write chunk " + std::to_string(c) + " of " + what);
+        spare.push_back(std::move(f.job));
+        inflight.pop_front();
+      }
+    }
+    laps.lap(&SaveProfile::data_s);
+    if (p.digest_done.valid()) p.digest_done.get();
+    laps.lap(&SaveProfile::digest_s);
+    StoredDataset out;
+    out.path = path;
+    out.fqn = item.fqn;
+    out.slot = item.slot;
+    out.shape = shape;
+    out.dtype = dtype_name(data.scalar_type());
+    out.digest = p.digest;
+    out.raw_bytes = static_cast<int64_t>(p.total);
+    out.compressed = p.chunked;
+    h5::write_attr(dset.get(), "dtype", out.dtype);
+    h5::write_attr(dset.get(), "xxh3_64", digest_hex(p.digest));
+    // HDF5's own account of the bytes it stores, the number a scan reads back.
+    out.stored_bytes = static_cast<int64_t>(H5Dget_storage_size(dset.get()));
+    laps.lap(&SaveProfile::metadata_s);
+    if (o.profile) ++o.profile->datasets;
+    prep[i].reset();  // its bytes are written: a copy made for the write is freed now
+    wrote(std::move(out));
   }
-  laps.lap(&SaveProfile::data_s);
-  while (!guard.futures.empty()) {
-    guard.futures.front().get();
-    guard.futures.pop_front();
-  }
-  laps.lap(&SaveProfile::digest_s);
-  StoredDataset out;
-  out.path = path;
-  out.fqn = item.fqn;
-  out.slot = item.slot;
-  out.shape = shape;
-  out.dtype = dtype_name(data.scalar_type());
-  out.digest = digest;
-  out.raw_bytes = static_cast<int64_t>(total);
-  out.compressed = chunked;
-  h5::write_attr(dset.get(), "dtype", out.dtype);
-  h5::write_attr(dset.get(), "xxh3_64", digest_hex(digest));
-  // HDF5's own account of the bytes it stores, the number a scan reads back.
-  out.stored_bytes = static_cast<int64_t>(H5Dget_storage_size(dset.get()));
-  laps.lap(&SaveProfile::metadata_s);
-  if (o.profile) ++o.profile->datasets;
-  return out;
 }
 
 nlohmann::json aliases_to_json(const std::vector<AliasToSave>& aliases) {
@@ -369,11 +426,18 @@ void ShardWriter::added() {
   impl_->first = false;
 }
 
-void ShardWriter::add(const TensorToSave& t) {
+void ShardWriter::add(const TensorToSave& t) { add_all({t}); }
+
+void ShardWriter::add_all(const std::vector<TensorToSave>& tensors) {
   h5::Silence quiet;
-  impl_->written.datasets.push_back(write_dataset(impl_->file.get(), impl_->fd, t, impl_->options, *impl_->pool,
-                                                    impl_->spare_jobs, impl_->tmp));
-  added();
+  std::vector<const TensorToSave*> items;
+  items.reserve(tensors.size());
+  for (const auto& t : tensors) items.push_back(&t);
+  write_datasets(impl_->file.get(), impl_->fd, items, impl_->options, *impl_->pool, impl_->spare_jobs, impl_->tmp,
+                 [this](StoredDataset d) {
+                   impl_->written.datasets.push_back(std::move(d));
+                   added();
+                 });
 }
 
 void ShardWriter::copy(const ShardReader& src, const StoredDataset& d) {
@@ -463,7 +527,7 @@ std::string write_shard(const std::string& dir, const ShardHeader& header,
                         const std::vector<AliasToSave>& aliases, const WriteOptions& options,
                         WrittenShard* written) {
   ShardWriter w(dir, header, options);
-  for (const auto& t : tensors) w.add(t);
+  w.add_all(tensors);
   for (const auto& a : aliases) w.add_alias(a);
   std::string path = w.finish();
   if (written) *written = w.written();

@@ -99,6 +99,9 @@ class ShardWriter {
   ShardWriter& operator=(const ShardWriter&) = delete;
 
   void add(const TensorToSave& tensor);
+  /// add() for each in order; with zstd the next tensors' chunks compress while earlier ones are
+  /// written, so a shard written in one call keeps the pool busy across dataset boundaries.
+  void add_all(const std::vector<TensorToSave>& tensors);
   /// Copies a dataset from another shard as stored (its bytes are not decoded); its attributes
   /// are written anew from `dataset` in this format version's encoding.
   void copy(const ShardReader& src, const StoredDataset& dataset);
