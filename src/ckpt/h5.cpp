@@ -115,6 +115,13 @@ Handle create_file(const std::string& path) {
                       "cannot create HDF5 file '" + path + "'"));
 }
 
+Handle create_file(const std::string& path, size_t threshold, size_t alignment) {
+  Handle fapl = file_access_props();
+  check_status(H5Pset_alignment(fapl.get(), threshold, alignment), "H5Pset_alignment");
+  return Handle(check(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()),
+                      "cannot create HDF5 file '" + path + "'"));
+}
+
 Handle open_file(const std::string& path) {
   Handle fapl = file_access_props();
   return Handle(check(H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl.get()),

@@ -62,6 +62,9 @@ hid_t check(hid_t id, const std::string& what);
 herr_t check_status(herr_t rc, const std::string& what);
 
 Handle create_file(const std::string& path);  // truncates; libver bounds v110 for h5py
+/// The same, with every object of `threshold` bytes or more placed at a multiple of `alignment`
+/// (H5Pset_alignment): what lets a writer put a dataset's bytes there with O_DIRECT.
+Handle create_file(const std::string& path, size_t threshold, size_t alignment);
 Handle open_file(const std::string& path);    // read-only
 Handle open_file_rw(const std::string& path);
 

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <future>
@@ -112,6 +113,68 @@ void pwrite_all(int fd, const uint8_t* base, size_t total, int64_t offset, const
   }
 }
 
+// Uncompressed datasets of kDirectMin bytes or more start on a kDirectAlign boundary, and their
+// whole blocks are written with O_DIRECT through an aligned bounce buffer the writer reuses. A
+// buffered write puts every byte into fresh page-cache pages, and on a VM that hands idle memory
+// back to the host those first touches dominate: 140 MB with fsync took 0.50 s (0.45 s of it
+// system CPU) buffered and 0.07 s (0.01 s CPU) with O_DIRECT on this project's machines, and an
+// asynchronous save's buffered write took that CPU from training. The tail past the last whole
+// block goes through the ordinary descriptor; no page holds both kinds of write.
+constexpr size_t kDirectAlign = 4096;
+constexpr size_t kDirectMin = size_t{64} << 10;
+constexpr size_t kBounceBytes = size_t{8} << 20;
+
+struct FreeDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
+
+struct DirectWriter {
+  int fd = -1;  // O_DIRECT descriptor of the file, or -1 (not asked for, or refused: tmpfs)
+  std::unique_ptr<uint8_t, FreeDeleter> bounce;
+
+  ~DirectWriter() { close(); }
+  void close() {
+    if (fd >= 0) ::close(fd);
+    fd = -1;
+  }
+  // Writes the whole blocks of [base, base + total) at `offset` (a multiple of kDirectAlign)
+  // and returns how many bytes it wrote; 0 when it could not (the caller writes them buffered).
+  size_t write(const uint8_t* base, size_t total, int64_t offset, const std::string& what) {
+    const size_t body = total / kDirectAlign * kDirectAlign;
+    if (fd < 0 || body == 0 || offset % static_cast<int64_t>(kDirectAlign) != 0) return 0;
+    if (!bounce) {
+      void* p = nullptr;
+      if (::posix_memalign(&p, kDirectAlign, kBounceBytes) != 0) {
+        close();
+        return 0;
+      }
+      bounce.reset(static_cast<uint8_t*>(p));
+    }
+    for (size_t done = 0; done < body;) {
+      const size_t len = std::min(kBounceBytes, body - done);
+      std::memcpy(bounce.get(), base + done, len);
+      for (size_t put = 0; put < len;) {
+        const ssize_t n = ::pwrite(fd, bounce.get() + put, len - put, offset + static_cast<int64_t>(done + put));
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && errno == EINVAL && done == 0 && put == 0) {
+          close();  // the filesystem takes no direct I/O after all: buffered from now on
+          return 0;
+        }
+        if (n <= 0) throw IoError("cannot write " + what + ": " + std::strerror(n < 0 ? errno : ENOSPC));
+        put += static_cast<size_t>(n);
+      }
+      done += len;
+    }
+    return body;
+  }
+};
+
+// Whether uncompressed shards are written with O_DIRECT (PMAMBA_DIRECT_IO=0 turns it off).
+bool direct_io_wanted() {
+  const char* env = std::getenv("PMAMBA_DIRECT_IO");
+  return !(env && std::strcmp(env, "0") == 0);
+}
+
 // One chunk's compression: its buffers and context, reused chunk after chunk.
 struct ChunkJob {
   ZstdCCtxPtr cctx;
@@ -162,9 +225,9 @@ std::unique_ptr<Prepared> prepare(const TensorToSave& item, const WriteOptions& 
 // window runs across datasets, so the next tensors' chunks compress while this one's are written
 // instead of the pool idling at every dataset boundary (most of a model's ~1000 datasets are a
 // few chunks or smaller). `spare` holds the writer's idle chunk jobs.
-void write_datasets(hid_t file, int fd, const std::vector<const TensorToSave*>& items, const WriteOptions& o,
-                    ThreadPool& pool, std::vector<std::unique_ptr<ChunkJob>>& spare, const std::string& where,
-                    const std::function<void(StoredDataset)>& wrote) {
+void write_datasets(hid_t file, int fd, DirectWriter& direct, const std::vector<const TensorToSave*>& items,
+                    const WriteOptions& o, ThreadPool& pool, std::vector<std::unique_ptr<ChunkJob>>& spare,
+                    const std::string& where, const std::function<void(StoredDataset)>& wrote) {
   std::vector<std::unique_ptr<Prepared>> prep(items.size());
   struct InFlight {
     size_t item;
@@ -279,7 +342,9 @@ void write_datasets(hid_t file, int fd, const std::vector<const TensorToSave*>& 
         if (addr == HADDR_UNDEF) {
           h5::check_status(H5Dwrite(dset.get(), ty.mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, p.base), "cannot write " + what);
         } else {
-          pwrite_all(fd, p.base, p.total, static_cast<int64_t>(addr), what);
+          const size_t put = direct.write(p.base, p.total, static_cast<int64_t>(addr), what);
+          if (o.profile) o.profile->direct_bytes += static_cast<int64_t>(put);
+          pwrite_all(fd, p.base + put, p.total - put, static_cast<int64_t>(addr + put), what);
         }
       }
     } else {
@@ -363,6 +428,7 @@ struct ShardWriter::Impl {
   WriteOptions options;
   h5::Handle file;
   int fd = -1;
+  DirectWriter direct;  // uncompressed shards: whole blocks with O_DIRECT where the filesystem allows
   std::unique_ptr<ThreadPool> pool;
   std::vector<AliasToSave> aliases;
   WrittenShard written;
@@ -383,9 +449,14 @@ ShardWriter::ShardWriter(const std::string& dir, const ShardHeader& header, cons
   m.final_path = fs::join(dir, shard_file_name(header.stage, header.num_stages, header.part, header.parts));
   m.tmp = m.final_path + ".tmp";
   try {
-    m.file = h5::create_file(m.tmp);
+    // The layout is the same whether or not O_DIRECT is used (or allowed by the filesystem).
+    const bool uncompressed = !options.compression.zstd;
+    m.file = uncompressed ? h5::create_file(m.tmp, kDirectMin, kDirectAlign) : h5::create_file(m.tmp);
     m.fd = ::open(m.tmp.c_str(), O_WRONLY | O_CLOEXEC);
     if (m.fd < 0) throw IoError("cannot open '" + m.tmp + "': " + std::strerror(errno));
+    if (uncompressed && direct_io_wanted()) {
+      m.direct.fd = ::open(m.tmp.c_str(), O_WRONLY | O_CLOEXEC | O_DIRECT);  // -1 on tmpfs: buffered
+    }
     h5::Handle root(h5::check(H5Gopen2(m.file.get(), "/", H5P_DEFAULT), "H5Gopen2(/)"));
     h5::write_attr(root.get(), "format", std::string(kFormatName));
     h5::write_attr(root.get(), "format_version", kFormatVersion);
@@ -415,6 +486,7 @@ void ShardWriter::abandon() noexcept {
   Impl& m = *impl_;
   h5::Silence quiet;
   m.file.reset();
+  m.direct.close();
   if (m.fd >= 0) ::close(m.fd);
   m.fd = -1;
   ::unlink(m.tmp.c_str());
@@ -433,8 +505,8 @@ void ShardWriter::add_all(const std::vector<TensorToSave>& tensors) {
   std::vector<const TensorToSave*> items;
   items.reserve(tensors.size());
   for (const auto& t : tensors) items.push_back(&t);
-  write_datasets(impl_->file.get(), impl_->fd, items, impl_->options, *impl_->pool, impl_->spare_jobs, impl_->tmp,
-                 [this](StoredDataset d) {
+  write_datasets(impl_->file.get(), impl_->fd, impl_->direct, items, impl_->options, *impl_->pool,
+                 impl_->spare_jobs, impl_->tmp, [this](StoredDataset d) {
                    impl_->written.datasets.push_back(std::move(d));
                    added();
                  });
@@ -478,6 +550,7 @@ std::string ShardWriter::finish() {
     }
     laps.lap(&SaveProfile::metadata_s);
     m.file.close("cannot finish writing '" + m.tmp + "'");
+    m.direct.close();
     laps.lap(&SaveProfile::close_s);
     fault_point("shard-written", m.header.stage);
     if (::fsync(m.fd) != 0) throw IoError("fsync of '" + m.tmp + "' failed: " + std::strerror(errno));

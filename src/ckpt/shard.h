@@ -65,6 +65,7 @@ struct SaveProfile {
   double commit_s = 0;    // writing the manifest, renames and fsyncs, latest, pruning
   int64_t datasets = 0;
   int64_t shards = 0;
+  int64_t direct_bytes = 0;  // tensor bytes written with O_DIRECT (uncompressed shards, where allowed)
 };
 
 struct WriteOptions {
