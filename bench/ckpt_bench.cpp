@@ -9,7 +9,6 @@
 #include <torch/serialize.h>
 
 #include <fcntl.h>
-#include <sys/vfs.h>
 #include <unistd.h>
 #include <zstd.h>
 
@@ -151,22 +150,6 @@ double compress_alone(const std::vector<at::Tensor>& ts, int threads, int level,
   return secs;
 }
 
-std::string fs_type(const std::string& dir) {
-  struct statfs st;
-  if (::statfs(dir.c_str(), &st) != 0) return "unknown";
-  switch (static_cast<unsigned long>(st.f_type)) {
-    case 0x01021994UL: return "tmpfs";
-    case 0xEF53UL: return "ext4";
-    case 0x58465342UL: return "xfs";
-    case 0x9123683EUL: return "btrfs";
-    case 0x794C7630UL: return "overlayfs";
-    default: break;
-  }
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "0x%lx", static_cast<unsigned long>(st.f_type));
-  return buf;
-}
-
 // A SaveProfile's phases by name, in the order a save runs them.
 std::vector<std::pair<std::string, double>> phases(const ckpt::SaveProfile& p) {
   return {{"produce", p.produce_s}, {"open", p.open_s},       {"metadata", p.metadata_s}, {"data", p.data_s},
@@ -186,7 +169,7 @@ int run_ckpt_bench(const CkptBenchOptions& o) {
   ckpt::fs::remove_tree(dir);
   ckpt::fs::make_dirs(dir);
   const double gb = static_cast<double>(bytes) / 1e9;
-  const std::string fs = fs_type(dir);
+  const std::string fs = ckpt::fs::filesystem_type(dir);
   std::fprintf(stderr, "state: %s, %.3f GB in %zu tensors, %d threads, %d repeats, dir %s (%s)\n", o.preset.c_str(),
                gb, distinct.size(), o.threads, o.repeats, dir.c_str(), fs.c_str());
 
