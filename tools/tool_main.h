@@ -162,8 +162,8 @@ inline std::string suggest_for_choice(const std::string& message) {
 
 /// Prepares a compute-heavy tool's process, first thing in main (before any thread or signal
 /// handler):
-///  - restarts the program (same pid) with OMP_WAIT_POLICY=passive and OPENBLAS_THREAD_TIMEOUT=4
-///    where the caller set neither. LibTorch's parallel regions are libgomp's, and its default
+///  - restarts the program (same pid) with OMP_WAIT_POLICY=passive and OPENBLAS_THREAD_TIMEOUT=4,
+///    each unless the caller set it (no restart when both are set). LibTorch's parallel regions are libgomp's, and its default
 ///    spin-wait keeps idle threads busy between them, fighting OpenBLAS's own pool for the same
 ///    cores: on 2 cores a mamba-130m decode step ran 4x slower and tiny-hybrid training 2.1-2.9x
 ///    slower. OpenBLAS's idle workers likewise spin (with sched_yield) for 2^28 cycles after each

@@ -220,9 +220,9 @@ std::unique_ptr<Prepared> prepare(const TensorToSave& item, const WriteOptions& 
 }
 
 // Writes `items` in order, handing `wrote` what it wrote for each right after it is written,
-// described as a scan of the file would find it. With zstd, chunks are compressed in the pool and written in file order from this thread
-// (HDF5 is not thread-safe), at most 2 * threads in flight, which bounds the extra memory. The
-// window runs across datasets, so the next tensors' chunks compress while this one's are written
+// described as a scan of the file would find it. With zstd, chunks are compressed in the pool
+// and written in file order from this thread (HDF5 is not thread-safe), at most 2 * threads in
+// flight, which bounds the extra memory. The window runs across datasets, so the next tensors' chunks compress while this one's are written
 // instead of the pool idling at every dataset boundary (most of a model's ~1000 datasets are a
 // few chunks or smaller). `spare` holds the writer's idle chunk jobs.
 void write_datasets(hid_t file, int fd, DirectWriter& direct, const std::vector<const TensorToSave*>& items,
