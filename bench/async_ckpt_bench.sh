@@ -56,7 +56,7 @@ d, steps, every, repeats, preset, threads, compression = sys.argv[1], *map(int, 
 def stamp(j):
     return datetime.datetime.fromisoformat(j["time"].replace("Z", "+00:00")).timestamp()
 res = {m: [] for m in ("none", "sync", "async")}
-saves, snaps, commits, writes = [], [], [], []
+saves, save_cpus, snaps, commits, writes, works = [], [], [], [], [], []
 for m in res:
     for r in range(1, repeats + 1):
         rows = {j["step"]: j for j in map(json.loads, open(os.path.join(d, f"{m}-{r}.jsonl"))) if "loss" in j}
@@ -65,6 +65,7 @@ for m in res:
         inner = [k for k in range(every, steps, every)]
         if m == "sync":
             saves += [rows[k]["ckpt_time_s"] for k in inner]
+            save_cpus += [rows[k]["ckpt_cpu_s"] for k in inner if "ckpt_cpu_s" in rows[k]]
         if m == "async":
             snaps += [rows[k]["ckpt_snapshot_s"] for k in inner]
             done = {j["ckpt_committed"]: s for s, j in rows.items() if "ckpt_committed" in j}
@@ -73,6 +74,7 @@ for m in res:
                 print(f"warning: async saves of steps {late} committed after step {steps - 1}", file=sys.stderr)
             commits += [rows[done[k]]["ckpt_commit_s"] for k in inner if k in done]
             writes += [rows[done[k]]["ckpt_write_s"] for k in inner if k in done]
+            works += [rows[done[k]]["ckpt_commit_work_s"] for k in inner if k in done and "ckpt_commit_work_s" in rows[done[k]]]
             res[m][-1]["commit_lag_steps"] = [done.get(k, steps) - k for k in inner]
 # In-run estimate, robust to load that changes between runs (a shared machine): what the async
 # run paid over its own median step (steps that overlapped a write, snapshot, commit wait) against
@@ -99,9 +101,11 @@ out = {
     "repeats": repeats, "checkpoints_in_window": n_inner,
     "window_s": med, "process_s": proc,
     "sync_save_s_median": statistics.median(saves),
+    "sync_save_cpu_s_median": statistics.median(save_cpus) if save_cpus else None,  # CPU the save used
     "async_snapshot_s_median": statistics.median(snaps),
     "async_commit_wait_s_median": statistics.median(commits) if commits else None,
     "async_write_s_median": statistics.median(writes) if writes else None,
+    "async_commit_work_s_median": statistics.median(works) if works else None,  # the background commit
     "commit_lag_steps": [x.get("commit_lag_steps") for x in res["async"]],
     "sync_stall_s": med["sync"] - med["none"],
     "async_stall_s": med["async"] - med["none"],
@@ -115,7 +119,7 @@ print(f"{preset}, {threads} threads, {steps} steps, a checkpoint every {every} (
 for m in res:
     runs = ", ".join("%.2f" % x["window"] for x in res[m])
     print(f"  {m:5}: window {med[m]:7.2f} s  (runs {runs})  process {proc[m]:7.2f} s", file=sys.stderr)
-print(f"  sync save {out['sync_save_s_median']:.3f} s each; async snapshot {out['async_snapshot_s_median']:.3f} s, "
+print(f"  sync save {out['sync_save_s_median']:.3f} s each ({out['sync_save_cpu_s_median']} s CPU); async snapshot {out['async_snapshot_s_median']:.3f} s, "
       f"commit wait {out['async_commit_wait_s_median']}, background write {out['async_write_s_median']}", file=sys.stderr)
 print(f"  stall fraction (T_async - T_none) / (T_sync - T_none) = {out['stall_fraction']:.3f}", file=sys.stderr)
 print(f"  in-run estimate: async pays {out['paired_async_stall_s']:.2f} s, sync saves take {out['paired_sync_save_s']:.2f} s: "

@@ -114,7 +114,8 @@ void pwrite_all(int fd, const uint8_t* base, size_t total, int64_t offset, const
 }
 
 // Uncompressed datasets of kDirectMin bytes or more start on a kDirectAlign boundary, and their
-// whole blocks are written with O_DIRECT through an aligned bounce buffer the writer reuses. A
+// whole blocks are written with O_DIRECT: from the tensor's own memory when it is 4096-aligned
+// (an async save's snapshot is), else through an aligned bounce buffer the writer reuses. A
 // buffered write puts every byte into fresh page-cache pages, and on a VM that hands idle memory
 // back to the host those first touches dominate: 140 MB with fsync took 0.50 s (0.45 s of it
 // system CPU) buffered and 0.07 s (0.01 s CPU) with O_DIRECT on this project's machines, and an
@@ -123,6 +124,7 @@ void pwrite_all(int fd, const uint8_t* base, size_t total, int64_t offset, const
 constexpr size_t kDirectAlign = 4096;
 constexpr size_t kDirectMin = size_t{64} << 10;
 constexpr size_t kBounceBytes = size_t{8} << 20;
+constexpr size_t kDirectPieceBytes = size_t{64} << 20;
 
 struct FreeDeleter {
   void operator()(void* p) const { std::free(p); }
@@ -139,10 +141,14 @@ struct DirectWriter {
   }
   // Writes the whole blocks of [base, base + total) at `offset` (a multiple of kDirectAlign)
   // and returns how many bytes it wrote; 0 when it could not (the caller writes them buffered).
-  size_t write(const uint8_t* base, size_t total, int64_t offset, const std::string& what) {
+  // A source that is itself kDirectAlign-aligned (an async save's snapshot) goes to the disk
+  // straight from where it lies; any other is copied through the bounce buffer, and `bounced`
+  // counts those bytes.
+  size_t write(const uint8_t* base, size_t total, int64_t offset, const std::string& what, int64_t* bounced) {
     const size_t body = total / kDirectAlign * kDirectAlign;
     if (fd < 0 || body == 0 || offset % static_cast<int64_t>(kDirectAlign) != 0) return 0;
-    if (!bounce) {
+    const bool aligned = reinterpret_cast<uintptr_t>(base) % kDirectAlign == 0;
+    if (!aligned && !bounce) {
       void* p = nullptr;
       if (::posix_memalign(&p, kDirectAlign, kBounceBytes) != 0) {
         close();
@@ -150,11 +156,17 @@ struct DirectWriter {
       }
       bounce.reset(static_cast<uint8_t*>(p));
     }
+    // Large enough that the syscalls cost nothing, small enough to stay under pwrite's limit.
+    const size_t piece = aligned ? kDirectPieceBytes : kBounceBytes;
     for (size_t done = 0; done < body;) {
-      const size_t len = std::min(kBounceBytes, body - done);
-      std::memcpy(bounce.get(), base + done, len);
+      const size_t len = std::min(piece, body - done);
+      const uint8_t* src = base + done;
+      if (!aligned) {
+        std::memcpy(bounce.get(), src, len);
+        src = bounce.get();
+      }
       for (size_t put = 0; put < len;) {
-        const ssize_t n = ::pwrite(fd, bounce.get() + put, len - put, offset + static_cast<int64_t>(done + put));
+        const ssize_t n = ::pwrite(fd, src + put, len - put, offset + static_cast<int64_t>(done + put));
         if (n < 0 && errno == EINTR) continue;
         if (n < 0 && errno == EINVAL && done == 0 && put == 0) {
           close();  // the filesystem takes no direct I/O after all: buffered from now on
@@ -165,6 +177,7 @@ struct DirectWriter {
       }
       done += len;
     }
+    if (!aligned && bounced) *bounced += static_cast<int64_t>(body);
     return body;
   }
 };
@@ -342,7 +355,8 @@ void write_datasets(hid_t file, int fd, DirectWriter& direct, const std::vector<
         if (addr == HADDR_UNDEF) {
           h5::check_status(H5Dwrite(dset.get(), ty.mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, p.base), "cannot write " + what);
         } else {
-          const size_t put = direct.write(p.base, p.total, static_cast<int64_t>(addr), what);
+          const size_t put = direct.write(p.base, p.total, static_cast<int64_t>(addr), what,
+                                          o.profile ? &o.profile->bounce_bytes : nullptr);
           if (o.profile) o.profile->direct_bytes += static_cast<int64_t>(put);
           pwrite_all(fd, p.base + put, p.total - put, static_cast<int64_t>(addr + put), what);
         }

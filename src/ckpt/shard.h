@@ -66,6 +66,7 @@ struct SaveProfile {
   int64_t datasets = 0;
   int64_t shards = 0;
   int64_t direct_bytes = 0;  // tensor bytes written with O_DIRECT (uncompressed shards, where allowed)
+  int64_t bounce_bytes = 0;  // of those, bytes copied first into an aligned buffer (the tensor's own memory was not 4096-aligned)
 };
 
 struct WriteOptions {

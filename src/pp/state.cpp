@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <functional>
 #include <map>
 
@@ -74,6 +75,18 @@ ckpt::StageData collect(model::MambaLMImpl& m, const AdamW* optim, const std::ve
   return data;
 }
 
+at::Tensor page_aligned_empty(at::IntArrayRef sizes, at::ScalarType dtype) {
+  constexpr size_t kPage = 4096;
+  int64_t numel = 1;
+  for (const int64_t d : sizes) numel *= d;
+  const size_t bytes = std::max<size_t>(static_cast<size_t>(numel) * c10::elementSize(dtype), 1);
+  void* p = nullptr;
+  if (::posix_memalign(&p, kPage, (bytes + kPage - 1) / kPage * kPage) != 0) {
+    throw ckpt::ResourceError("cannot allocate " + std::to_string(bytes) + " bytes for the checkpoint snapshot");
+  }
+  return at::from_blob(p, sizes, [](void* q) { std::free(q); }, at::TensorOptions().dtype(dtype));
+}
+
 }  // namespace
 
 ckpt::StageData collect_stage(model::MambaLMImpl& m, const AdamW* optim, const std::vector<model::StageSpec>* stages,
@@ -87,8 +100,12 @@ const ckpt::StageData& StageSnapshot::take(model::MambaLMImpl& m, const AdamW* o
   data_ = collect(m, optim, stages, parts, part, [this](const std::string& key, const at::Tensor& t) {
     at::Tensor& b = buffers_[key];
     if (!b.defined() || b.sizes() != t.sizes() || b.scalar_type() != t.scalar_type()) {
-      // Pinned host memory makes the copy from a GPU a plain DMA.
-      b = at::empty(t.sizes(), at::TensorOptions().dtype(t.scalar_type()).pinned_memory(t.is_cuda()));
+      // Pinned host memory makes the copy from a GPU a plain DMA. On the CPU a page-aligned
+      // buffer lets an uncompressed shard write it with O_DIRECT from where it lies, without
+      // the copy through the writer's bounce buffer (140 MB of memcpy per save at the small
+      // preset, on the cores training uses).
+      b = t.is_cuda() ? at::empty(t.sizes(), at::TensorOptions().dtype(t.scalar_type()).pinned_memory(true))
+                      : page_aligned_empty(t.sizes(), t.scalar_type());
     }
     b.copy_(t);  // synchronous: the optimizer may change `t` as soon as this returns
     return b;

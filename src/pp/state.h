@@ -25,7 +25,8 @@ ckpt::StageData collect_stage(model::MambaLMImpl& model, const AdamW* optim,
 /// A stage's checkpoint state copied into host buffers of its own, so that a background thread
 /// can write it while training goes on changing the live tensors (on the CPU collect_stage hands
 /// out the live tensors themselves). The first take() allocates the buffers (pinned when the
-/// model is on a GPU) and later ones copy into the same buffers: an asynchronous save costs one
+/// model is on a GPU, page-aligned on the CPU so an uncompressed shard writes them with O_DIRECT
+/// from where they lie) and later ones copy into the same buffers: an asynchronous save costs one
 /// extra copy of what the rank saves, held for the whole run, and no allocation per save.
 class StageSnapshot {
  public:

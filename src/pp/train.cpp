@@ -65,6 +65,15 @@ double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
+// CPU seconds (user + system) the whole process has used: during a synchronous save training
+// is idle, so the difference across it is what the save costs the cores.
+double process_cpu_s() {
+  rusage u{};
+  ::getrusage(RUSAGE_SELF, &u);
+  auto sec = [](const timeval& t) { return static_cast<double>(t.tv_sec) + 1e-6 * static_cast<double>(t.tv_usec); };
+  return sec(u.ru_utime) + sec(u.ru_stime);
+}
+
 // The background checkpoint writer runs on the CPU time training leaves idle, so that on a
 // machine whose cores training keeps busy the write finishes later instead of slowing the steps
 // (a GPU run's host threads mostly wait, and the writer gets them). Threads it starts (the
@@ -122,16 +131,32 @@ class Rank {
   // Its parts, in protocol order. begin_save: rank 0 creates the temporary step directory and
   // every rank learns its name (collective). commit_save: every rank reports its write, rank 0
   // builds the manifest and commits, every rank learns the outcome (collective); throws the
-  // save's error, naming the step.
+  // save's error, naming the step. `written` is this rank's record of its shard (used for the
+  // manifest at world size 1, where this process wrote every shard).
   std::string begin_save(int64_t step);
   ckpt::ShardHeader shard_header(int64_t step, const ojson& train) const;
   ckpt::WriteOptions write_options() const;
-  void commit_save(int64_t step, const std::string& tmp, const ojson& train, const std::string& error);
+  void commit_save(int64_t step, const std::string& tmp, const ojson& train, const std::string& error,
+                   const ckpt::WrittenShard& written);
+  // commit_save's three parts. writes_ok: whether every rank wrote its shard (collective).
+  // commit_locally: rank 0's manifest and commit, with no collective, so it can run on a
+  // background thread; never throws. conclude_save: every rank learns the outcome (collective)
+  // and throws the save's error.
+  struct CommitOutcome {
+    std::string dir, note, error;
+  };
+  bool writes_ok(const std::string& error);
+  CommitOutcome commit_locally(int64_t step, const std::string& tmp, const ojson& train,
+                               const ckpt::WrittenShard& written) const;
+  void conclude_save(int64_t step, const std::string& tmp, const std::string& write_error, bool wrote,
+                     const CommitOutcome& outcome);
   // --async-ckpt: begin, snapshot and start the background write of this step's checkpoint
-  // (no save may be in flight); and, on every rank at the same step, wait for the one in flight
-  // and commit it. Both add their timings to `metrics`.
+  // (no save may be in flight); and, on every rank at the same step, move the one in flight on:
+  // once every write is done, rank 0 commits on a background thread; once that is done, every
+  // rank concludes. `wait` (a checkpoint, a stop, the last step) does all that is left now.
+  // Both add their timings to `metrics`.
   void start_async_save(int64_t step, ojson& metrics);
-  void finish_async_save(ojson& metrics);
+  void advance_async_save(bool wait, ojson& metrics);
   void stopped(int64_t step);
   void log(const ojson& metrics);
   // Forward-only over the first --eval-samples held-out samples, on every rank; the scores, summed
@@ -173,11 +198,13 @@ class Rank {
   std::string saved_dir_;
   std::unique_ptr<std::ofstream> metrics_;
   std::unique_ptr<ProgressBar> bar_;  // a single process on a terminal (the local launcher draws its own)
-  double last_ckpt_s_ = 0;
+  double last_ckpt_s_ = 0, last_ckpt_cpu_s_ = 0;
   // The asynchronous save in flight (--async-ckpt). `writer` writes this rank's shard of the
-  // snapshot and then sets `done`; only the main thread runs collectives, so the commit happens
-  // at the first step whose metrics reduction finds every rank's writer done (or at the next
-  // checkpoint, a stop or the last step, which wait for it).
+  // snapshot and then sets `done`. Only the main thread runs collectives: the first step whose
+  // metrics reduction finds every rank's writer done checks that all of them wrote and starts
+  // rank 0's `committer` (manifest, fsyncs, renames, latest, pruning), which sets `committed`;
+  // the first step whose reduction finds that set concludes the save on every rank. A
+  // checkpoint, a stop or the last step waits for whatever is left.
   struct PendingSave {
     int64_t step = -1;
     std::string tmp;
@@ -186,6 +213,14 @@ class Rank {
     std::atomic<bool> done{false};
     std::string error;   // set by the writer before `done`
     double write_s = 0;  // the writer's time
+    ckpt::WrittenShard written;  // set by the writer before `done`
+    bool committing = false;     // the writes were checked (every rank knows whether all wrote)
+    bool wrote = false;          // ... and every rank wrote its shard
+    std::thread committer;       // rank 0, once all wrote
+    std::atomic<bool> committed{false};
+    CommitOutcome outcome;       // set by the committer before `committed`
+    double commit_work_s = 0;    // the committer's time
+    double main_s = 0;           // time the training thread spent on this save after its snapshot
   };
   std::unique_ptr<PendingSave> pending_;
   StageSnapshot snapshot_;  // the host copy the writer reads; reused by every async save
@@ -461,9 +496,11 @@ bool Rank::step(int64_t step) {
   // bubble, bytes sent, stop requests, each rank's activation peak, then each global
   // microbatch's loss and correct count (from the replica that ran it; zeros elsewhere add
   // exactly), so the loss is summed in global-index order at every layout; last, how many
-  // ranks have finished the background write of an async save in flight.
-  const int64_t loss_at = 3 + world_, correct_at = loss_at + m, written_at = correct_at + m;
-  at::Tensor shared = at::zeros({3 + world_ + 2 * m + 1}, at::kDouble);
+  // ranks have finished the background write of an async save in flight, and whether rank 0
+  // has finished committing it.
+  const int64_t loss_at = 3 + world_, correct_at = loss_at + m, written_at = correct_at + m,
+                committed_at = written_at + 1;
+  at::Tensor shared = at::zeros({3 + world_ + 2 * m + 2}, at::kDouble);
   if (last) {
     for (int i = 0; i < per_replica_; ++i) {
       shared[loss_at + g0 + i] = losses[static_cast<size_t>(i)].item<double>();
@@ -474,7 +511,9 @@ bool Rank::step(int64_t step) {
   shared[1] = bytes_sent;
   shared[2] = stop_signal() != 0 ? 1.0 : 0.0;
   shared[3 + rank_] = static_cast<double>(act_peak);
-  shared[written_at] = pending_ && pending_->done.load(std::memory_order_acquire) ? 1.0 : 0.0;
+  shared[written_at] = pending_ && !pending_->committing && pending_->done.load(std::memory_order_acquire) ? 1.0 : 0.0;
+  shared[committed_at] = rank_ == 0 && pending_ && pending_->committing &&
+                                 pending_->committed.load(std::memory_order_acquire) ? 1.0 : 0.0;
   if (tx_) tx_->allreduce_sum(shared, "the metrics reduction");
   // A stop requested anywhere is seen by every rank in this same reduction, so all of them
   // stop after this step and commit it together.
@@ -499,11 +538,15 @@ bool Rank::step(int64_t step) {
   const bool save_now = !o_.ckpt_dir.empty() &&
                         (stop || (o_.ckpt_every > 0 && step % o_.ckpt_every == 0) ||
                          final_step);
-  // An async save in flight commits once every writer is done; a new checkpoint (at most one
-  // in flight), a stop and the end of the run wait for it first. Every rank decides the same
-  // from the same reduction, so all of them commit at the same step.
+  // An async save in flight moves on once every writer is done and again once rank 0's commit
+  // is; a new checkpoint (at most one in flight), a stop and the end of the run wait for it
+  // first. Every rank decides the same from the same reduction, so all of them take each part
+  // at the same step.
   ojson ckpt_metrics = ojson::object();
-  if (pending_ && (shared[written_at].item<double>() >= world_ || save_now)) finish_async_save(ckpt_metrics);
+  if (pending_ && (save_now || (!pending_->committing && shared[written_at].item<double>() >= world_) ||
+                   (pending_->committing && shared[committed_at].item<double>() > 0))) {
+    advance_async_save(save_now, ckpt_metrics);
+  }
   // The stop and the last step save synchronously: the run would wait for the write anyway.
   const bool async_now = save_now && o_.async_ckpt && !stop && !final_step;
   if (async_now) {
@@ -527,7 +570,10 @@ bool Rank::step(int64_t step) {
     std::vector<int64_t> peaks;
     for (int r = 0; r < world_; ++r) peaks.push_back(static_cast<int64_t>(shared[3 + r].item<double>()));
     if (*std::min_element(peaks.begin(), peaks.end()) >= 0) j["act_peak_bytes"] = peaks;
-    if (save_now && !async_now) j["ckpt_time_s"] = last_ckpt_s_;
+    if (save_now && !async_now) {
+      j["ckpt_time_s"] = last_ckpt_s_;
+      j["ckpt_cpu_s"] = last_ckpt_cpu_s_;
+    }
     for (auto& [k, v] : ckpt_metrics.items()) j[k] = v;
     for (auto& [k, v] : eval.items()) j[k] = v;
     log(j);
@@ -610,51 +656,77 @@ ckpt::WriteOptions Rank::write_options() const {
 }
 
 void Rank::save(int64_t step) {
-  const double t0 = now_s();
+  const double t0 = now_s(), c0 = process_cpu_s();
   const std::string tmp = begin_save(step);
   const ojson train = train_state();
   std::string error;
+  ckpt::WrittenShard written;
   // Each FQN is written once, by its owner: with D replicas a stage is spread over D files,
   // one per DP rank (the content, and so `pmamba-ckpt diff`, does not depend on the layout).
   try {
     const ckpt::StageData d = collect_stage(*model_, opt_.get(), &stages_, o_.dp, dp_.index);
-    ckpt::write_shard(tmp, shard_header(step, train), d.tensors, d.aliases, write_options());
+    ckpt::write_shard(tmp, shard_header(step, train), d.tensors, d.aliases, write_options(), &written);
   } catch (const std::exception& e) {
     error = e.what();
   }
-  commit_save(step, tmp, train, error);
+  commit_save(step, tmp, train, error, written);
   last_ckpt_s_ = now_s() - t0;
+  last_ckpt_cpu_s_ = process_cpu_s() - c0;
 }
 
-void Rank::commit_save(int64_t step, const std::string& tmp, const ojson& train, const std::string& write_error) {
-  std::string error = write_error;
+void Rank::commit_save(int64_t step, const std::string& tmp, const ojson& train, const std::string& write_error,
+                       const ckpt::WrittenShard& written) {
+  const bool wrote = writes_ok(write_error);
+  CommitOutcome outcome;
+  if (wrote && rank_ == 0) outcome = commit_locally(step, tmp, train, written);
+  conclude_save(step, tmp, write_error, wrote, outcome);
+}
+
+bool Rank::writes_ok(const std::string& error) {
   // Every stage reports; rank 0 commits only when all shards are in place.
   at::Tensor failed = at::tensor({error.empty() ? 0 : 1}, at::kInt);
   if (tx_) tx_->allreduce_sum(failed, "the checkpoint write");
-  std::string note;
-  if (failed.item<int>() == 0 && rank_ == 0) {
-    try {
-      const ckpt::Manifest man = ckpt::build_manifest(tmp, run_id_, config_, stages_, step,
-                                                      ckpt::Compression::parse(o_.compression), true, train, o_.dp);
-      const ckpt::CommitResult c = ckpt::commit_step_dir(o_.ckpt_dir, tmp, man, ckpt::CommitOptions{o_.keep_last, o_.overwrite});
-      saved_dir_ = c.dir;
-      note = c.latest_error;
-    } catch (const std::exception& e) {
-      error = e.what();
-    }
+  return failed.item<int>() == 0;
+}
+
+Rank::CommitOutcome Rank::commit_locally(int64_t step, const std::string& tmp, const ojson& train,
+                                         const ckpt::WrittenShard& written) const {
+  CommitOutcome out;
+  try {
+    const ckpt::Compression compression = ckpt::Compression::parse(o_.compression);
+    // One process wrote every shard: the manifest comes from its record of what it wrote
+    // instead of reopening the file (ckpt::build_manifest checks the record as a reader would).
+    const ckpt::Manifest man =
+        world_ == 1 ? ckpt::build_manifest(tmp, run_id_, config_, stages_, step, compression, true, train,
+                                           std::vector<ckpt::WrittenShard>{written})
+                    : ckpt::build_manifest(tmp, run_id_, config_, stages_, step, compression, true, train, o_.dp);
+    const ckpt::CommitResult c = ckpt::commit_step_dir(o_.ckpt_dir, tmp, man, ckpt::CommitOptions{o_.keep_last, o_.overwrite});
+    out.dir = c.dir;
+    out.note = c.latest_error;
+  } catch (const std::exception& e) {
+    out.error = e.what();
+  } catch (...) {
+    out.error = "unknown error while committing";
   }
-  at::Tensor commit_failed = at::tensor({error.empty() ? 0 : 1}, at::kInt);
+  return out;
+}
+
+void Rank::conclude_save(int64_t step, const std::string& tmp, const std::string& write_error, bool wrote,
+                         const CommitOutcome& outcome) {
+  const std::string error = write_error.empty() ? outcome.error : write_error;
+  at::Tensor commit_failed = at::tensor({outcome.error.empty() ? 0 : 1}, at::kInt);
   if (tx_) tx_->allreduce_sum(commit_failed, "the checkpoint commit");
-  if (failed.item<int>() != 0 || commit_failed.item<int>() != 0) {
+  if (!wrote || commit_failed.item<int>() != 0) {
     if (rank_ == 0) ckpt::abort_step_dir(tmp);
     if (error.empty()) throw PeerFailure("checkpoint of step " + std::to_string(step) + " failed on another stage");
     throw ckpt::IoError("checkpoint of step " + std::to_string(step) + " failed: " + error);
   }
   saved_step_ = step;
-  if (!note.empty()) {
+  if (rank_ == 0) saved_dir_ = outcome.dir;
+  if (!outcome.note.empty()) {
     // Committed all the same: readers find the newest committed step directory.
     std::fprintf(stderr, "pmamba-train: committed %s, but `latest` was not updated (%s)\n", saved_dir_.c_str(),
-                 note.c_str());
+                 outcome.note.c_str());
   }
 }
 
@@ -674,7 +746,7 @@ void Rank::start_async_save(int64_t step, ojson& metrics) {
       try {
         // The overlap tests' slow disk: the write takes at least 1 s.
         if (ckpt::fault_injected("slow-write", rank)) std::this_thread::sleep_for(std::chrono::seconds(1));
-        ckpt::write_shard(ps->tmp, h, d.tensors, d.aliases, w);
+        ckpt::write_shard(ps->tmp, h, d.tensors, d.aliases, w, &ps->written);
       } catch (const std::exception& e) {
         ps->error = e.what();
       } catch (...) {
@@ -692,23 +764,57 @@ void Rank::start_async_save(int64_t step, ojson& metrics) {
   metrics["ckpt_snapshot_s"] = now_s() - t0;
 }
 
-void Rank::finish_async_save(ojson& metrics) {
+void Rank::advance_async_save(bool wait, ojson& metrics) {
   const double t0 = now_s();
-  std::unique_ptr<PendingSave> p = std::move(pending_);
-  if (p->writer.joinable()) p->writer.join();
-  const double write_s = p->write_s;
-  commit_save(p->step, p->tmp, p->train, p->error);
-  metrics["ckpt_committed"] = p->step;
-  metrics["ckpt_commit_s"] = now_s() - t0;
-  metrics["ckpt_write_s"] = write_s;
+  PendingSave& p = *pending_;
+  if (!p.committing) {
+    if (p.writer.joinable()) p.writer.join();
+    p.wrote = writes_ok(p.error);
+    p.committing = true;
+    if (p.wrote && rank_ == 0) {
+      // The commit is rank 0's alone: it runs beside training, and the ranks learn its outcome
+      // from a later step's reduction.
+      try {
+        p.committer = std::thread([this, &p] {
+          const double t = now_s();
+          lower_priority_of_this_thread();
+          if (ckpt::fault_injected("slow-commit")) std::this_thread::sleep_for(std::chrono::seconds(1));
+          p.outcome = commit_locally(p.step, p.tmp, p.train, p.written);
+          p.commit_work_s = now_s() - t;
+          p.committed.store(true, std::memory_order_release);
+        });
+      } catch (const std::exception& e) {
+        p.outcome.error = std::string("cannot start the commit thread: ") + e.what();
+        p.committed.store(true, std::memory_order_release);
+      }
+    } else {
+      p.committed.store(true, std::memory_order_release);
+    }
+    metrics["ckpt_written"] = p.step;
+    if (p.wrote && !wait) {
+      p.main_s += now_s() - t0;
+      return;
+    }
+  }
+  if (p.committer.joinable()) p.committer.join();
+  std::unique_ptr<PendingSave> done = std::move(pending_);
+  done->main_s += now_s() - t0;
+  metrics["ckpt_committed"] = done->step;
+  metrics["ckpt_commit_s"] = done->main_s;
+  metrics["ckpt_write_s"] = done->write_s;
+  if (rank_ == 0 && done->wrote) metrics["ckpt_commit_work_s"] = done->commit_work_s;
+  conclude_save(done->step, done->tmp, done->error, done->wrote, done->outcome);
 }
 
 Rank::~Rank() {
-  // A run that failed with a save in flight: its write ends before the snapshot it reads goes
-  // away, and the never-committed step directory is removed.
+  // A run that failed with a save in flight: its threads end before the snapshot they read
+  // goes away, and a step directory that was not committed is removed (one whose commit
+  // finished is a whole checkpoint, and stays).
   if (!pending_) return;
   if (pending_->writer.joinable()) pending_->writer.join();
-  if (rank_ == 0) ckpt::abort_step_dir(pending_->tmp);
+  if (pending_->committer.joinable()) pending_->committer.join();
+  const bool committed = pending_->committed.load() && pending_->wrote && pending_->outcome.error.empty();
+  if (rank_ == 0 && !committed) ckpt::abort_step_dir(pending_->tmp);
 }
 
 ojson Rank::evaluate() {

@@ -98,6 +98,34 @@ assert rows[n].get("ckpt_committed") == k and "ckpt_time_s" in rows[n], (k, rows
 PY
 run "$BIN/pmamba-ckpt" verify "$(step_dir "$T/G" 4)"; expect_code 0
 
+# --- the commit runs beside training too: with stage 0's background commit slowed
+# (PMAMBA_FAULT=slow-commit: 1 s), steps run between the one that found the writes done and
+# started the commit and the one that concludes it (at the latest the last step, which waits
+# for it), and unless that is the last step the training thread did not wait the second; the
+# checkpoints are still the synchronous run's ---
+slow=(--preset tiny --data selective-copy --copy-tokens 4 --copy-slots 12 --microbatches 4 --microbatch-size 2
+      --seed 5 --quiet --timeout 20 --steps 60 --ckpt-every 30)
+PMAMBA_FAULT=slow-commit run "$BIN/pmamba-train" "${slow[@]}" --async-ckpt --ckpt-dir "$T/c"; expect_code 0
+run "$BIN/pmamba-train" "${slow[@]}" --ckpt-dir "$T/cs"; expect_code 0
+run "$BIN/pmamba-ckpt" diff "$T/c" "$T/cs"; expect_code 0
+LAST_CMD="metrics of the run with a slowed background commit"
+python3 - "$T/c/metrics.jsonl" <<'PY' || fail "the background commit did not overlap training"
+import json, sys
+rows = {j["step"]: j for j in map(json.loads, open(sys.argv[1])) if "loss" in j}
+w = [s for s, j in rows.items() if j.get("ckpt_written") == 30]
+c = [s for s, j in rows.items() if j.get("ckpt_committed") == 30]
+assert len(w) == 1 and len(c) == 1 and 30 < w[0] < c[0] <= 60, (w, c)
+assert rows[c[0]]["ckpt_commit_work_s"] >= 1.0, rows[c[0]]
+assert rows[c[0]]["ckpt_commit_s"] < 1.0 or c[0] == 60, rows[c[0]]
+PY
+# A commit that cannot update `latest` says so from the background thread as the synchronous
+# save does, and the run goes on.
+for mode in sync async; do
+  extra=(); [ $mode = async ] && extra=(--async-ckpt)
+  PMAMBA_FAULT=latest-write run "$BIN/pmamba-train" "${common[@]}" "${extra[@]}" --ckpt-dir "$T/l$mode"; expect_code 0
+  expect_err "committed $(step_dir "$T/l$mode" 4), but \`latest\` was not updated"
+done
+
 # --- SIGKILL during the background write of step 8 (after the shard's first dataset): the previous
 # checkpoint is the valid one, and resuming from it (at PP 1, saving step 8 asynchronously) ends
 # with every checkpoint bitwise the uninterrupted run's ---
