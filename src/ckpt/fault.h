@@ -16,6 +16,8 @@
 //              replica check must catch it)
 //   slow-write@R  the background write of an --async-ckpt save on training rank R first sleeps
 //              1 s, as on a slow disk (the tests that training overlaps the write)
+//   slow-snapshot@R  the background copy of an --async-ckpt snapshot on training rank R (a CPU
+//              stage) starts 1 s late (the test that the next optimizer update waits for it)
 //   slow-commit   the background commit of an --async-ckpt save (stage 0) first sleeps 1 s
 //              (the test that training overlaps the commit)
 #pragma once

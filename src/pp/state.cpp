@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <map>
 
@@ -107,7 +108,14 @@ const ckpt::StageData& StageSnapshot::take(model::MambaLMImpl& m, const AdamW* o
       b = t.is_cuda() ? at::empty(t.sizes(), at::TensorOptions().dtype(t.scalar_type()).pinned_memory(true))
                       : page_aligned_empty(t.sizes(), t.scalar_type());
     }
-    b.copy_(t);  // synchronous: the optimizer may change `t` as soon as this returns
+    // Synchronous: the optimizer may change `t` as soon as this returns. On the CPU a plain
+    // memcpy, since take() may run on a background thread, where an intra-op parallel copy
+    // would start a second OpenMP team beside training's.
+    if (!t.is_cuda() && t.is_contiguous() && t.scalar_type() == b.scalar_type()) {
+      std::memcpy(b.data_ptr(), t.data_ptr(), t.nbytes());
+    } else {
+      b.copy_(t);
+    }
     return b;
   });
   return data_;

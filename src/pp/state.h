@@ -32,7 +32,8 @@ class StageSnapshot {
  public:
   /// Copies what collect_stage returns for the same arguments; the result refers to the buffers
   /// and stays unchanged until the next take(). The digests of a tied alias are computed here,
-  /// from the live tensors.
+  /// from the live tensors. For a CPU model it may run on a thread other than training's (it
+  /// uses no intra-op parallelism), while nothing changes the state it copies.
   const ckpt::StageData& take(model::MambaLMImpl& model, const AdamW* optim,
                               const std::vector<model::StageSpec>* stages = nullptr, int parts = 1, int part = 0);
   /// Bytes the buffers hold.

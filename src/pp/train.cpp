@@ -19,6 +19,8 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <condition_variable>
+#include <mutex>
 #include <thread>
 #include <type_traits>
 #include <nlohmann/json.hpp>
@@ -157,6 +159,9 @@ class Rank {
   // Both add their timings to `metrics`.
   void start_async_save(int64_t step, ojson& metrics);
   void advance_async_save(bool wait, ojson& metrics);
+  // Blocks until the snapshot of the save in flight has been taken (nothing may change the
+  // saved state before); returns the seconds it waited.
+  double wait_for_snapshot();
   void stopped(int64_t step);
   void log(const ojson& metrics);
   // Forward-only over the first --eval-samples held-out samples, on every rank; the scores, summed
@@ -221,6 +226,11 @@ class Rank {
     CommitOutcome outcome;       // set by the committer before `committed`
     double commit_work_s = 0;    // the committer's time
     double main_s = 0;           // time the training thread spent on this save after its snapshot
+    // Set once the snapshot is in the host buffers (at once on a GPU stage; by the writer on the
+    // CPU, which the next optimizer step waits for).
+    std::mutex mu;
+    std::condition_variable staged_cv;
+    bool staged = false;
   };
   std::unique_ptr<PendingSave> pending_;
   StageSnapshot snapshot_;  // the host copy the writer reads; reused by every async save
@@ -469,6 +479,8 @@ bool Rank::step(int64_t step) {
   clip_gradients(*model_, grad_norm, o_.clip);
   const double lr = learning_rate(o_, step);
   // (5) AdamW; with ZeRO-1 each parameter's owner updates it and sends it to the other replicas.
+  // An async save's snapshot must hold the state as it was before this update.
+  const double snapshot_wait = wait_for_snapshot();
   opt_->step(lr);
   if (o_.zero == 1 && o_.dp > 1) {
     c10::NoGradGuard no_grad;
@@ -543,6 +555,7 @@ bool Rank::step(int64_t step) {
   // first. Every rank decides the same from the same reduction, so all of them take each part
   // at the same step.
   ojson ckpt_metrics = ojson::object();
+  if (snapshot_wait > 0) ckpt_metrics["ckpt_snapshot_wait_s"] = snapshot_wait;
   if (pending_ && (save_now || (!pending_->committing && shared[written_at].item<double>() >= world_) ||
                    (pending_->committing && shared[committed_at].item<double>() > 0))) {
     advance_async_save(save_now, ckpt_metrics);
@@ -736,21 +749,45 @@ void Rank::start_async_save(int64_t step, ojson& metrics) {
   p->step = step;
   p->tmp = begin_save(step);
   p->train = train_state();
+  // On the CPU the snapshot itself is taken by the background thread, while the next step's
+  // forward and backward passes only read the state; that step's optimizer waits for it
+  // (wait_for_snapshot). A GPU stage copies here, on the training thread's stream.
+  const bool deferred = device_.is_cpu();
   try {
-    // The copy is what makes it safe to go on training; the digests of a tie are taken here.
-    const ckpt::StageData& d = snapshot_.take(*model_, opt_.get(), &stages_, o_.dp, dp_.index);
+    // The copy is what makes it safe to go on training; the digests of a tie are taken with it.
+    const ckpt::StageData* d = deferred ? nullptr : &snapshot_.take(*model_, opt_.get(), &stages_, o_.dp, dp_.index);
+    if (!deferred) p->staged = true;
     PendingSave* ps = p.get();
-    ps->writer = std::thread([ps, &d, h = shard_header(step, p->train), w = write_options(), rank = rank_] {
+    ps->writer = std::thread([this, ps, d, h = shard_header(step, p->train), w = write_options(), rank = rank_] {
       const double t = now_s();
       lower_priority_of_this_thread();
-      try {
-        // The overlap tests' slow disk: the write takes at least 1 s.
-        if (ckpt::fault_injected("slow-write", rank)) std::this_thread::sleep_for(std::chrono::seconds(1));
-        ckpt::write_shard(ps->tmp, h, d.tensors, d.aliases, w, &ps->written);
-      } catch (const std::exception& e) {
-        ps->error = e.what();
-      } catch (...) {
-        ps->error = "unknown error in the background checkpoint write";
+      const ckpt::StageData* data = d;
+      if (!data) {
+        try {
+          // The test that the next update waits for the copy: it starts 1 s late.
+          if (ckpt::fault_injected("slow-snapshot", rank)) std::this_thread::sleep_for(std::chrono::seconds(1));
+          data = &snapshot_.take(*model_, opt_.get(), &stages_, o_.dp, dp_.index);
+        } catch (const std::exception& e) {
+          ps->error = e.what();
+        } catch (...) {
+          ps->error = "unknown error while taking the checkpoint snapshot";
+        }
+        {
+          std::lock_guard<std::mutex> lock(ps->mu);
+          ps->staged = true;
+        }
+        ps->staged_cv.notify_all();
+      }
+      if (data) {
+        try {
+          // The overlap tests' slow disk: the write takes at least 1 s.
+          if (ckpt::fault_injected("slow-write", rank)) std::this_thread::sleep_for(std::chrono::seconds(1));
+          ckpt::write_shard(ps->tmp, h, data->tensors, data->aliases, w, &ps->written);
+        } catch (const std::exception& e) {
+          ps->error = e.what();
+        } catch (...) {
+          ps->error = "unknown error in the background checkpoint write";
+        }
       }
       ps->write_s = now_s() - t;
       ps->done.store(true, std::memory_order_release);
@@ -758,10 +795,21 @@ void Rank::start_async_save(int64_t step, ojson& metrics) {
   } catch (const std::exception& e) {
     // The snapshot or the thread could not be made: reported at the commit, as a failed write.
     p->error = e.what();
+    p->staged = true;
     p->done.store(true, std::memory_order_release);
   }
   pending_ = std::move(p);
   metrics["ckpt_snapshot_s"] = now_s() - t0;
+}
+
+double Rank::wait_for_snapshot() {
+  if (!pending_) return 0;
+  PendingSave& p = *pending_;
+  std::unique_lock<std::mutex> lock(p.mu);
+  if (p.staged) return 0;
+  const double t0 = now_s();
+  p.staged_cv.wait(lock, [&p] { return p.staged; });
+  return now_s() - t0;
 }
 
 void Rank::advance_async_save(bool wait, ojson& metrics) {

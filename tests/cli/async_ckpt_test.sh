@@ -74,6 +74,19 @@ same_steps "$T/a" "$T/s" || fail "an async checkpoint differs from the synchrono
 LAST_CMD="metrics of the async run at PP 2"
 check_async_metrics "$T/a/metrics.jsonl" 2 || fail "the async saves were not committed as expected"
 
+# --- the snapshot is copied in the background while the next step's forward and backward run;
+# that step's optimizer update waits for it, so a copy that starts 1 s late
+# (PMAMBA_FAULT=slow-snapshot) still holds the state of its own step, bitwise ---
+PMAMBA_FAULT=slow-snapshot run "$BIN/pmamba-train" "${common[@]}" --async-ckpt --ckpt-dir "$T/n"; expect_code 0
+LAST_CMD="the step directories of the async run with a late snapshot against the synchronous run's"
+same_steps "$T/n" "$T/s" || fail "a late background snapshot saved another step's state"
+LAST_CMD="metrics of the async run with a late snapshot"
+python3 - "$T/n/metrics.jsonl" <<'PY' || fail "the update after a checkpoint did not wait for its snapshot"
+import json, sys
+rows = {j["step"]: j for j in map(json.loads, open(sys.argv[1])) if "loss" in j}
+assert rows[5].get("ckpt_snapshot_wait_s", 0) >= 0.5 and rows[9].get("ckpt_snapshot_wait_s", 0) >= 0.5, (rows[5], rows[9])
+PY
+
 # --- SIGTERM while a (slowed) save is in flight: the stop waits for it, commits it, then commits
 # the stop's own step and says so ---
 PMAMBA_FAULT=slow-write "$BIN/pmamba-train" "${base[@]}" --steps 4000 --async-ckpt --ckpt-dir "$T/G" \
