@@ -200,9 +200,9 @@ Handle vlen_string_type() {
 }
 
 void write_scalar_attr(hid_t obj, const std::string& name, hid_t file_type, hid_t mem_type,
-                       const void* value) {
+                       const void* value, bool fresh = false) {
   Handle space(check(H5Screate(H5S_SCALAR), "H5Screate"));
-  if (H5Aexists(obj, name.c_str()) > 0) check_status(H5Adelete(obj, name.c_str()), "H5Adelete");
+  if (!fresh && H5Aexists(obj, name.c_str()) > 0) check_status(H5Adelete(obj, name.c_str()), "H5Adelete");
   Handle attr(check(H5Acreate2(obj, name.c_str(), file_type, space.get(), H5P_DEFAULT, H5P_DEFAULT),
                     "cannot create attribute '" + name + "'"));
   check_status(H5Awrite(attr.get(), mem_type, value), "cannot write attribute '" + name + "'");
@@ -226,16 +226,24 @@ void require_scalar(hid_t attr, const std::string& name) {
   }
 }
 
-}  // namespace
-
-void write_attr(hid_t obj, const std::string& name, const std::string& value) {
+void write_string_attr(hid_t obj, const std::string& name, const std::string& value, bool fresh) {
   Handle t(check(H5Tcopy(H5T_C_S1), "H5Tcopy"));
   check_status(H5Tset_size(t.get(), std::max<size_t>(1, value.size())), "H5Tset_size");
   check_status(H5Tset_strpad(t.get(), H5T_STR_NULLPAD), "H5Tset_strpad");
   check_status(H5Tset_cset(t.get(), H5T_CSET_UTF8), "H5Tset_cset");
   std::string padded = value;
   if (padded.empty()) padded.push_back('\0');
-  write_scalar_attr(obj, name, t.get(), t.get(), padded.data());
+  write_scalar_attr(obj, name, t.get(), t.get(), padded.data(), fresh);
+}
+
+}  // namespace
+
+void write_attr(hid_t obj, const std::string& name, const std::string& value) {
+  write_string_attr(obj, name, value, false);
+}
+
+void add_attr(hid_t obj, const std::string& name, const std::string& value) {
+  write_string_attr(obj, name, value, true);
 }
 
 void write_attr(hid_t obj, const std::string& name, int64_t value) {

@@ -262,6 +262,53 @@ TEST_F(CkptTest, PipelinedWritesGiveTheFileOneByOneWritesGive) {
   }
 }
 
+// A writer creates a dataset's parent groups once and keeps them open; copy() makes its own. Both
+// orders in one group: a copied dataset beside added ones, and an added one beside copies.
+TEST_F(CkptTest, CopiedAndAddedDatasetsShareTheirGroups) {
+  at::Generator g = at::detail::createCPUGenerator(5);
+  ShardHeader h;
+  h.config_json = "{}";
+  h.train_json = "{}";
+  WriteOptions w;
+  w.compression = Compression::parse("none");
+  const std::string src_dir = dir_ + "/src", out_dir = dir_ + "/out";
+  fs::make_dirs(src_dir);
+  fs::make_dirs(out_dir);
+  const std::vector<TensorToSave> src_ts = {{"a.mixer.w", Slot::kParam, at::randn({300, 64}, g)},
+                                            {"b.mixer.w", Slot::kExpAvg, at::randn({7}, g)}};
+  const std::string src_path = write_shard(src_dir, h, src_ts, {}, w);
+  ShardReader src(src_path);
+  const auto src_infos = src.scan();
+  auto info = [&](const std::string& fqn) {
+    return *std::find_if(src_infos.begin(), src_infos.end(), [&](const StoredDataset& d) { return d.fqn == fqn; });
+  };
+  const std::vector<TensorToSave> added = {{"a.mixer.w", Slot::kExpAvg, at::randn({300, 64}, g)},
+                                           {"a.mixer.v", Slot::kParam, at::randn({3, 3}, g)},
+                                           {"b.mixer.w", Slot::kParam, at::randn({7}, g)}};
+  std::string path;
+  {
+    ShardWriter writer(out_dir, h, w);
+    writer.copy(src, info("a.mixer.w"));             // /model/a/mixer made by the copy
+    writer.add_all({added[0], added[1]});            // /optim/a/mixer/w and /model/a/mixer by the writer
+    writer.add(added[2]);                            // /model/b/mixer by the writer
+    writer.copy(src, info("b.mixer.w"));             // /optim/b/mixer made by the copy
+    path = writer.finish();
+  }
+  ShardReader r(path);
+  const auto infos = r.scan();
+  ASSERT_EQ(infos.size(), 5u);
+  std::vector<TensorToSave> want = added;
+  want.insert(want.end(), src_ts.begin(), src_ts.end());
+  for (const auto& t : want) {
+    const auto it = std::find_if(infos.begin(), infos.end(),
+                                 [&](const StoredDataset& d) { return d.fqn == t.fqn && d.slot == t.slot; });
+    ASSERT_NE(it, infos.end()) << t.fqn << " " << slot_name(t.slot);
+    at::Tensor back = at::empty(t.tensor.sizes(), t.tensor.options());
+    r.read(*it, back, nullptr);
+    EXPECT_TRUE(test::bitwise_equal(back, t.tensor)) << t.fqn << " " << slot_name(t.slot);
+  }
+}
+
 TEST_F(CkptTest, RoundTripsAllDtypesAndShapes) {
   for (const std::string comp : {"none", "zstd:1", "zstd:9"}) {
     std::vector<TensorToSave> items;
