@@ -81,6 +81,11 @@ int main(int argc, char** argv) {
                "asynchronous checkpoints: copy the state to host buffers at the checkpoint step and keep training while "
                "a background thread writes it; committed at a later step (at most one in flight; the end of the run "
                "and a stop signal wait for it)");
+  app.add_option("--ckpt-priority", o.ckpt_priority,
+                 "priority of the --async-ckpt background threads: idle (default: they use only the CPU training "
+                 "leaves, so on busy cores the save takes longer, not the steps) or normal (they compete with "
+                 "training, so a save finishes on a machine shared with other jobs)")
+      ->check(CLI::IsMember({"idle", "normal"}));
   app.add_option("--device", o.device, "cpu, cuda (the local rank's GPU), cuda:N, or auto (CUDA when available)");
   app.add_option("--backend", o.backend, "c10d backend between stages: gloo, nccl, or auto (NCCL on CUDA)")
       ->check(CLI::IsMember({"auto", "gloo", "nccl"}));

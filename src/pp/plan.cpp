@@ -65,6 +65,8 @@ void check_train_options(const TrainOptions& o) {
   require(o.stop_after >= 0, "--stop-after", ">= 0 (0: run to --steps)", std::to_string(o.stop_after));
   require(o.warmup >= 0, "--warmup", ">= 0", std::to_string(o.warmup));
   require(o.ckpt_every >= 0, "--ckpt-every", ">= 0 (0: only at the end)", std::to_string(o.ckpt_every));
+  require(o.ckpt_priority == "idle" || o.ckpt_priority == "normal", "--ckpt-priority", "idle or normal",
+          "'" + o.ckpt_priority + "'");
   require(o.keep_last >= 0, "--keep-last", ">= 0 (0: keep every checkpoint)", std::to_string(o.keep_last));
   require(o.data.seq_len >= 0, "--seq-len", ">= 0 (0: the task's default)", std::to_string(o.data.seq_len));
   require(o.data.copy_tokens >= 0, "--copy-tokens", ">= 0", std::to_string(o.data.copy_tokens));

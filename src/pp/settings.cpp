@@ -77,6 +77,7 @@ const std::vector<RunSetting>& run_settings() {
       runtime("keep-last", [](TrainOptions& o) -> auto& { return o.keep_last; }),
       runtime("compression", [](TrainOptions& o) -> auto& { return o.compression; }),
       runtime("async-ckpt", [](TrainOptions& o) -> auto& { return o.async_ckpt; }),
+      runtime("ckpt-priority", [](TrainOptions& o) -> auto& { return o.ckpt_priority; }),
       runtime("eval-every", [](TrainOptions& o) -> auto& { return o.eval_every; }),
       runtime("eval-samples", [](TrainOptions& o) -> auto& { return o.eval_samples; }),
   };

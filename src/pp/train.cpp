@@ -758,9 +758,10 @@ void Rank::start_async_save(int64_t step, ojson& metrics) {
     const ckpt::StageData* d = deferred ? nullptr : &snapshot_.take(*model_, opt_.get(), &stages_, o_.dp, dp_.index);
     if (!deferred) p->staged = true;
     PendingSave* ps = p.get();
-    ps->writer = std::thread([this, ps, d, h = shard_header(step, p->train), w = write_options(), rank = rank_] {
+    ps->writer = std::thread([this, ps, d, h = shard_header(step, p->train), w = write_options(), rank = rank_,
+                              idle_priority = o_.ckpt_priority == "idle"] {
       const double t = now_s();
-      lower_priority_of_this_thread();
+      if (idle_priority) lower_priority_of_this_thread();
       const ckpt::StageData* data = d;
       if (!data) {
         try {
@@ -825,7 +826,7 @@ void Rank::advance_async_save(bool wait, ojson& metrics) {
       try {
         p.committer = std::thread([this, &p] {
           const double t = now_s();
-          lower_priority_of_this_thread();
+          if (o_.ckpt_priority == "idle") lower_priority_of_this_thread();
           if (ckpt::fault_injected("slow-commit")) std::this_thread::sleep_for(std::chrono::seconds(1));
           p.outcome = commit_locally(p.step, p.tmp, p.train, p.written);
           p.commit_work_s = now_s() - t;

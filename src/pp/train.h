@@ -52,6 +52,7 @@ struct TrainOptions {
   bool overwrite = false;   // a new run may replace another run's checkpoints in ckpt_dir
   std::string compression = "zstd:1";
   bool async_ckpt = false;  // snapshot at the checkpoint step, write in a background thread, commit later
+  std::string ckpt_priority = "idle";  // the background save's threads: idle (SCHED_IDLE) | normal
   // runtime
   std::string device = "auto";    // cpu | cuda | cuda:N | auto (see device.h)
   std::string backend = "auto";   // gloo | nccl | auto
