@@ -135,7 +135,7 @@ PY
 )
   wait $PID; CODE=$?; LAST_CMD="--ckpt-priority $prio with a slowed write"; expect_code 0
   want=1; [ $prio = normal ] && want=0
-  [ "$IDLE" = $want ] || fail "--ckpt-priority $prio: a SCHED_IDLE thread was seen: $IDLE (want $want)"
+  [ "$IDLE" = $want ] || fail "--ckpt-priority $prio: SCHED_IDLE threads seen: $IDLE (want $want)"
 done
 
 # --- the commit runs beside training too: with stage 0's background commit slowed
