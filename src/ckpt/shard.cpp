@@ -255,19 +255,12 @@ class GroupCache {
   hid_t get(const std::string& path) {
     auto it = open_.find(path);
     if (it != open_.end()) return it->second.get();
-    h5::Handle g;
-    if (path == "/") {
-      g = h5::Handle(h5::check(H5Gopen2(file_, "/", H5P_DEFAULT), "H5Gopen2(/)"));
-    } else {
-      const size_t cut = path.rfind('/');
-      const hid_t parent = get(cut == 0 ? std::string("/") : path.substr(0, cut));
-      const std::string leaf = path.substr(cut + 1);
-      // A group made by another route (copy() creates its parents itself) is opened, not made again.
-      const htri_t there = h5::check_status(H5Lexists(parent, leaf.c_str(), H5P_DEFAULT), "H5Lexists('" + path + "')");
-      g = h5::Handle(h5::check(there > 0 ? H5Gopen2(parent, leaf.c_str(), H5P_DEFAULT)
-                                         : H5Gcreate2(parent, leaf.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
-                               std::string(there > 0 ? "cannot open group '" : "cannot create group '") + path + "'"));
-    }
+    // One level at a time below the cached parent; create_groups opens a group that another
+    // route made (copy() creates its parents itself) instead of making it again.
+    const size_t cut = path.rfind('/');
+    h5::Handle g = path == "/" ? h5::create_groups(file_, "/")
+                               : h5::create_groups(get(cut == 0 ? std::string("/") : path.substr(0, cut)),
+                                                   path.substr(cut + 1));
     return open_.emplace(path, std::move(g)).first->second.get();
   }
 
@@ -584,19 +577,19 @@ ShardWriter::ShardWriter(const std::string& dir, const ShardHeader& header, cons
       m.direct.fd = ::open(m.tmp.c_str(), O_WRONLY | O_CLOEXEC | O_DIRECT);  // -1 on tmpfs: buffered
     }
     m.groups = std::make_unique<GroupCache>(m.file.get());
-    const hid_t root = m.groups->get("/");
-    h5::write_attr(root, "format", std::string(kFormatName));
-    h5::write_attr(root, "format_version", kFormatVersion);
-    h5::write_attr(root, "stage", static_cast<int64_t>(header.stage));
-    h5::write_attr(root, "num_stages", static_cast<int64_t>(header.num_stages));
-    h5::write_attr(root, "layer_begin", header.layer_begin);
-    h5::write_attr(root, "layer_end", header.layer_end);
-    h5::write_attr(root, "part", static_cast<int64_t>(header.part));
-    h5::write_attr(root, "num_parts", static_cast<int64_t>(header.parts));
-    h5::write_attr(root, "step", header.step);
-    h5::write_attr(root, "config", header.config_json);
-    h5::write_attr(root, "train", header.train_json.empty() ? std::string("{}") : header.train_json);
-    h5::write_attr(root, "compression", options.compression.str());
+    h5::Handle root(h5::check(H5Gopen2(m.file.get(), "/", H5P_DEFAULT), "H5Gopen2(/)"));
+    h5::write_attr(root.get(), "format", std::string(kFormatName));
+    h5::write_attr(root.get(), "format_version", kFormatVersion);
+    h5::write_attr(root.get(), "stage", static_cast<int64_t>(header.stage));
+    h5::write_attr(root.get(), "num_stages", static_cast<int64_t>(header.num_stages));
+    h5::write_attr(root.get(), "layer_begin", header.layer_begin);
+    h5::write_attr(root.get(), "layer_end", header.layer_end);
+    h5::write_attr(root.get(), "part", static_cast<int64_t>(header.part));
+    h5::write_attr(root.get(), "num_parts", static_cast<int64_t>(header.parts));
+    h5::write_attr(root.get(), "step", header.step);
+    h5::write_attr(root.get(), "config", header.config_json);
+    h5::write_attr(root.get(), "train", header.train_json.empty() ? std::string("{}") : header.train_json);
+    h5::write_attr(root.get(), "compression", options.compression.str());
     m.pool = std::make_unique<ThreadPool>(pool_threads(options.threads));
     if (uncompressed) m.data_writer = std::make_unique<ThreadPool>(1);
   } catch (...) {
@@ -673,8 +666,11 @@ std::string ShardWriter::finish() {
       for (const auto& kv : a.digests) slots.push_back(kv.first);
       write_alias_links(m.file.get(), a, slots);
     }
-    h5::write_attr(m.groups->get("/"), "aliases", aliases_to_json(m.aliases).dump());
     m.groups.reset();
+    {
+      h5::Handle root(h5::check(H5Gopen2(m.file.get(), "/", H5P_DEFAULT), "H5Gopen2(/)"));
+      h5::write_attr(root.get(), "aliases", aliases_to_json(m.aliases).dump());
+    }
     laps.lap(&SaveProfile::metadata_s);
     m.file.close("cannot finish writing '" + m.tmp + "'");
     m.direct.close();

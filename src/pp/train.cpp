@@ -758,10 +758,9 @@ void Rank::start_async_save(int64_t step, ojson& metrics) {
     const ckpt::StageData* d = deferred ? nullptr : &snapshot_.take(*model_, opt_.get(), &stages_, o_.dp, dp_.index);
     if (!deferred) p->staged = true;
     PendingSave* ps = p.get();
-    ps->writer = std::thread([this, ps, d, h = shard_header(step, p->train), w = write_options(), rank = rank_,
-                              idle_priority = o_.ckpt_priority == "idle"] {
+    ps->writer = std::thread([this, ps, d, h = shard_header(step, p->train), w = write_options(), rank = rank_] {
       const double t = now_s();
-      if (idle_priority) lower_priority_of_this_thread();
+      if (o_.ckpt_priority == "idle") lower_priority_of_this_thread();
       const ckpt::StageData* data = d;
       if (!data) {
         try {
