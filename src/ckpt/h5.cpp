@@ -109,16 +109,24 @@ Handle file_access_props() {
 
 }  // namespace
 
+Handle untimed_props(hid_t cls) {
+  Handle p(check(H5Pcreate(cls), "H5Pcreate"));
+  check_status(H5Pset_obj_track_times(p.get(), 0), "H5Pset_obj_track_times");
+  return p;
+}
+
 Handle create_file(const std::string& path) {
   Handle fapl = file_access_props();
-  return Handle(check(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()),
+  Handle fcpl = untimed_props(H5P_FILE_CREATE);  // the root group's header
+  return Handle(check(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, fcpl.get(), fapl.get()),
                       "cannot create HDF5 file '" + path + "'"));
 }
 
 Handle create_file(const std::string& path, size_t threshold, size_t alignment) {
   Handle fapl = file_access_props();
   check_status(H5Pset_alignment(fapl.get(), threshold, alignment), "H5Pset_alignment");
-  return Handle(check(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()),
+  Handle fcpl = untimed_props(H5P_FILE_CREATE);
+  return Handle(check(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, fcpl.get(), fapl.get()),
                       "cannot create HDF5 file '" + path + "'"));
 }
 
@@ -155,6 +163,7 @@ std::vector<std::string> split_path(const std::string& path) {
 
 Handle create_groups(hid_t loc, const std::string& path) {
   Handle cur(check(H5Oopen(loc, ".", H5P_DEFAULT), "H5Oopen(.)"));
+  Handle gcpl;
   for (const auto& part : split_path(path)) {
     const htri_t there = H5Lexists(cur.get(), part.c_str(), H5P_DEFAULT);
     check_status(there, "H5Lexists('" + part + "')");
@@ -162,7 +171,8 @@ Handle create_groups(hid_t loc, const std::string& path) {
       cur = Handle(check(H5Gopen2(cur.get(), part.c_str(), H5P_DEFAULT),
                          "cannot open group '" + part + "' of '" + path + "'"));
     } else {
-      cur = Handle(check(H5Gcreate2(cur.get(), part.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+      if (!gcpl.valid()) gcpl = untimed_props(H5P_GROUP_CREATE);
+      cur = Handle(check(H5Gcreate2(cur.get(), part.c_str(), H5P_DEFAULT, gcpl.get(), H5P_DEFAULT),
                          "cannot create group '" + part + "' of '" + path + "'"));
     }
   }

@@ -61,6 +61,11 @@ std::string error_stack();
 hid_t check(hid_t id, const std::string& what);
 herr_t check_status(herr_t rc, const std::string& what);
 
+/// An object creation property list of class `cls` (H5P_FILE_CREATE, H5P_GROUP_CREATE,
+/// H5P_DATASET_CREATE) whose objects store no access/modification timestamps: HDF5 otherwise
+/// writes the current second into every object header, so the same content saved twice would
+/// differ in its bytes. Files and groups made here use it.
+Handle untimed_props(hid_t cls);
 Handle create_file(const std::string& path);  // truncates; libver bounds v110 for h5py
 /// The same, with every object of `threshold` bytes or more placed at a multiple of `alignment`
 /// (H5Pset_alignment): what lets a writer put a dataset's bytes there with O_DIRECT.

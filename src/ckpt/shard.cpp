@@ -255,8 +255,8 @@ class GroupCache {
   hid_t get(const std::string& path) {
     auto it = open_.find(path);
     if (it != open_.end()) return it->second.get();
-    // One level at a time below the cached parent; create_groups opens a group that another
-    // route made (copy() creates its parents itself) instead of making it again.
+    // One level at a time below the cached parent; create_groups opens a group that already
+    // exists instead of making it again.
     const size_t cut = path.rfind('/');
     h5::Handle g = path == "/" ? h5::create_groups(file_, "/")
                                : h5::create_groups(get(cut == 0 ? std::string("/") : path.substr(0, cut)),
@@ -371,7 +371,7 @@ void write_datasets(GroupCache& groups, int fd, DirectWriter& direct, const std:
   // Never filled (every byte is written); contiguous space is allocated at creation so its
   // offset is known and the bytes go out with pwrite.
   auto new_dcpl = [] {
-    h5::Handle d(h5::check(H5Pcreate(H5P_DATASET_CREATE), "H5Pcreate"));
+    h5::Handle d = h5::untimed_props(H5P_DATASET_CREATE);
     h5::check_status(H5Pset_fill_time(d.get(), H5D_FILL_TIME_NEVER), "H5Pset_fill_time");
     return d;
   };
@@ -639,11 +639,16 @@ void ShardWriter::copy(const ShardReader& src, const StoredDataset& d) {
   // H5Ocopy moves the stored bytes (compressed chunks included) without running any filter.
   // The attributes are not copied but written again: a version-1 source stores them as
   // variable-length strings, which this version does not.
-  h5::Handle lcpl(h5::check(H5Pcreate(H5P_LINK_CREATE), "H5Pcreate"));
-  h5::check_status(H5Pset_create_intermediate_group(lcpl.get(), 1), "H5Pset_create_intermediate_group");
+  // The parent comes from the writer's groups (created once, without timestamps) rather than
+  // from HDF5's intermediate-group creation.
   h5::Handle ocpl(h5::check(H5Pcreate(H5P_OBJECT_COPY), "H5Pcreate"));
   h5::check_status(H5Pset_copy_object(ocpl.get(), H5O_COPY_WITHOUT_ATTR_FLAG), "H5Pset_copy_object");
-  h5::check_status(H5Ocopy(src.file(), d.path.c_str(), impl_->file.get(), d.path.c_str(), ocpl.get(), lcpl.get()),
+  const size_t cut = d.path.rfind('/');
+  if (d.path.empty() || d.path[0] != '/' || cut + 1 == d.path.size()) {
+    throw FormatError("'" + src.path() + "': dataset path '" + d.path + "' is not an absolute dataset path");
+  }
+  const hid_t parent = impl_->groups->get(cut == 0 ? std::string("/") : d.path.substr(0, cut));
+  h5::check_status(H5Ocopy(src.file(), d.path.c_str(), parent, d.path.c_str() + cut + 1, ocpl.get(), H5P_DEFAULT),
                    "cannot copy '" + d.path + "' from '" + src.path() + "' to '" + impl_->tmp + "'");
   h5::Handle dset = h5::open_dataset(impl_->file.get(), d.path);
   h5::write_attr(dset.get(), "dtype", d.dtype);

@@ -45,8 +45,9 @@ void write_tensor_file(const std::string& path,
                                  "H5Screate"));
       h5::Handle lcpl(h5::check(H5Pcreate(H5P_LINK_CREATE), "H5Pcreate"));
       h5::check_status(H5Pset_create_intermediate_group(lcpl.get(), 1), "H5Pset_create_intermediate_group");
+      const h5::Handle dcpl = h5::untimed_props(H5P_DATASET_CREATE);
       h5::Handle dset(h5::check(H5Dcreate2(file.get(), name.c_str(), ty.file, space.get(), lcpl.get(),
-                                           H5P_DEFAULT, H5P_DEFAULT),
+                                           dcpl.get(), H5P_DEFAULT),
                                 "cannot create dataset '" + name + "' in '" + path + "'"));
       if (t.numel() > 0) {
         h5::check_status(H5Dwrite(dset.get(), ty.mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.data_ptr()),
