@@ -61,48 +61,146 @@ TEST(Codec, VectorShuffleMatchesTheByteLoop) {
   }
 }
 
-// Our direct-chunk writer must store exactly the bytes HDF5's own pipeline (shuffle ->
-// filter 32015) stores, or h5py/hdf5plugin could not read our files.
-TEST_F(CkptTest, DirectChunksAreByteIdenticalToTheHdf5Pipeline) {
+// Writes `t` (float32, 2-D) through HDF5's own pipeline (shuffle -> filter 32015 at `level`) in
+// chunks of `chunk_rows` rows and returns the file's path.
+std::string write_through_pipeline(const std::string& path, const at::Tensor& t, hsize_t chunk_rows, unsigned level) {
+  h5::Handle f = h5::create_file(path);
+  hsize_t dims[2] = {static_cast<hsize_t>(t.size(0)), static_cast<hsize_t>(t.size(1))};
+  hsize_t chunk[2] = {chunk_rows, dims[1]};
+  h5::Handle space(H5Screate_simple(2, dims, nullptr));
+  h5::Handle dcpl(H5Pcreate(H5P_DATASET_CREATE));
+  H5Pset_chunk(dcpl.get(), 2, chunk);
+  H5Pset_shuffle(dcpl.get());
+  H5Pset_filter(dcpl.get(), kZstdFilterId, H5Z_FLAG_MANDATORY, 1, &level);
+  h5::Handle d(H5Dcreate2(f.get(), "x", H5T_IEEE_F32LE, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT));
+  EXPECT_GE(H5Dwrite(d.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.data_ptr()), 0);
+  return path;
+}
+
+// Where zstd's match finder pays (repeated rows here), our direct-chunk writer stores exactly
+// the bytes HDF5's own pipeline (shuffle -> filter 32015) stores, for small chunks (coded both
+// ways) and large ones (decided from a sample).
+TEST_F(CkptTest, DirectChunksAreByteIdenticalToTheHdf5PipelineWhereMatchesPay) {
   h5::Silence quiet;
   register_zstd_filter();
-  const at::Tensor t = at::randn({300, 7});
-  const std::string path = dir_ + "/pipe.h5";
-  {
-    h5::Handle f = h5::create_file(path);
-    hsize_t dims[2] = {300, 7}, chunk[2] = {64, 7};
-    h5::Handle space(H5Screate_simple(2, dims, nullptr));
-    h5::Handle dcpl(H5Pcreate(H5P_DATASET_CREATE));
-    H5Pset_chunk(dcpl.get(), 2, chunk);
-    H5Pset_shuffle(dcpl.get());
-    const unsigned level = 5;
-    H5Pset_filter(dcpl.get(), kZstdFilterId, H5Z_FLAG_MANDATORY, 1, &level);
-    h5::Handle d(H5Dcreate2(f.get(), "x", H5T_IEEE_F32LE, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT));
-    ASSERT_GE(H5Dwrite(d.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.data_ptr()), 0);
+  at::Generator g = at::detail::createCPUGenerator(5);
+  for (const int64_t width : {7, 768}) {
+    const int64_t chunk_rows = width == 7 ? 64 : 1400;  // 1792 bytes; 4.3 MB, past the sampling size
+    const at::Tensor t = at::randn({1, width}, g).repeat({3 * chunk_rows, 1}).contiguous();
+    const std::string path = write_through_pipeline(dir_ + "/pipe.h5", t, chunk_rows, 5);
+    h5::Handle f = h5::open_file(path);
+    h5::Handle d = h5::open_dataset(f.get(), "x");
+    ZstdCCtxPtr cctx(ZSTD_createCCtx());
+    std::vector<uint8_t> scratch, mine;
+    const size_t chunk_bytes = static_cast<size_t>(chunk_rows * width * 4);
+    for (int c = 0; c < 3; ++c) {
+      hsize_t offset[2] = {static_cast<hsize_t>(c * chunk_rows), 0}, size = 0;
+      ASSERT_GE(H5Dget_chunk_storage_size(d.get(), offset, &size), 0);
+      std::vector<uint8_t> stored(size);
+      uint32_t mask = 1;
+      ASSERT_GE(H5Dread_chunk(d.get(), H5P_DEFAULT, offset, &mask, stored.data()), 0);
+      EXPECT_EQ(mask, 0u);
+      encode_chunk(static_cast<const uint8_t*>(t.data_ptr()) + c * chunk_bytes, chunk_bytes, 4, 5, cctx.get(), scratch,
+                   mine);
+      EXPECT_EQ(mine, stored) << "width " << width << " chunk " << c;
+    }
+    f.reset();
+    fs::remove_tree(path);
   }
-  h5::Handle f = h5::open_file(path);
-  h5::Handle d = h5::open_dataset(f.get(), "x");
+}
+
+// Random floats (what trained weights and optimizer moments look like) are entropy coded without
+// the match finder: the frame is smaller than zstd's own pass makes (no larger for chunks small
+// enough to be coded both ways), records its size, and
+// decodes through libzstd and through HDF5's pipeline to the original, for every float width,
+// small chunks (coded both ways) and large ones (sampled).
+TEST_F(CkptTest, RandomFloatChunksAreEntropyCodedSmallerThanZstdsOwnPass) {
+  h5::Silence quiet;
+  register_zstd_filter();
+  at::Generator g = at::detail::createCPUGenerator(9);
   ZstdCCtxPtr cctx(ZSTD_createCCtx());
-  std::vector<uint8_t> scratch, mine, padded(64 * 7 * 4, 0);
-  for (int c = 0; c < 5; ++c) {
-    hsize_t offset[2] = {static_cast<hsize_t>(c * 64), 0}, size = 0;
-    ASSERT_GE(H5Dget_chunk_storage_size(d.get(), offset, &size), 0);
-    std::vector<uint8_t> stored(size);
-    uint32_t mask = 1;
-    ASSERT_GE(H5Dread_chunk(d.get(), H5P_DEFAULT, offset, &mask, stored.data()), 0);
-    EXPECT_EQ(mask, 0u);
-    const int64_t rows = std::min<int64_t>(64, 300 - c * 64);
-    std::fill(padded.begin(), padded.end(), 0);
-    std::memcpy(padded.data(), static_cast<const uint8_t*>(t.data_ptr()) + c * 64 * 7 * 4, rows * 7 * 4);
-    encode_chunk(padded.data(), padded.size(), 4, 5, cctx.get(), scratch, mine);
-    if (rows == 64) {
-      EXPECT_EQ(mine, stored) << "chunk " << c;
-    } else {
-      // HDF5 pads the edge chunk with whatever its buffer held; compare decoded valid rows.
-      std::vector<uint8_t> raw(padded.size());
-      ZstdDCtxPtr dctx(ZSTD_createDCtx());
-      decode_chunk(stored.data(), stored.size(), raw.data(), raw.size(), 4, true, true, dctx.get(), scratch, "edge");
-      EXPECT_EQ(std::memcmp(raw.data(), padded.data(), rows * 7 * 4), 0);
+  ZstdDCtxPtr dctx(ZSTD_createDCtx());
+  for (const auto dtype : {at::kFloat, at::kBFloat16, at::kDouble}) {
+    for (const int64_t rows : {int64_t{10}, int64_t{1365}}) {  // 30 KB or 4 MB of float32
+      // Drawn in the dtype itself: a float widened to double has 29 zero mantissa bits, which
+      // the match finder rightly keeps.
+      const at::Tensor t = (at::randn({rows, 768}, g, dtype == at::kDouble ? at::kDouble : at::kFloat) * 0.02)
+                               .to(dtype)
+                               .contiguous();
+      const auto* raw = static_cast<const uint8_t*>(t.data_ptr());
+      const size_t bytes = t.nbytes(), elem = t.element_size();
+      std::vector<uint8_t> scratch, mine, shuffled(bytes), plain(ZSTD_compressBound(bytes));
+      encode_chunk(raw, bytes, elem, 1, cctx.get(), scratch, mine);
+      shuffle_bytes(raw, shuffled.data(), bytes, elem);
+      const size_t plain_size = ZSTD_compressCCtx(cctx.get(), plain.data(), plain.size(), shuffled.data(), bytes, 1);
+      ASSERT_FALSE(ZSTD_isError(plain_size));
+      const std::string what = std::string(c10::toString(dtype)) + " rows " + std::to_string(rows);
+      if (bytes > (64 << 10)) {
+        EXPECT_LT(mine.size(), plain_size) << what;
+      } else {  // coded both ways, the smaller kept
+        EXPECT_LE(mine.size(), plain_size) << what;
+      }
+      EXPECT_EQ(ZSTD_getFrameContentSize(mine.data(), mine.size()), bytes) << what;
+      std::vector<uint8_t> back(bytes);
+      decode_chunk(mine.data(), mine.size(), back.data(), bytes, elem, true, true, dctx.get(), scratch, what);
+      EXPECT_EQ(std::memcmp(back.data(), raw, bytes), 0) << what;
+      if (dtype != at::kFloat) continue;
+      // The chunk as one direct chunk of a dataset HDF5 reads through its own filters.
+      const std::string path = dir_ + "/direct.h5";
+      {
+        h5::Handle f = h5::create_file(path);
+        hsize_t dims[2] = {static_cast<hsize_t>(rows), 768};
+        h5::Handle space(H5Screate_simple(2, dims, nullptr));
+        h5::Handle dcpl(H5Pcreate(H5P_DATASET_CREATE));
+        H5Pset_chunk(dcpl.get(), 2, dims);
+        H5Pset_shuffle(dcpl.get());
+        const unsigned level = 1;
+        H5Pset_filter(dcpl.get(), kZstdFilterId, H5Z_FLAG_MANDATORY, 1, &level);
+        h5::Handle d(H5Dcreate2(f.get(), "x", H5T_IEEE_F32LE, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT));
+        hsize_t offset[2] = {0, 0};
+        ASSERT_GE(H5Dwrite_chunk(d.get(), H5P_DEFAULT, 0, offset, mine.size(), mine.data()), 0);
+      }
+      h5::Handle f = h5::open_file(path);
+      h5::Handle d = h5::open_dataset(f.get(), "x");
+      at::Tensor read = at::empty_like(t);
+      ASSERT_GE(H5Dread(d.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, read.data_ptr()), 0);
+      EXPECT_TRUE(test::bitwise_equal(read, t)) << what << " (HDF5 pipeline)";
+      d.reset();
+      f.reset();
+      fs::remove_tree(path);
+    }
+  }
+}
+
+// Chunks of any size and content, coded and decoded: sizes around the block (128 KiB) and
+// sampling boundaries, constant, small-integer and random bytes, elements of 1 to 8 bytes.
+TEST(Codec, ChunksOfEverySizeAndContentRoundTrip) {
+  ZstdCCtxPtr cctx(ZSTD_createCCtx());
+  ZstdDCtxPtr dctx(ZSTD_createDCtx());
+  std::vector<uint8_t> scratch, frame;
+  uint64_t state = 88172645463325252ull;
+  auto next = [&] {  // xorshift64: reproducible bytes without a torch generator
+    state ^= state << 13;
+    state ^= state >> 7;
+    state ^= state << 17;
+    return state;
+  };
+  for (const size_t bytes : {size_t{1}, size_t{8}, size_t{4099}, size_t{65536}, size_t{65544}, size_t{131072},
+                             size_t{131075}, size_t{131080}, size_t{1u << 20}}) {
+    for (const size_t elem : {size_t{1}, size_t{2}, size_t{4}, size_t{8}}) {
+      for (int content = 0; content < 3; ++content) {
+        std::vector<uint8_t> raw(bytes), back(bytes);
+        for (size_t i = 0; i < bytes; ++i) {
+          raw[i] = content == 0 ? 0 : content == 1 ? static_cast<uint8_t>(i % elem == 0 ? i / elem % 7 : 0)
+                                                   : static_cast<uint8_t>(next());
+        }
+        encode_chunk(raw.data(), bytes, elem, 3, cctx.get(), scratch, frame);
+        const std::string what = "bytes " + std::to_string(bytes) + " elem " + std::to_string(elem) + " content " +
+                                 std::to_string(content);
+        EXPECT_LE(frame.size(), ZSTD_compressBound(bytes)) << what;
+        decode_chunk(frame.data(), frame.size(), back.data(), bytes, elem, true, true, dctx.get(), scratch, what);
+        EXPECT_EQ(back, raw) << what;
+      }
     }
   }
 }
