@@ -519,18 +519,20 @@ Slot slot_from_name(const std::string& s) {
   throw FormatError("unknown state slot '" + s + "'");
 }
 
-void write_alias_links(hid_t file, const AliasToSave& a, const std::vector<Slot>& slots) {
+void write_alias_links(GroupCache& groups, const AliasToSave& a, const std::vector<Slot>& slots) {
   // Convenience for h5py/h5dump users: the alias path resolves to the stored tensor. The
-  // manifest, not these links, is what pmamba reads.
+  // manifest, not these links, is what pmamba reads. The link's parent comes from the writer's
+  // groups (no timestamps), not from HDF5's intermediate-group creation.
   auto link = [&](const std::string& target_path, const std::string& link_path) {
-    h5::Handle lcpl(h5::check(H5Pcreate(H5P_LINK_CREATE), "H5Pcreate"));
-    h5::check_status(H5Pset_create_intermediate_group(lcpl.get(), 1), "H5Pset_create_intermediate_group");
+    const size_t cut = link_path.rfind('/');  // dataset paths are absolute: "/model/..."
+    const hid_t parent = groups.get(cut == 0 ? std::string("/") : link_path.substr(0, cut));
+    const char* leaf = link_path.c_str() + cut + 1;
     if (a.target_file.empty()) {
-      h5::check_status(H5Lcreate_soft(target_path.c_str(), file, link_path.c_str(), lcpl.get(), H5P_DEFAULT),
+      h5::check_status(H5Lcreate_soft(target_path.c_str(), parent, leaf, H5P_DEFAULT, H5P_DEFAULT),
                        "cannot link '" + link_path + "'");
     } else {
-      h5::check_status(H5Lcreate_external(a.target_file.c_str(), target_path.c_str(), file,
-                                          link_path.c_str(), lcpl.get(), H5P_DEFAULT),
+      h5::check_status(H5Lcreate_external(a.target_file.c_str(), target_path.c_str(), parent, leaf, H5P_DEFAULT,
+                                          H5P_DEFAULT),
                        "cannot link '" + link_path + "'");
     }
   };
@@ -669,7 +671,7 @@ std::string ShardWriter::finish() {
     for (const auto& a : m.aliases) {
       std::vector<Slot> slots;
       for (const auto& kv : a.digests) slots.push_back(kv.first);
-      write_alias_links(m.file.get(), a, slots);
+      write_alias_links(*m.groups, a, slots);
     }
     m.groups.reset();
     {

@@ -43,10 +43,12 @@ void write_tensor_file(const std::string& path,
       h5::Handle space(h5::check(t.dim() == 0 ? H5Screate(H5S_SCALAR)
                                                : H5Screate_simple(t.dim(), dims.data(), nullptr),
                                  "H5Screate"));
-      h5::Handle lcpl(h5::check(H5Pcreate(H5P_LINK_CREATE), "H5Pcreate"));
-      h5::check_status(H5Pset_create_intermediate_group(lcpl.get(), 1), "H5Pset_create_intermediate_group");
+      // Parent groups through create_groups (no timestamps), not HDF5's intermediate groups.
+      const size_t cut = name.rfind('/');
+      h5::Handle parent = h5::create_groups(file.get(), cut == std::string::npos ? "/" : name.substr(0, cut));
+      const std::string leaf = cut == std::string::npos ? name : name.substr(cut + 1);
       const h5::Handle dcpl = h5::untimed_props(H5P_DATASET_CREATE);
-      h5::Handle dset(h5::check(H5Dcreate2(file.get(), name.c_str(), ty.file, space.get(), lcpl.get(),
+      h5::Handle dset(h5::check(H5Dcreate2(parent.get(), leaf.c_str(), ty.file, space.get(), H5P_DEFAULT,
                                            dcpl.get(), H5P_DEFAULT),
                                 "cannot create dataset '" + name + "' in '" + path + "'"));
       if (t.numel() > 0) {

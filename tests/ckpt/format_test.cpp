@@ -13,6 +13,7 @@
 #include "src/ckpt/lock.h"
 #include "src/ckpt/format.h"
 #include "src/ckpt/h5.h"
+#include "src/ckpt/tensor_file.h"
 #include "src/ckpt/thread_pool.h"
 #include "src/ckpt/verify.h"
 #include "src/ckpt/zstd_filter.h"
@@ -409,8 +410,8 @@ TEST_F(CkptTest, CopiedAndAddedDatasetsShareTheirGroups) {
 
 // HDF5 writes the current second into every object header unless told not to, so one state
 // saved twice differed in its bytes whenever the two saves straddled a second (seen as flaky
-// file comparisons under load). No object of a shard, added or copied, compressed or not,
-// carries a timestamp.
+// file comparisons under load). No object of a shard (added, copied, an alias link's groups;
+// compressed or not) or of a tensor file carries a timestamp.
 TEST_F(CkptTest, ShardObjectsCarryNoTimestamps) {
   at::Generator g = at::detail::createCPUGenerator(2);
   ShardHeader h;
@@ -431,9 +432,12 @@ TEST_F(CkptTest, ShardObjectsCarryNoTimestamps) {
       writer.add({"layers.1.mixer.w", Slot::kExpAvg, at::randn({40, 8}, g)});
       writer.add({"step", Slot::kStep, at::tensor(int64_t{3})});
       writer.copy(src, src.scan().at(0));
+      writer.add_alias({"lm_head.weight", "layers.1.mixer.w", "", {{Slot::kExpAvg, 0}}});
       path = writer.finish();
     }
-    for (const std::string& file : {src_path, path}) {
+    const std::string tensors = dir_ + "/tensors-" + comp + ".h5";
+    write_tensor_file(tensors, {{"/a/b/x", at::randn({3}, g)}, {"y", at::randn({2}, g)}});
+    for (const std::string& file : {src_path, path, tensors}) {
       h5::Handle f = h5::open_file(file);
       std::vector<std::string> timed;
       auto visit = [](hid_t, const char* name, const H5O_info_t* info, void* data) -> herr_t {
