@@ -257,11 +257,16 @@ class GroupCache {
     if (it != open_.end()) return it->second.get();
     // One level at a time below the cached parent; create_groups opens a group that already
     // exists instead of making it again.
-    const size_t cut = path.rfind('/');
     h5::Handle g = path == "/" ? h5::create_groups(file_, "/")
-                               : h5::create_groups(get(cut == 0 ? std::string("/") : path.substr(0, cut)),
-                                                   path.substr(cut + 1));
+                               : h5::create_groups(parent_of(path), path.substr(path.rfind('/') + 1));
     return open_.emplace(path, std::move(g)).first->second.get();
+  }
+
+  // The group holding the object at absolute `path` ("/model/a/w" -> "/model/a"); the object's
+  // own name is what follows the last '/'.
+  hid_t parent_of(const std::string& path) {
+    const size_t cut = path.rfind('/');
+    return get(cut == 0 ? std::string("/") : path.substr(0, cut));
   }
 
  private:
@@ -437,7 +442,7 @@ void write_datasets(GroupCache& groups, int fd, DirectWriter& direct, const std:
                        what + ": H5Pset_filter(zstd)");
     }
     const size_t cut = path.rfind('/');
-    h5::Handle dset(h5::check(H5Dcreate2(groups.get(path.substr(0, cut)), path.c_str() + cut + 1, ty.file,
+    h5::Handle dset(h5::check(H5Dcreate2(groups.parent_of(path), path.c_str() + cut + 1, ty.file,
                                          space.get(), H5P_DEFAULT, dcpl, H5P_DEFAULT),
                               "cannot create " + what));
     StoredDataset out;
@@ -524,9 +529,8 @@ void write_alias_links(GroupCache& groups, const AliasToSave& a, const std::vect
   // manifest, not these links, is what pmamba reads. The link's parent comes from the writer's
   // groups (no timestamps), not from HDF5's intermediate-group creation.
   auto link = [&](const std::string& target_path, const std::string& link_path) {
-    const size_t cut = link_path.rfind('/');  // dataset paths are absolute: "/model/..."
-    const hid_t parent = groups.get(cut == 0 ? std::string("/") : link_path.substr(0, cut));
-    const char* leaf = link_path.c_str() + cut + 1;
+    const hid_t parent = groups.parent_of(link_path);  // dataset paths are absolute: "/model/..."
+    const char* leaf = link_path.c_str() + link_path.rfind('/') + 1;
     if (a.target_file.empty()) {
       h5::check_status(H5Lcreate_soft(target_path.c_str(), parent, leaf, H5P_DEFAULT, H5P_DEFAULT),
                        "cannot link '" + link_path + "'");
@@ -649,7 +653,7 @@ void ShardWriter::copy(const ShardReader& src, const StoredDataset& d) {
   if (d.path.empty() || d.path[0] != '/' || cut + 1 == d.path.size()) {
     throw FormatError("'" + src.path() + "': dataset path '" + d.path + "' is not an absolute dataset path");
   }
-  const hid_t parent = impl_->groups->get(cut == 0 ? std::string("/") : d.path.substr(0, cut));
+  const hid_t parent = impl_->groups->parent_of(d.path);
   h5::check_status(H5Ocopy(src.file(), d.path.c_str(), parent, d.path.c_str() + cut + 1, ocpl.get(), H5P_DEFAULT),
                    "cannot copy '" + d.path + "' from '" + src.path() + "' to '" + impl_->tmp + "'");
   h5::Handle dset = h5::open_dataset(impl_->file.get(), d.path);

@@ -36,6 +36,7 @@ void write_tensor_file(const std::string& path,
   const std::string tmp = path + ".tmp-" + std::to_string(::getpid());
   try {
     h5::Handle file = h5::create_file(tmp);
+    const h5::Handle dcpl = h5::untimed_props(H5P_DATASET_CREATE);
     for (const auto& [name, tensor] : tensors) {
       const at::Tensor t = tensor.detach().cpu().contiguous();
       const TypePair ty = h5_type(t.scalar_type(), name);
@@ -47,7 +48,6 @@ void write_tensor_file(const std::string& path,
       const size_t cut = name.rfind('/');
       h5::Handle parent = h5::create_groups(file.get(), cut == std::string::npos ? "/" : name.substr(0, cut));
       const std::string leaf = cut == std::string::npos ? name : name.substr(cut + 1);
-      const h5::Handle dcpl = h5::untimed_props(H5P_DATASET_CREATE);
       h5::Handle dset(h5::check(H5Dcreate2(parent.get(), leaf.c_str(), ty.file, space.get(), H5P_DEFAULT,
                                            dcpl.get(), H5P_DEFAULT),
                                 "cannot create dataset '" + name + "' in '" + path + "'"));
