@@ -66,6 +66,7 @@ std::string begin_step_dir(const std::string& root, int64_t step) {
                                              std::to_string(nonce) + "-" + std::to_string(counter++));
   if (fault_injected("step-dir")) throw IoError("cannot create directory '" + tmp + "': injected fault (PMAMBA_FAULT)");
   fs::make_dirs(tmp);
+  fault_point("step-dir-made");
   return tmp;
 }
 

@@ -3,6 +3,8 @@
 //
 // Kill points (fault_point): the process kills itself with SIGKILL on reaching the point.
 // In commit order:
+//   step-dir-made (the committing stage, after creating the step's temporary directory and
+//   before the other stages are told its name)
 //   shard-partial   shard-written   shard-synced   shard-renamed
 //   manifest-written   manifest-renamed   dir-renamed   latest-written   latest-renamed   pruned
 //

@@ -218,9 +218,13 @@ int launch_local(const LaunchOptions& o) {
         --alive;
         kids[r].signal = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
         kids[r].code = WIFEXITED(status) ? WEXITSTATUS(status) : 1;
-        if ((kids[r].code != 0 || kids[r].signal != 0) && !failed) {
-          failed = true;
-          failed_at = std::chrono::steady_clock::now();
+        if (kids[r].code != 0 || kids[r].signal != 0) {
+          store.report_gone(r, kids[r].signal != 0 ? "the launcher saw it killed by " + signal_name(kids[r].signal)
+                                                   : "the launcher saw it exit with code " + std::to_string(kids[r].code));
+          if (!failed) {
+            failed = true;
+            failed_at = std::chrono::steady_clock::now();
+          }
         }
       }
     }

@@ -64,10 +64,39 @@ std::string first_line(const std::string& s) {
   return nl == std::string::npos ? s : s.substr(0, nl);
 }
 
-// How a stage says that another one gave up on its own and why (from its failure report).
-PeerFailure gave_up(int stage, int waiter, const std::string& what, const std::string& report, int dp) {
+// The cause the local launcher records for a stage that died without a report of its own.
+constexpr const char* kGoneCause = "gone";
+
+// A stage's failure report in the store: its first line, and whether the launcher wrote it
+// because the stage died (killed, or exited before it could say why).
+struct Report {
+  std::string text;
+  bool gone = false;
+};
+
+// Stage r's report; false when it has none. Its writers set "cause/<r>" before "failed/<r>".
+bool read_report(c10d::Store& store, int r, Report* out) {
+  const std::string key = "failed/" + std::to_string(r), ckey = "cause/" + std::to_string(r);
+  if (!store.check({key})) return false;
+  const std::vector<uint8_t> msg = store.get(key);
+  out->text = first_line(std::string(msg.begin(), msg.end()));
+  out->gone = false;
+  if (store.check({ckey})) {
+    const std::vector<uint8_t> c = store.get(ckey);
+    out->gone = std::string(c.begin(), c.end()) == kGoneCause;
+  }
+  return true;
+}
+
+// How a stage says that another one gave up on its own and why (from its failure report), or
+// that it died, as the launcher saw.
+PeerFailure gave_up(int stage, int waiter, const std::string& what, const Report& report, int dp) {
+  if (report.gone) {
+    return PeerFailure(rank_name(stage, dp) + " stopped answering (" + report.text + "): " + rank_name(waiter, dp) +
+                       " waited for " + what);
+  }
   return PeerFailure(rank_name(stage, dp) + " gave up while " + rank_name(waiter, dp) +
-                     " waited for " + what + "; it reported: " + report);
+                     " waited for " + what + "; it reported: " + report.text);
 }
 
 // The deadline of a heartbeat's store operation, and of any after a failure: a live store
@@ -190,8 +219,8 @@ struct Transport::Impl {
   // A failure another stage reported in the store, seen by the heartbeat thread, which also
   // aborts the send or receive the main thread is blocked in (`waiting`) so it stops at once.
   std::mutex mu;
-  int report_stage = -1;                // who reported, and its message (first line)
-  std::string report;
+  int report_stage = -1;                // who reported, and its report
+  Report report;
   std::atomic<bool> reported{false};
   c10d::Work* waiting = nullptr;
   c10::Device device{c10::kCPU};       // where the backend wants its tensors
@@ -344,12 +373,11 @@ Transport::Transport(const DistEnv& e, std::chrono::milliseconds timeout, const 
         try {
           beat_store->add(key, 1);
           for (int r = 0; r < world && !impl->reported.load(); ++r) {
-            const std::string fkey = "failed/" + std::to_string(r);
-            if (r == rank || !beat_store->check({fkey})) continue;
-            const std::vector<uint8_t> msg = beat_store->get(fkey);
+            Report rep;
+            if (r == rank || !read_report(*beat_store, r, &rep)) continue;
             std::lock_guard<std::mutex> lock(impl->mu);
             impl->report_stage = r;
-            impl->report = first_line(std::string(msg.begin(), msg.end()));
+            impl->report = rep;
             impl->reported.store(true);
             if (impl->waiting) {
               try {
@@ -468,11 +496,8 @@ void Transport::peer_failed(int peer, const std::string& what, const std::string
   // A peer that failed on its own reported why before it went away: pass that on.
   try {
     if (impl_->store_dead.load()) throw std::runtime_error("the store stopped answering");
-    const std::string key = "failed/" + std::to_string(peer);
-    if (impl_->store->check({key})) {
-      const std::vector<uint8_t> msg = impl_->store->get(key);
-      throw gave_up(peer, rank_, what, first_line(std::string(msg.begin(), msg.end())), dp_);
-    }
+    Report rep;
+    if (read_report(*impl_->store, peer, &rep)) throw gave_up(peer, rank_, what, rep, dp_);
   } catch (const PipelineError&) {
     throw;
   } catch (const std::exception&) {
@@ -647,10 +672,8 @@ void Transport::collective_failed(const std::string& what, const std::string& de
   if (who.empty() && !impl_->store_dead.load()) {
     try {
       for (int r = 0; r < world_; ++r) {
-        const std::string key = "failed/" + std::to_string(r);
-        if (r == rank_ || !impl_->store->check({key})) continue;
-        const std::vector<uint8_t> msg = impl_->store->get(key);
-        throw gave_up(r, rank_, what, first_line(std::string(msg.begin(), msg.end())), dp_);
+        Report rep;
+        if (r != rank_ && read_report(*impl_->store, r, &rep)) throw gave_up(r, rank_, what, rep, dp_);
       }
     } catch (const PipelineError&) {
       throw;
@@ -796,19 +819,25 @@ int LauncherStore::port() const { return impl_->tcp->getPort(); }
 
 std::string LauncherStore::report(int rank, bool* own) {
   try {
-    const std::string key = "failed/" + std::to_string(rank);
-    if (!impl_->store->check({key})) return "";
-    const std::vector<uint8_t> msg = impl_->store->get(key);
     const std::string ckey = "cause/" + std::to_string(rank);
-    std::string cause;
-    if (impl_->store->check({ckey})) {
-      const std::vector<uint8_t> c = impl_->store->get(ckey);
-      cause.assign(c.begin(), c.end());
-    }
-    if (own) *own = cause != "peer";
-    return first_line(std::string(msg.begin(), msg.end()));
+    Report rep;
+    // What the launcher itself recorded for a stage that died is not that stage's report.
+    if (!read_report(*impl_->store, rank, &rep) || rep.gone) return "";
+    const std::vector<uint8_t> c = impl_->store->check({ckey}) ? impl_->store->get(ckey) : std::vector<uint8_t>();
+    if (own) *own = std::string(c.begin(), c.end()) != "peer";
+    return rep.text;
   } catch (const std::exception&) {
     return "";
+  }
+}
+
+void LauncherStore::report_gone(int rank, const std::string& how) noexcept {
+  try {
+    if (impl_->store->check({"failed/" + std::to_string(rank)})) return;  // it said why itself
+    const std::string cause = kGoneCause;
+    impl_->store->set("cause/" + std::to_string(rank), std::vector<uint8_t>(cause.begin(), cause.end()));
+    impl_->store->set("failed/" + std::to_string(rank), std::vector<uint8_t>(how.begin(), how.end()));
+  } catch (...) {
   }
 }
 

@@ -68,6 +68,10 @@ class LauncherStore {
   /// The failure report of stage `rank` ("" when none); `own` is set to whether it failed on its
   /// own rather than after another stage.
   std::string report(int rank, bool* own);
+  /// Records in the store that stage `rank` died (`how`, as the launcher saw it) unless it left
+  /// a report of its own. The other stages stop waiting for it within a heartbeat, whatever they
+  /// wait in: a wait on this store (which outlives the stage) would otherwise last the timeout.
+  void report_gone(int rank, const std::string& how) noexcept;
 
  private:
   struct Impl;

@@ -55,6 +55,18 @@ grep -Eq "^\[stage 1\].*stage 0( \([^)]*\))? stopped answering" "$T/k0.err" || f
 grep -q "stage 2 stopped answering" "$T/k0.err" && fail "the surviving stage 2 was blamed: $(tail -5 "$T/k0.err")"
 run "$BIN/pmamba-ckpt" verify "$T/k0"; expect_code 0
 
+# --- stage 0 dies after creating a step directory, before the others hear its name: they wait
+# on the launcher's store, which outlives it, yet stop within a heartbeat naming it (the
+# launcher records the death there), not at their timeout or the launcher's 10 s grace ---
+PMAMBA_FAULT=step-dir-made run timeout 60 "$BIN/pmamba-train" "${common[@]}" --pp 3 --steps 4 --ckpt-every 2 --ckpt-dir "$T/sm" --timeout 20
+expect_code 1
+for r in 1 2; do
+  expect_err "[stage $r] pmamba-train: stage 0 stopped answering (the launcher saw it killed by SIGKILL): stage $r waited for 'ckpt/2'"
+done
+grep -q "did not exit within" "$T/err" && fail "the launcher had to kill the stages that waited"
+[ "$(tail -1 "$T/err")" = "pmamba-train: stage 0 was killed by SIGKILL" ] || fail "last line: $(tail -1 "$T/err")"
+[ ! -e "$T/sm/latest" ] || fail "a checkpoint was committed"
+
 # --- stage 0 fails on its own (it cannot create the step directory): the others report its
 # reason, and the launcher's last line names stage 0 and exits with its code (2, as at PP 1) ---
 PMAMBA_FAULT=step-dir run timeout 60 "$BIN/pmamba-train" "${common[@]}" --pp 3 --steps 4 --ckpt-every 2 --ckpt-dir "$T/sd" --timeout 20
