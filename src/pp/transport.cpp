@@ -67,11 +67,12 @@ std::string first_line(const std::string& s) {
 // The cause the local launcher records for a stage that died without a report of its own.
 constexpr const char* kGoneCause = "gone";
 
-// A stage's failure report in the store: its first line, and whether the launcher wrote it
-// because the stage died (killed, or exited before it could say why).
+// A stage's failure report in the store: its first line and its cause ("own", "peer", or
+// kGoneCause when the launcher wrote it because the stage died without saying why).
 struct Report {
   std::string text;
-  bool gone = false;
+  std::string cause;
+  bool gone() const { return cause == kGoneCause; }
 };
 
 // Stage r's report; false when it has none. Its writers set "cause/<r>" before "failed/<r>".
@@ -80,10 +81,10 @@ bool read_report(c10d::Store& store, int r, Report* out) {
   if (!store.check({key})) return false;
   const std::vector<uint8_t> msg = store.get(key);
   out->text = first_line(std::string(msg.begin(), msg.end()));
-  out->gone = false;
+  out->cause.clear();
   if (store.check({ckey})) {
     const std::vector<uint8_t> c = store.get(ckey);
-    out->gone = std::string(c.begin(), c.end()) == kGoneCause;
+    out->cause.assign(c.begin(), c.end());
   }
   return true;
 }
@@ -91,7 +92,7 @@ bool read_report(c10d::Store& store, int r, Report* out) {
 // How a stage says that another one gave up on its own and why (from its failure report), or
 // that it died, as the launcher saw.
 PeerFailure gave_up(int stage, int waiter, const std::string& what, const Report& report, int dp) {
-  if (report.gone) {
+  if (report.gone()) {
     return PeerFailure(rank_name(stage, dp) + " stopped answering (" + report.text + "): " + rank_name(waiter, dp) +
                        " waited for " + what);
   }
@@ -819,12 +820,10 @@ int LauncherStore::port() const { return impl_->tcp->getPort(); }
 
 std::string LauncherStore::report(int rank, bool* own) {
   try {
-    const std::string ckey = "cause/" + std::to_string(rank);
     Report rep;
     // What the launcher itself recorded for a stage that died is not that stage's report.
-    if (!read_report(*impl_->store, rank, &rep) || rep.gone) return "";
-    const std::vector<uint8_t> c = impl_->store->check({ckey}) ? impl_->store->get(ckey) : std::vector<uint8_t>();
-    if (own) *own = std::string(c.begin(), c.end()) != "peer";
+    if (!read_report(*impl_->store, rank, &rep) || rep.gone()) return "";
+    if (own) *own = rep.cause != "peer";
     return rep.text;
   } catch (const std::exception&) {
     return "";
