@@ -267,13 +267,25 @@ class Indexed : public DataSource {
   };
 
   Indexed(const DataOptions& o, const std::string& spec) : o_(o), len_(o.seq_len > 0 ? o.seq_len : 128) {
-    double total = 0;
-    for (const auto& [prefix, weight] : parse_mixture(spec)) {
+    auto mixture = parse_mixture(spec);
+    double total = 0, largest = 0;
+    for (const auto& m : mixture) {
+      total += m.second;
+      largest = std::max(largest, m.second);
+    }
+    if (!std::isfinite(total)) {
+      // Weights near double's limit (1e308 each) sum to infinity and would all normalise to 0,
+      // drawing every sample from the last component: scaled by the largest first, they keep
+      // their proportions. (Only then: a finite sum keeps the arithmetic, and so the samples,
+      // of the runs that checkpoints were written by.)
+      total = 0;
+      for (auto& m : mixture) total += (m.second /= largest);
+    }
+    for (const auto& [prefix, weight] : mixture) {
       Part part;
       part.prefix = prefix;
       part.weight = weight;
       part.ds = std::make_unique<IndexedDataset>(prefix);
-      total += weight;
       parts_.push_back(std::move(part));
     }
     for (size_t k = 0; k < parts_.size(); ++k) {

@@ -241,20 +241,20 @@ TEST_F(Corpus, MixturesDrawInTheirProportionsOverAnyPrefix) {
   o.seq_len = 4;
   const auto data = make_data(o);
   const Batch b = data->batch(0, 1000);
-  int from_a = 0, from_b = 0;
-  for (int64_t i = 0; i < 1000; ++i) {
-    const int64_t first = b.inputs[i][0].item<int64_t>();
-    (first <= 100 ? from_a : from_b)++;
-    if (i == 99) {
-      EXPECT_EQ(from_a, 70);
-      EXPECT_EQ(from_b, 30);
-    }
-  }
-  EXPECT_EQ(from_a, 700);
-  EXPECT_EQ(from_b, 300);
+  // Samples of the first n drawn from a (its tokens are 1..20, b's 101..120).
+  const auto from_a = [](const Batch& batch, int64_t n) {
+    int64_t a = 0;
+    for (int64_t i = 0; i < n; ++i) a += batch.inputs[i][0].item<int64_t>() <= 100;
+    return a;
+  };
+  EXPECT_EQ(from_a(b, 100), 70);
+  EXPECT_EQ(from_a(b, 1000), 700);
   // Weights that are not normalised are normalised; a bad one is refused.
   o.source = "indexed:" + dir_ + "/a=7," + dir_ + "/b=3";
   EXPECT_TRUE(test::bitwise_equal(make_data(o)->batch(0, 50).inputs, b.inputs.narrow(0, 0, 50)));
+  // So are weights whose sum is past double's range (it used to draw every sample from b).
+  o.source = "indexed:" + dir_ + "/a=1.4e308," + dir_ + "/b=0.6e308";
+  EXPECT_EQ(from_a(make_data(o)->batch(0, 1000), 1000), 700);
   o.source = "indexed:" + dir_ + "/a=0.7," + dir_ + "/b=-1";
   EXPECT_THROW(make_data(o), UsageError);
   o.source = "indexed:" + dir_ + "/a=0.7," + dir_ + "/b";
