@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <regex>
@@ -205,7 +206,12 @@ int launch_local(const LaunchOptions& o) {
         const size_t prev = last.rfind('\n');
         last = prev == std::string::npos ? last : last.substr(prev + 1);
         emit(stream_label(r, false), acc, stdout, false, bar);
-        if (std::regex_search(last, m, step_re)) bar.draw(std::stod(m[1]), std::stod(m[2]), m[3].str() + "  " + m[4].str());
+        // Step lines are ~100 characters; a longer line is not one (libstdc++'s regex recurses
+        // once per character it matches, so an unbounded line could overflow the stack).
+        if (last.size() <= 1024 && std::regex_search(last, m, step_re)) {
+          bar.draw(std::strtod(m[1].str().c_str(), nullptr), std::strtod(m[2].str().c_str(), nullptr),
+                   m[3].str() + "  " + m[4].str());
+        }
       } else {
         emit(stream_label(r, is_err), acc, is_err ? stderr : stdout, false, bar);
       }

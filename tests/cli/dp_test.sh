@@ -99,7 +99,8 @@ expect_err "the replicas of stage 0 differ after step 2: rank 0 (stage 0, dp ind
 [ -d "$T/bad/step-00000002" ] && fail "a checkpoint was committed from diverged replicas"
 
 # A DP rank killed mid-run: the others exit within the timeout naming it by stage and DP index.
-"$BIN/pmamba-train" "${base[@]}" --microbatches 8 --pp 2 --dp 2 --steps 100000 --timeout 15 >"$T/kill.out" 2>"$T/kill.err" &
+"$BIN/pmamba-train" "${base[@]}" --microbatches 8 --pp 2 --dp 2 --steps 100000 --timeout 15 --metrics "$T/kill.jsonl" \
+    >"$T/kill.out" 2>"$T/kill.err" &
 LAUNCHER=$!
 ( sleep 90; pkill -9 -P "$LAUNCHER"; kill -9 "$LAUNCHER" ) >/dev/null 2>&1 &
 watchdog=$!
@@ -110,7 +111,9 @@ for _ in $(seq 1 300); do
   done
   [ -n "$victim" ] && break; sleep 0.1
 done
-sleep 3  # into the steps
+# Into the steps (a step logged), however slowly the ranks start (under a sanitizer 3 s were not
+# enough: killed while the others still connected, rank 1 was named by the launcher alone).
+for _ in $(seq 1 600); do grep -q '"loss"' "$T/kill.jsonl" 2>/dev/null && break; sleep 0.1; done
 start=$(date +%s)
 [ -n "$victim" ] && kill -9 "$victim"
 wait $LAUNCHER; CODE=$?

@@ -9,7 +9,6 @@
 #include <unistd.h>
 
 #include <fstream>
-#include <regex>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -45,9 +44,14 @@ std::string attr_of(const std::string& html, const std::string& marker, const st
   const size_t begin = html.rfind('<', at);
   const size_t end = html.find('>', at);
   const std::string tag = html.substr(begin, end - begin);
-  std::smatch mt;
-  if (!std::regex_search(tag, mt, std::regex(" " + attr + "=\"([^\"]*)\""))) return "<no " + attr + ">";
-  return mt[1];
+  // Found by hand, not with std::regex: libstdc++'s matcher recurses once per character, and a
+  // polyline's `points` of ~1000 vertices overflowed the stack under AddressSanitizer.
+  const std::string key = " " + attr + "=\"";
+  const size_t v = tag.find(key);
+  if (v == std::string::npos) return "<no " + attr + ">";
+  const size_t from = v + key.size(), to = tag.find('"', from);
+  if (to == std::string::npos) return "<unterminated " + attr + ">";
+  return tag.substr(from, to - from);
 }
 
 size_t count(const std::string& hay, const std::string& needle) {
