@@ -9,7 +9,7 @@ BUILD=$1
 SECONDS_EACH=${2:-60}
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 if [ "${3:-}" = "--raw" ]; then TARGETS=(fuzz_shard_raw); else
-  TARGETS=(fuzz_manifest fuzz_latest fuzz_heap fuzz_data fuzz_handshake fuzz_shard fuzz_safetensors fuzz_hf_config); fi
+  TARGETS=(fuzz_manifest fuzz_latest fuzz_heap fuzz_data fuzz_corpus fuzz_handshake fuzz_shard fuzz_safetensors fuzz_hf_config); fi
 # allocator_may_return_null: a refused huge allocation is the code under test's business, not
 # a sanitizer finding. The suppressions cover uninstrumented LibTorch, OpenBLAS and HDF5.
 export ASAN_OPTIONS=allocator_may_return_null=1:detect_leaks=1:abort_on_error=1:symbolize=1
