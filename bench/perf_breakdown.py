@@ -97,7 +97,7 @@ def classify(frames):
     # pmamba's own kernels (the scan and the conv), by the leaf or the nearest pmamba frame.
     if "pmamba::kernels::cpu::" in sym and re.search(r"update_range|adamw", sym, re.I):
         return "optimizer"  # the fused AdamW (kernels/cpu/adamw_fast.cpp)
-    if "pmamba::kernels::cpu::" in sym and re.search(r"activate|conv", sym):
+    if "pmamba::kernels::cpu::" in sym and re.search(r"activate|conv|preact|backward_channel", sym):
         return "conv"  # kernels/cpu/conv_fast.cpp
     if "pmamba::kernels::cpu::" in sym and not "conv" in sym:
         if "backward" in sym:
