@@ -51,6 +51,7 @@ constexpr int kLanes = 8;
 
 template <typename T>
 inline T combine_lanes(const T* lane) {
+  static_assert(kLanes == 8, "the tree below combines exactly 8 lanes");
   return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
 }
 

@@ -274,6 +274,28 @@ TEST(FastConv, MatchesReferenceAndGradcheck) {
   }
 }
 
+// The backward's sums over L run in 8 interleaved lanes with a scalar tail: lengths around and
+// below the lane count, and below the kernel width, exercise every split of body and tail.
+TEST(FastConv, BackwardMatchesReferenceAtEveryTailLength) {
+  for (const int64_t L : {1, 2, 3, 5, 7, 8, 9, 11, 15, 16, 17, 24, 31, 1001}) {
+    for (const int64_t K : {1, 4}) {
+      at::manual_seed(100 * L + K);
+      const at::Tensor x = at::randn({2, 3, L}), w = at::randn({3, K}), b = at::randn({3});
+      const at::Tensor g = at::randn({2, 3, L}, at::kDouble);
+      std::vector<at::Tensor> grads[2];
+      int i = 0;
+      for (const Backend be : {Backend::kFast, Backend::kReference}) {
+        const at::ScalarType st = be == Backend::kFast ? at::kFloat : at::kDouble;
+        at::Tensor xi = x.detach().to(st).requires_grad_(true), wi = w.detach().to(st).requires_grad_(true),
+                   bi = b.detach().to(st).requires_grad_(true);
+        (causal_conv1d(xi, wi, bi, true, be).to(at::kDouble) * g).sum().backward();
+        grads[i++] = {xi.grad(), wi.grad(), bi.grad()};
+      }
+      for (int j = 0; j < 3; ++j) EXPECT_LE(rel_err(grads[0][j], grads[1][j]), 1e-5) << "L " << L << " K " << K << " grad " << j;
+    }
+  }
+}
+
 TEST(FastConv, StepFormReproducesFullSequence) {
   at::manual_seed(9);
   const at::Tensor x = at::randn({2, 5, 12}), w = at::randn({5, 4}), b = at::randn({5});
