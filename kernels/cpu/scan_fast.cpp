@@ -93,6 +93,9 @@ struct Lanes {
     return r;
   }
   static T hsum(const Lanes& a) { return lane_sum(a.v); }
+  static void hsum_rows(const T* rows, int64_t count, T* out) {
+    for (int64_t i = 0; i < count; ++i) out[i] = lane_sum(rows + i * kLanes);
+  }
 };
 
 // vmath's functions lane by lane (float64 keeps libm's).
@@ -184,6 +187,29 @@ struct V {
     const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
     return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
   }
+  // hsum of 8 rows at once: each level of lane_sum's tree is one add over two rows' halves
+  // gathered side by side, so every row sees the same adds in the same order as hsum.
+  static __m256 hsum8(const float* rows) {
+    __m256 s[8], w[4];
+    for (int r = 0; r < 8; ++r) s[r] = _mm256_add_ps(_mm256_loadu_ps(rows + r * 16), _mm256_loadu_ps(rows + r * 16 + 8));
+    for (int m = 0; m < 4; ++m)  // 128-bit half h: row 2m + h, v[i] + v[i + 4]
+      w[m] = _mm256_add_ps(_mm256_permute2f128_ps(s[2 * m], s[2 * m + 1], 0x20),
+                           _mm256_permute2f128_ps(s[2 * m], s[2 * m + 1], 0x31));
+    // half h: rows (h, h + 2) of the pair, each as (v0 + v2, v1 + v3)
+    const __m256 u0 = _mm256_add_ps(_mm256_shuffle_ps(w[0], w[1], _MM_SHUFFLE(1, 0, 1, 0)),
+                                    _mm256_shuffle_ps(w[0], w[1], _MM_SHUFFLE(3, 2, 3, 2)));
+    const __m256 u1 = _mm256_add_ps(_mm256_shuffle_ps(w[2], w[3], _MM_SHUFFLE(1, 0, 1, 0)),
+                                    _mm256_shuffle_ps(w[2], w[3], _MM_SHUFFLE(3, 2, 3, 2)));
+    // half 0: rows 0, 2, 4, 6; half 1: rows 1, 3, 5, 7
+    const __m256 f = _mm256_add_ps(_mm256_shuffle_ps(u0, u1, _MM_SHUFFLE(2, 0, 2, 0)),
+                                   _mm256_shuffle_ps(u0, u1, _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm256_permutevar8x32_ps(f, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+  }
+  static void hsum_rows(const float* rows, int64_t count, float* out) {
+    int64_t i = 0;
+    for (; i + 8 <= count; i += 8) _mm256_storeu_ps(out + i, hsum8(rows + i * 16));
+    for (; i < count; ++i) out[i] = hsum(load(rows + i * 16));
+  }
 };
 #include "kernels/cpu/scan_vmath.inc"
 #include "kernels/cpu/scan_body.inc"
@@ -224,6 +250,31 @@ struct V {
     const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
     const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
     return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+  }
+  // hsum of 16 rows at once, lane_sum's tree level by level as in avx2::V::hsum8.
+  static __m512 hsum16(const float* rows) {
+    __m512 p[8], w[4];
+    for (int k = 0; k < 8; ++k) {  // lanes 0-7: row 2k, 8-15: row 2k + 1, v[i] + v[i + 8]
+      const __m512 a = _mm512_loadu_ps(rows + 2 * k * 16), b = _mm512_loadu_ps(rows + (2 * k + 1) * 16);
+      p[k] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
+    }
+    for (int m = 0; m < 4; ++m)  // quarter j: row 4m + j, v[i] + v[i + 4]
+      w[m] = _mm512_add_ps(_mm512_shuffle_f32x4(p[2 * m], p[2 * m + 1], 0x88),
+                           _mm512_shuffle_f32x4(p[2 * m], p[2 * m + 1], 0xDD));
+    // quarter j: rows (j, 4 + j) of u0 and (8 + j, 12 + j) of u1, each as (v0 + v2, v1 + v3)
+    const __m512 u0 = _mm512_add_ps(_mm512_shuffle_ps(w[0], w[1], _MM_SHUFFLE(1, 0, 1, 0)),
+                                    _mm512_shuffle_ps(w[0], w[1], _MM_SHUFFLE(3, 2, 3, 2)));
+    const __m512 u1 = _mm512_add_ps(_mm512_shuffle_ps(w[2], w[3], _MM_SHUFFLE(1, 0, 1, 0)),
+                                    _mm512_shuffle_ps(w[2], w[3], _MM_SHUFFLE(3, 2, 3, 2)));
+    // element 4j + e: row 4e + j
+    const __m512 f = _mm512_add_ps(_mm512_shuffle_ps(u0, u1, _MM_SHUFFLE(2, 0, 2, 0)),
+                                   _mm512_shuffle_ps(u0, u1, _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), f);
+  }
+  static void hsum_rows(const float* rows, int64_t count, float* out) {
+    int64_t i = 0;
+    for (; i + 16 <= count; i += 16) _mm512_storeu_ps(out + i, hsum16(rows + i * 16));
+    for (; i < count; ++i) out[i] = hsum(load(rows + i * 16));
   }
 };
 #include "kernels/cpu/scan_vmath.inc"

@@ -180,14 +180,17 @@ TEST(FastScan, ResultsDoNotDependOnTheThreadCount) {
 }
 
 // Every vector path must give the scalar path's bits: forward output, last state and every
-// gradient, on shapes that leave partial channel groups (D % 16) and partial chunks (L % 64).
+// gradient, on shapes that leave partial channel groups (D % 16) and partial chunks (L % 64),
+// and d_state sizes that fill the batched dB/dC lane sums (16 rows on AVX-512, 8 on AVX2) and
+// leave rows over (20, 12, 5).
 void expect_isa_matches_scalar(cpu::Isa isa) {
   if (!cpu::isa_supported(isa)) GTEST_SKIP() << "this CPU has no " << cpu::isa_name(isa) << " (best: " << cpu::isa_name(cpu::best_isa()) << ")";
   struct Case {
     int64_t B, D, L, N;
     bool z, bias;
   };
-  for (const Case& c : {Case{2, 37, 150, 16, true, true}, Case{1, 16, 64, 5, false, false}, Case{3, 9, 7, 16, true, false}}) {
+  for (const Case& c : {Case{2, 37, 150, 16, true, true}, Case{1, 16, 64, 5, false, false}, Case{3, 9, 7, 16, true, false},
+                      Case{2, 19, 70, 20, true, true}, Case{1, 17, 9, 12, false, true}}) {
     const ScanInputs base = random_inputs(c.B, c.D, c.L, c.N, c.z, c.bias, 11);
     const at::Tensor w = at::randn({c.B, c.D, c.L}, at::kFloat);
     std::vector<at::Tensor> got[2];
