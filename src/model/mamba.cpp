@@ -107,14 +107,18 @@ MixerImpl::MixerImpl(const MambaConfig& c)
 at::Tensor MixerImpl::forward(const at::Tensor& h, LayerCache* fill) {
   const int64_t E = d_inner_, N = d_state_, R = dt_rank_;
   const at::Tensor xz = in_proj->forward(h);          // (B, L, 2E)
-  const at::Tensor x = xz.narrow(-1, 0, E).transpose(1, 2);  // (B, E, L)
-  const at::Tensor z = xz.narrow(-1, E, E).transpose(1, 2);  // (B, E, L)
+  // Split rather than narrow: narrow's backward fills a zero tensor of the whole input per
+  // part and sums them; split's concatenates the parts' gradients once.
+  const std::vector<at::Tensor> xz_parts = at::split_with_sizes(xz, {E, E}, -1);
+  const at::Tensor x = xz_parts[0].transpose(1, 2);  // (B, E, L)
+  const at::Tensor z = xz_parts[1].transpose(1, 2);  // (B, E, L)
   const at::Tensor u = kernels::causal_conv1d(x, conv1d->weight.squeeze(1), conv1d->bias,
                                               /*silu=*/true);  // (B, E, L)
   const at::Tensor x_dbl = x_proj->forward(u.transpose(1, 2));   // (B, L, R + 2N)
-  const at::Tensor dt = x_dbl.narrow(-1, 0, R);                  // (B, L, R)
-  const at::Tensor Bm = x_dbl.narrow(-1, R, N).transpose(1, 2);      // (B, N, L)
-  const at::Tensor Cm = x_dbl.narrow(-1, R + N, N).transpose(1, 2);  // (B, N, L)
+  const std::vector<at::Tensor> dbc = at::split_with_sizes(x_dbl, {R, N, N}, -1);
+  const at::Tensor dt = dbc[0];                  // (B, L, R)
+  const at::Tensor Bm = dbc[1].transpose(1, 2);  // (B, N, L)
+  const at::Tensor Cm = dbc[2].transpose(1, 2);  // (B, N, L)
   // dt_proj's bias goes into the scan (added inside the softplus), as mamba_ssm does.
   const at::Tensor delta = at::linear(dt, dt_proj->weight).transpose(1, 2);  // (B, E, L)
   const at::Tensor A = -at::exp(A_log.to(at::kFloat));                       // (E, N)
@@ -208,14 +212,16 @@ at::Tensor Mamba2MixerImpl::forward(const at::Tensor& h, LayerCache* fill) {
   const int64_t B = h.size(0), L = h.size(1), E = d_inner_, GN = groups_ * d_state_;
   const int64_t C = E + 2 * GN;
   const at::Tensor zxbcdt = in_proj->forward(h);  // (B, L, 2E + 2GN + H)
-  const at::Tensor z = zxbcdt.narrow(-1, 0, E);   // (B, L, E)
-  const at::Tensor xBC = zxbcdt.narrow(-1, E, C).transpose(1, 2);  // (B, C, L)
-  const at::Tensor dt = zxbcdt.narrow(-1, E + C, heads_);          // (B, L, H)
+  const std::vector<at::Tensor> parts = at::split_with_sizes(zxbcdt, {E, C, heads_}, -1);  // as Mixer's xz
+  const at::Tensor z = parts[0];                    // (B, L, E)
+  const at::Tensor xBC = parts[1].transpose(1, 2);  // (B, C, L)
+  const at::Tensor dt = parts[2];                   // (B, L, H)
   const at::Tensor conv = kernels::causal_conv1d(xBC, conv1d->weight.squeeze(1), conv1d->bias, /*silu=*/true)
                               .transpose(1, 2);  // (B, L, C)
-  const at::Tensor x = conv.narrow(-1, 0, E).reshape({B, L, heads_, headdim_});        // (B, L, H, P)
-  const at::Tensor Bm = conv.narrow(-1, E, GN).reshape({B, L, groups_, d_state_});     // (B, L, G, N)
-  const at::Tensor Cm = conv.narrow(-1, E + GN, GN).reshape({B, L, groups_, d_state_});  // (B, L, G, N)
+  const std::vector<at::Tensor> xbc = at::split_with_sizes(conv, {E, GN, GN}, -1);
+  const at::Tensor x = xbc[0].reshape({B, L, heads_, headdim_});    // (B, L, H, P)
+  const at::Tensor Bm = xbc[1].reshape({B, L, groups_, d_state_});  // (B, L, G, N)
+  const at::Tensor Cm = xbc[2].reshape({B, L, groups_, d_state_});  // (B, L, G, N)
   const at::Tensor A = -at::exp(A_log.to(at::kFloat));  // (H)
   const at::Tensor Dv = D_has_hdim_ ? D.to(at::kFloat).view({heads_, headdim_}) : D.to(at::kFloat);
   kernels::SsdOptions opts;
@@ -280,9 +286,12 @@ at::Tensor AttentionImpl::rotate(const at::Tensor& x, int64_t offset) const {
   const at::Tensor angle = at::outer(t, inv_freq).view({1, L, 1, half});  // (1, L, 1, rd / 2)
   const at::Tensor cos = at::cos(angle), sin = at::sin(angle);
   const at::Tensor xf = x.to(at::kFloat);
-  const at::Tensor x1 = xf.narrow(-1, 0, half), x2 = xf.narrow(-1, half, half);
+  std::vector<int64_t> sizes = {half, half};
+  if (rotary_dim_ < head_dim_) sizes.push_back(head_dim_ - rotary_dim_);
+  const std::vector<at::Tensor> in = at::split_with_sizes(xf, sizes, -1);  // as Mixer's xz
+  const at::Tensor &x1 = in[0], &x2 = in[1];
   std::vector<at::Tensor> parts = {x1 * cos - x2 * sin, x2 * cos + x1 * sin};
-  if (rotary_dim_ < head_dim_) parts.push_back(xf.narrow(-1, rotary_dim_, head_dim_ - rotary_dim_));
+  if (in.size() > 2) parts.push_back(in[2]);
   return at::cat(parts, -1).to(x.scalar_type());
 }
 
@@ -314,9 +323,10 @@ at::Tensor AttentionImpl::attend(const at::Tensor& q, const at::Tensor& k, const
 at::Tensor AttentionImpl::forward(const at::Tensor& h, LayerCache* fill) {
   const int64_t B = h.size(0), L = h.size(1), dq = heads_ * head_dim_, dkv = heads_kv_ * head_dim_;
   const at::Tensor qkv = in_proj->forward(h);  // (B, L, (Hq + 2 Hkv) Dh)
-  const at::Tensor q = rotate(qkv.narrow(-1, 0, dq).reshape({B, L, heads_, head_dim_}), 0);
-  const at::Tensor k = rotate(qkv.narrow(-1, dq, dkv).reshape({B, L, heads_kv_, head_dim_}), 0);
-  const at::Tensor v = qkv.narrow(-1, dq + dkv, dkv).reshape({B, L, heads_kv_, head_dim_});
+  const std::vector<at::Tensor> qkv_parts = at::split_with_sizes(qkv, {dq, dkv, dkv}, -1);  // as Mixer's xz
+  const at::Tensor q = rotate(qkv_parts[0].reshape({B, L, heads_, head_dim_}), 0);
+  const at::Tensor k = rotate(qkv_parts[1].reshape({B, L, heads_kv_, head_dim_}), 0);
+  const at::Tensor v = qkv_parts[2].reshape({B, L, heads_kv_, head_dim_});
   if (fill) {
     // Room for the prompt and as many tokens again (at least 16) before the first doubling.
     int64_t capacity = 16;
