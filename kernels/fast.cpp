@@ -16,21 +16,40 @@ using torch::autograd::tensor_list;
 namespace {
 
 struct ScanArgs {
-  at::Tensor u, delta, A, Bt, Ct, D, z, bias;  // float32, contiguous; Bt/Ct are (B, L, N)
+  // float32; u, delta, z: (B, D, L) with any strides (a transposed (B, L, D) is read in place);
+  // the rest contiguous, Bt/Ct (B, L, N)
+  at::Tensor u, delta, A, Bt, Ct, D, z, bias;
   cpu::ScanShape shape;
 };
+
+cpu::PlaneStrides strides_of(const at::Tensor& t) {
+  if (!t.defined()) return {};
+  return {t.stride(0), t.stride(1), t.stride(2)};
+}
+
+// A (B, D, L) result laid out as `like` is when that is a transposed (B, L, D) tensor (the model's
+// layout, where the next matmul reads it without a copy), else contiguous (B, D, L).
+at::Tensor plane_like(const at::Tensor& like, at::ScalarType st) {
+  const auto opts = at::TensorOptions().dtype(st);
+  const int64_t B = like.size(0), D = like.size(1), L = like.size(2);
+  if (like.stride(1) == 1 && L > 1 && D > 1) return at::empty({B, L, D}, opts).transpose(1, 2);
+  return at::empty({B, D, L}, opts);
+}
+
+// The planes keep their strides; only a dtype conversion copies.
+at::Tensor as_plane(const at::Tensor& t, at::ScalarType st) { return t.defined() ? t.to(st) : t; }
 
 ScanArgs prepare(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bm,
                  const at::Tensor& Cm, const at::Tensor& D, const at::Tensor& z, const at::Tensor& bias) {
   ScanArgs a;
   const at::ScalarType st = compute_type(u);
-  a.u = as(u, st);
-  a.delta = as(delta, st);
+  a.u = as_plane(u, st);
+  a.delta = as_plane(delta, st);
   a.A = as(A, st);
   a.Bt = Bm.to(st).transpose(1, 2).contiguous();  // (B, L, N)
   a.Ct = Cm.to(st).transpose(1, 2).contiguous();
   a.D = as(D, st);
-  a.z = as(z, st);
+  a.z = as_plane(z, st);
   a.bias = as(bias, st);
   a.shape = cpu::ScanShape{u.size(0), u.size(1), u.size(2), A.size(1)};
   return a;
@@ -40,7 +59,8 @@ template <typename T>
 void forward_kernel(const ScanArgs& a, bool softplus, at::Tensor& out, at::Tensor& last, at::Tensor* ckpt) {
   cpu::ScanForward<T> f{a.shape,  ptr<T>(a.u),    ptr<T>(a.delta), ptr<T>(a.A), ptr<T>(a.Bt),
                         ptr<T>(a.Ct), ptr<T>(a.D), ptr<T>(a.z),    ptr<T>(a.bias), softplus,
-                        mptr<T>(out), mptr<T>(last), ckpt ? mptr<T>(*ckpt) : nullptr};
+                        mptr<T>(out), mptr<T>(last), ckpt ? mptr<T>(*ckpt) : nullptr,
+                        strides_of(a.u), strides_of(a.delta), strides_of(a.z), strides_of(out)};
   cpu::scan_forward<T>(f);
 }
 
@@ -48,7 +68,7 @@ void forward_kernel(const ScanArgs& a, bool softplus, at::Tensor& out, at::Tenso
 std::pair<at::Tensor, at::Tensor> run_forward(const ScanArgs& a, bool softplus, bool want_last, at::Tensor* ckpt) {
   const auto& s = a.shape;
   const auto opts = at::TensorOptions().dtype(a.u.scalar_type());
-  at::Tensor out = at::empty({s.batch, s.dim, s.len}, opts);
+  at::Tensor out = plane_like(a.z.defined() ? a.z : a.u, a.u.scalar_type());
   at::Tensor last = want_last ? at::empty({s.batch, s.dim, s.dstate}, opts) : at::Tensor();
   if (ckpt) *ckpt = at::empty({s.batch, s.groups(), s.chunks(), s.dstate, cpu::kLanes}, opts);
   if (a.u.scalar_type() == at::kDouble) {
@@ -66,7 +86,9 @@ void backward_kernel(const ScanArgs& a, const at::Tensor& ckpt, const at::Tensor
   cpu::ScanBackward<T> b{a.shape,       ptr<T>(a.u),  ptr<T>(a.delta), ptr<T>(a.A),   ptr<T>(a.Bt),
                          ptr<T>(a.Ct),  ptr<T>(a.D),  ptr<T>(a.z),     ptr<T>(a.bias), ptr<T>(ckpt),
                          ptr<T>(dout),  softplus,     mptr<T>(du),     mptr<T>(ddelta), mptr<T>(dz),
-                         mptr<T>(dA),   mptr<T>(dBt), mptr<T>(dCt),    mptr<T>(dD),   mptr<T>(dbias)};
+                         mptr<T>(dA),   mptr<T>(dBt), mptr<T>(dCt),    mptr<T>(dD),   mptr<T>(dbias),
+                         strides_of(a.u), strides_of(a.delta), strides_of(a.z), strides_of(dout),
+                         strides_of(du), strides_of(ddelta), strides_of(dz)};
   cpu::scan_backward<T>(b);
 }
 
@@ -109,10 +131,11 @@ class ScanFunction : public torch::autograd::Function<ScanFunction> {
     const at::Tensor ckpt = saved[8];
     const auto& s = a.shape = cpu::ScanShape{a.u.size(0), a.u.size(1), a.u.size(2), a.A.size(1)};
     const at::ScalarType st = a.u.scalar_type();
-    const at::Tensor dout = as(grads[0].defined() ? grads[0] : at::zeros({s.batch, s.dim, s.len}), st);
-    at::Tensor du = at::empty_like(a.u), ddelta = at::empty_like(a.u), dA = at::empty_like(a.A);
+    const at::Tensor dout = as_plane(grads[0].defined() ? grads[0] : at::zeros({s.batch, s.dim, s.len}), st);
+    // Each gradient in its input's layout: the model's matmuls and split read them in place.
+    at::Tensor du = plane_like(a.u, st), ddelta = plane_like(a.delta, st), dA = at::empty_like(a.A);
     at::Tensor dBt = at::empty_like(a.Bt), dCt = at::empty_like(a.Ct);
-    at::Tensor dz = a.z.defined() ? at::empty_like(a.u) : at::Tensor();
+    at::Tensor dz = a.z.defined() ? plane_like(a.z, st) : at::Tensor();
     at::Tensor dD = at::empty({s.dim}, st), dbias = at::empty({s.dim}, st);
     const bool softplus = ctx->saved_data["softplus"].toBool();
     if (st == at::kDouble) {

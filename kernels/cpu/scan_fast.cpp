@@ -35,13 +35,24 @@ inline T lane_sum(const T* v) {
   return (a[0] + a[2]) + (a[1] + a[3]);
 }
 
-// Gathers rows d0..d0+nd of a (D, L) plane into a (T, G) tile starting at t0; missing lanes are 0.
+// Gathers channels d0..d0+nd of one batch's (D, L) plane into a (T, G) tile starting at t0;
+// missing lanes are 0. A time-major plane (unit channel stride) is read one step at a time.
 template <typename T>
-inline void load_tile(const T* plane, int64_t L, int64_t d0, int64_t nd, int64_t t0, int64_t tl, T* tile) {
+inline void load_tile(const T* plane, const PlaneStrides& st, int64_t d0, int64_t nd, int64_t t0, int64_t tl,
+                      T* tile) {
+  if (st.d == 1) {
+    for (int64_t tt = 0; tt < tl; ++tt) {
+      const T* src = plane + (t0 + tt) * st.l + d0;
+      T* dst = tile + tt * G;
+      for (int64_t lane = 0; lane < nd; ++lane) dst[lane] = src[lane];
+      for (int64_t lane = nd; lane < G; ++lane) dst[lane] = T(0);
+    }
+    return;
+  }
   for (int64_t lane = 0; lane < G; ++lane) {
     if (lane < nd) {
-      const T* src = plane + (d0 + lane) * L + t0;
-      for (int64_t tt = 0; tt < tl; ++tt) tile[tt * G + lane] = src[tt];
+      const T* src = plane + (d0 + lane) * st.d + t0 * st.l;
+      for (int64_t tt = 0; tt < tl; ++tt) tile[tt * G + lane] = src[tt * st.l];
     } else {
       for (int64_t tt = 0; tt < tl; ++tt) tile[tt * G + lane] = T(0);
     }
@@ -49,10 +60,18 @@ inline void load_tile(const T* plane, int64_t L, int64_t d0, int64_t nd, int64_t
 }
 
 template <typename T>
-inline void store_tile(T* plane, int64_t L, int64_t d0, int64_t nd, int64_t t0, int64_t tl, const T* tile) {
+inline void store_tile(T* plane, const PlaneStrides& st, int64_t d0, int64_t nd, int64_t t0, int64_t tl,
+                       const T* tile) {
+  if (st.d == 1) {
+    for (int64_t tt = 0; tt < tl; ++tt) {
+      T* dst = plane + (t0 + tt) * st.l + d0;
+      for (int64_t lane = 0; lane < nd; ++lane) dst[lane] = tile[tt * G + lane];
+    }
+    return;
+  }
   for (int64_t lane = 0; lane < nd; ++lane) {
-    T* dst = plane + (d0 + lane) * L + t0;
-    for (int64_t tt = 0; tt < tl; ++tt) dst[tt] = tile[tt * G + lane];
+    T* dst = plane + (d0 + lane) * st.d + t0 * st.l;
+    for (int64_t tt = 0; tt < tl; ++tt) dst[tt * st.l] = tile[tt * G + lane];
   }
 }
 

@@ -1,6 +1,8 @@
 // Fused CPU selective scan, forward and backward, on raw float32 (or float64) pointers.
 //
-// Layout: u, delta, z, out, du, ddelta, dz: (B, D, L) contiguous; Bt, Ct, dBt, dCt: (B, L, N)
+// Layout: u, delta, z, out, du, ddelta, dz: (B, D, L) planes with any strides (PlaneStrides):
+// element (b, d, t) at p[b * s.b + d * s.d + t * s.l], so a transposed view of a (B, L, D)
+// tensor, the model's own layout, needs no copy; Bt, Ct, dBt, dCt: (B, L, N) contiguous
 // (time-major so one step reads one contiguous row); A, dA: (D, N); Dskip, bias: (D).
 // Channels are processed in groups of kLanes, one channel per SIMD lane: each lane runs the
 // scalar recurrence of its channel, so no value depends on the thread count, the group it falls
@@ -30,6 +32,10 @@ struct ScanShape {
   int64_t chunks() const { return (len + kChunk - 1) / kChunk; }
 };
 
+struct PlaneStrides {
+  int64_t b = 0, d = 0, l = 0;  // in elements
+};
+
 template <typename T>
 struct ScanForward {
   ScanShape s;
@@ -39,6 +45,7 @@ struct ScanForward {
   T* out;         // (B, D, L)
   T* last_state;  // (B, D, N) or null
   T* ckpt;        // (B, groups, chunks, N, kLanes) or null (no backward)
+  PlaneStrides su, sdelta, sz, sout;
 };
 
 template <typename T>
@@ -50,6 +57,7 @@ struct ScanBackward {
   T *dA;                // (D, N)
   T *dBt, *dCt;         // (B, L, N)
   T *dD, *dbias;        // (D); ignored when the input is null
+  PlaneStrides su, sdelta, sz, sdout, sdu, sddelta, sdz;
 };
 
 enum class Isa { kScalar, kAvx2, kAvx512 };

@@ -221,6 +221,47 @@ void expect_isa_matches_scalar(cpu::Isa isa) {
 TEST(FastScan, Avx2PathGivesTheScalarPathsBits) { expect_isa_matches_scalar(cpu::Isa::kAvx2); }
 TEST(FastScan, Avx512PathGivesTheScalarPathsBits) { expect_isa_matches_scalar(cpu::Isa::kAvx512); }
 
+// The model hands the scan transposed views of (B, L, D) tensors (z a view into the wider xz):
+// they are read in place, the output and the delta/z gradients come back in that layout, and
+// every value has the bits of the contiguous call.
+TEST(FastScan, TransposedPlanesGiveTheContiguousBitsInTheirOwnLayout) {
+  const int64_t B = 2, D = 37, L = 150, N = 16;
+  const ScanInputs base = random_inputs(B, D, L, N, true, true, 5);
+  const at::Tensor w = at::randn({B, D, L});
+  const ScanInputs flat = base.to(at::kFloat, true);
+  const auto [out0, g0] = forward_backward(flat, Backend::kFast, w);
+
+  // Leaves in the model's layout; the scan sees (B, D, L) views of them.
+  const at::Tensor delta_t = base.delta.transpose(1, 2).contiguous().requires_grad_(true);  // (B, L, D)
+  const at::Tensor xz = at::cat({at::randn({B, L, D}), base.z.transpose(1, 2)}, -1).requires_grad_(true);  // (B, L, 2D)
+  ScanInputs x = base.to(at::kFloat, true);
+  x.delta = delta_t.transpose(1, 2);
+  x.z = xz.narrow(-1, D, D).transpose(1, 2);
+  ASSERT_EQ(x.delta.stride(1), 1);
+  ASSERT_EQ(x.z.stride(1), 1);
+  std::vector<int64_t> ddelta_strides, dz_strides;
+  x.delta.register_hook([&](const at::Tensor& g) { ddelta_strides = g.strides().vec(); });
+  x.z.register_hook([&](const at::Tensor& g) { dz_strides = g.strides().vec(); });
+  const at::Tensor out = run_scan(x, Backend::kFast);
+  EXPECT_TRUE(out.transpose(1, 2).is_contiguous()) << "the output follows z's (B, L, D) layout";
+  EXPECT_TRUE(test::bitwise_equal(out, out0));
+  (out * w).sum().backward();
+  ASSERT_EQ(ddelta_strides.size(), 3u);
+  ASSERT_EQ(dz_strides.size(), 3u);
+  EXPECT_EQ(ddelta_strides[1], 1) << "ddelta comes back in delta's layout";
+  EXPECT_EQ(dz_strides[1], 1) << "dz comes back in z's layout";
+  EXPECT_TRUE(test::bitwise_equal(delta_t.grad().transpose(1, 2), g0[1])) << "ddelta";
+  EXPECT_TRUE(test::bitwise_equal(xz.grad().narrow(-1, D, D).transpose(1, 2), g0[6])) << "dz";
+  EXPECT_TRUE(test::bitwise_equal(xz.grad().narrow(-1, 0, D), at::zeros({B, L, D}))) << "the rest of xz";
+  for (size_t i : {0, 2, 3, 4, 5, 7}) EXPECT_TRUE(test::bitwise_equal(x.all()[i].grad(), g0[i])) << "d" << kNames[i];
+
+  // Without autograd the same views give the same output, in the same layout.
+  at::NoGradGuard no_grad;
+  const at::Tensor out_ng = run_scan(x, Backend::kFast);
+  EXPECT_TRUE(out_ng.transpose(1, 2).is_contiguous());
+  EXPECT_TRUE(test::bitwise_equal(out_ng, out0));
+}
+
 TEST(FastScan, RefusesAnInstructionSetTheCpuLacks) {
   if (cpu::isa_supported(cpu::Isa::kAvx512)) GTEST_SKIP() << "this CPU supports every path";
   for (cpu::Isa isa : {cpu::Isa::kAvx2, cpu::Isa::kAvx512}) {
