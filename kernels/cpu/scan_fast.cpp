@@ -160,6 +160,17 @@ using V = Lanes<double>;
   const auto bits = P##_slli_epi32(P##_add_epi32(P##_cvttps_epi32(kf), P##_set1_epi32(127)), 23); \
   return P##_mul_ps(p, P##_castsi##I##_ps(bits))
 
+// The last two levels of lane_sum's tree over w[0..3] (P: the intrinsics' prefix), as in
+// hsum8/hsum16: in each 128-bit quarter, u0 holds two rows of w[0], w[1] and u1 two of w[2],
+// w[3], each as (v0 + v2, v1 + v3); f then holds one full sum per element.
+#define PMAMBA_HSUM_LAST_LEVELS(P, w, f)                                                          \
+  const auto u0 = P##_add_ps(P##_shuffle_ps(w[0], w[1], _MM_SHUFFLE(1, 0, 1, 0)),                \
+                             P##_shuffle_ps(w[0], w[1], _MM_SHUFFLE(3, 2, 3, 2)));               \
+  const auto u1 = P##_add_ps(P##_shuffle_ps(w[2], w[3], _MM_SHUFFLE(1, 0, 1, 0)),                \
+                             P##_shuffle_ps(w[2], w[3], _MM_SHUFFLE(3, 2, 3, 2)));               \
+  const auto f = P##_add_ps(P##_shuffle_ps(u0, u1, _MM_SHUFFLE(2, 0, 2, 0)),                     \
+                            P##_shuffle_ps(u0, u1, _MM_SHUFFLE(3, 1, 3, 1)))
+
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 namespace avx2 {
@@ -214,14 +225,7 @@ struct V {
     for (int m = 0; m < 4; ++m)  // 128-bit half h: row 2m + h, v[i] + v[i + 4]
       w[m] = _mm256_add_ps(_mm256_permute2f128_ps(s[2 * m], s[2 * m + 1], 0x20),
                            _mm256_permute2f128_ps(s[2 * m], s[2 * m + 1], 0x31));
-    // half h: rows (h, h + 2) of the pair, each as (v0 + v2, v1 + v3)
-    const __m256 u0 = _mm256_add_ps(_mm256_shuffle_ps(w[0], w[1], _MM_SHUFFLE(1, 0, 1, 0)),
-                                    _mm256_shuffle_ps(w[0], w[1], _MM_SHUFFLE(3, 2, 3, 2)));
-    const __m256 u1 = _mm256_add_ps(_mm256_shuffle_ps(w[2], w[3], _MM_SHUFFLE(1, 0, 1, 0)),
-                                    _mm256_shuffle_ps(w[2], w[3], _MM_SHUFFLE(3, 2, 3, 2)));
-    // half 0: rows 0, 2, 4, 6; half 1: rows 1, 3, 5, 7
-    const __m256 f = _mm256_add_ps(_mm256_shuffle_ps(u0, u1, _MM_SHUFFLE(2, 0, 2, 0)),
-                                   _mm256_shuffle_ps(u0, u1, _MM_SHUFFLE(3, 1, 3, 1)));
+    PMAMBA_HSUM_LAST_LEVELS(_mm256, w, f);  // half 0: rows 0, 2, 4, 6; half 1: rows 1, 3, 5, 7
     return _mm256_permutevar8x32_ps(f, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
   }
   static void hsum_rows(const float* rows, int64_t count, float* out) {
@@ -280,14 +284,7 @@ struct V {
     for (int m = 0; m < 4; ++m)  // quarter j: row 4m + j, v[i] + v[i + 4]
       w[m] = _mm512_add_ps(_mm512_shuffle_f32x4(p[2 * m], p[2 * m + 1], 0x88),
                            _mm512_shuffle_f32x4(p[2 * m], p[2 * m + 1], 0xDD));
-    // quarter j: rows (j, 4 + j) of u0 and (8 + j, 12 + j) of u1, each as (v0 + v2, v1 + v3)
-    const __m512 u0 = _mm512_add_ps(_mm512_shuffle_ps(w[0], w[1], _MM_SHUFFLE(1, 0, 1, 0)),
-                                    _mm512_shuffle_ps(w[0], w[1], _MM_SHUFFLE(3, 2, 3, 2)));
-    const __m512 u1 = _mm512_add_ps(_mm512_shuffle_ps(w[2], w[3], _MM_SHUFFLE(1, 0, 1, 0)),
-                                    _mm512_shuffle_ps(w[2], w[3], _MM_SHUFFLE(3, 2, 3, 2)));
-    // element 4j + e: row 4e + j
-    const __m512 f = _mm512_add_ps(_mm512_shuffle_ps(u0, u1, _MM_SHUFFLE(2, 0, 2, 0)),
-                                   _mm512_shuffle_ps(u0, u1, _MM_SHUFFLE(3, 1, 3, 1)));
+    PMAMBA_HSUM_LAST_LEVELS(_mm512, w, f);  // element 4j + e: row 4e + j
     return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), f);
   }
   static void hsum_rows(const float* rows, int64_t count, float* out) {
@@ -302,6 +299,7 @@ struct V {
 #pragma GCC diagnostic pop
 #pragma GCC pop_options
 #undef PMAMBA_EXP_CLAMPED
+#undef PMAMBA_HSUM_LAST_LEVELS
 #endif  // PMAMBA_SCAN_X86
 template <typename T>
 PMAMBA_CLONES void step_channel(int64_t N, T* state, T u, T dt, const T* A, const T* Bv, const T* Cv,
